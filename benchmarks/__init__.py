@@ -1,0 +1,1 @@
+"""Benchmarks: dataset loaders, ir-measures evaluation, the benchmark runner and speed benchmarks."""

@@ -1,0 +1,63 @@
+"""``python -m benchmarks run ...`` (quality) and ``python -m benchmarks speed-bm25 ...`` (speed)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .runner import DESCRIPTIONS
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="evaluate pipelines on datasets: table, metrics.json, run.trec, report.md")
+    r.add_argument("--dataset", action="append", required=True, type=Path, help="BEIR or MS MARCO folder (repeatable)")
+    r.add_argument("--split", required=True, help="split to evaluate on, e.g. dev or test")
+    r.add_argument("--pipeline", action="append", required=True,
+                   help="repeatable; one of: " + "; ".join(f"{k} ({v})" for k, v in DESCRIPTIONS.items()))
+    r.add_argument("--output", type=Path, default=Path("results"), help="output folder (default: results)")
+    r.add_argument("--train-split", default="train", help="split used by pipelines that fit settings (default: train)")
+    r.add_argument("--index-dir", type=Path, default=None,
+                   help="where indexes are cached (default: $RETRIEVAL_CACHE or ~/.cache/retrieval)")
+    r.add_argument("--k", type=int, default=1000, help="first-stage depth (default: 1000)")
+    r.add_argument("--latency-queries", type=int, default=100,
+                   help="queries timed one at a time for latency percentiles (default: 100)")
+    r.add_argument("--threads", type=int, default=None, help="search threads (default: all cores)")
+
+    s = sub.add_parser("speed-bm25", help="BM25 stage vs plain Pyserini vs rank-bm25 on >= 100k passages")
+    s.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
+    s.add_argument("--min-docs", type=int, default=100_000)
+    s.add_argument("--queries", type=int, default=1000, help="queries for the Lucene engines (default: 1000)")
+    s.add_argument("--rank-bm25-queries", type=int, default=100, help="queries for rank-bm25, which is slow (default: 100)")
+    s.add_argument("--k", type=int, default=100)
+    s.add_argument("--repeats", type=int, default=3, help="timed repetitions, alternating engines (default: 3)")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--output", type=Path, default=Path("results/speed-bm25"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        from .runner import RunOptions, run, summary_table
+
+        opts = RunOptions(
+            split=args.split, train_split=args.train_split, output=args.output, index_dir=args.index_dir,
+            latency_queries=args.latency_queries, threads=args.threads, k=args.k,
+        )
+        records = run(args.dataset, args.pipeline, opts)
+        print(summary_table(records))
+        print(f"\nwrote {args.output}/summary.json, summary.md and <dataset>/<pipeline>/metrics.json, run.trec, report.md")
+        return 0
+    if args.command == "speed-bm25":
+        from .speed_bm25 import main as speed_main
+
+        return speed_main(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

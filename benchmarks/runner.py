@@ -1,0 +1,244 @@
+"""Benchmark runner: pipelines x datasets -> a side-by-side table, metrics.json, run.trec, report.md.
+
+Per dataset and pipeline it writes ``OUTDIR/<dataset>/<pipeline>/``:
+
+- ``metrics.json``: ``{"dataset", "split", "pipeline", "queries", "metrics": {...}, "stages": [{"name", "k",
+  "metrics", "latency_ms": {"p50", "p95"}}], "index_seconds", ...}`` (these keys are stable);
+- ``run.trec``: the final ranking;
+- ``report.md``: the same figures for a person.
+
+and ``OUTDIR/summary.json`` + ``OUTDIR/summary.md`` with every row.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from retrieval.stage import Pipeline
+from retrieval.types import Queries, Ranking
+from retrieval.util import library_version, write_json
+
+from .datasets import Dataset, load_dataset
+from .metrics import DEFAULT_MEASURES, evaluate
+
+TABLE_METRICS = ("nDCG@10", "R@100", "R@1000", "RR@10", "AP")
+
+
+@dataclass
+class Built:
+    """A pipeline ready to run, with what it cost to build."""
+
+    pipeline: Pipeline
+    index_seconds: float
+    index_reused: bool
+    settings: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunOptions:
+    split: str
+    train_split: str = "train"
+    output: Path = Path("results")
+    index_dir: Path | None = None
+    latency_queries: int = 100
+    threads: int | None = None
+    k: int = 1000
+
+
+Builder = Callable[[Dataset, RunOptions], Built]
+
+
+def _bm25_builder(backend: str, fit: bool = False) -> Builder:
+    def build(ds: Dataset, opts: RunOptions) -> Built:
+        from retrieval.stages.bm25 import BM25
+
+        cache = opts.index_dir / "bm25" if opts.index_dir else None
+        stage, built_now = BM25.from_corpus(ds.corpus, backend=backend, cache_dir=cache, k=opts.k, threads=opts.threads)
+        extra: dict = {}
+        if fit:
+            train = load_dataset(ds.path, opts.train_split)
+            result = stage.fit(train.queries, train.qrels, save=False)
+            extra["fit"] = {"split": opts.train_split, "queries": len(train.queries), **result.to_dict()}
+        settings = {"backend": backend, "k": stage.k, "k1": stage.k1, "b": stage.b, "index": str(stage.index_dir)}
+        return Built(Pipeline([stage], name="bm25"), stage.build_seconds, not built_now, settings, extra)
+
+    return build
+
+
+PIPELINES: dict[str, Builder] = {
+    "bm25": _bm25_builder("lucene"),
+    "bm25-rank": _bm25_builder("rank_bm25"),
+    "bm25-fit": _bm25_builder("lucene", fit=True),
+}
+DESCRIPTIONS = {
+    "bm25": "Lucene BM25 via Pyserini, k1=0.9 b=0.4, title + text",
+    "bm25-rank": "rank-bm25 (Java-free), k1=0.9 b=0.4, Porter-stemmed tokens",
+    "bm25-fit": "Lucene BM25 with k1 and b grid-searched on the training split",
+}
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0}
+    arr = np.asarray(values) * 1000.0
+    return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95))}
+
+
+def measure_latency(pipeline: Pipeline, queries: Queries, n: int, seed: int = 0) -> tuple[dict[str, list[float]], list[float]]:
+    """Run up to ``n`` queries one at a time; per-stage and total seconds per query."""
+    qids = list(queries)
+    if n < len(qids):
+        rng = np.random.default_rng(seed)
+        qids = [qids[i] for i in sorted(rng.choice(len(qids), size=n, replace=False))]
+    per_stage: dict[str, list[float]] = {s.name: [] for s in pipeline.stages}
+    total: list[float] = []
+    if qids:  # warm-up outside the measurement (JIT, caches)
+        pipeline.search(Queries({qids[0]: queries[qids[0]]}))
+    for qid in tqdm(qids, desc="latency", unit="q", leave=False):
+        t0 = time.perf_counter()
+        ranking = pipeline.search(Queries({qid: queries[qid]}))
+        total.append(time.perf_counter() - t0)
+        for trace in ranking.trace:
+            per_stage[trace.name].append(trace.seconds)
+    return per_stage, total
+
+
+def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions) -> dict:
+    if pipeline_name not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline_name!r}; available: {', '.join(PIPELINES)}")
+    built = PIPELINES[pipeline_name](ds, opts)
+    pipe = built.pipeline
+
+    # Latency first: its warm-up query also warms the batch pass (JIT, caches, lazy model loads).
+    per_stage_lat, total_lat = measure_latency(pipe, ds.queries, opts.latency_queries)
+    t0 = time.perf_counter()
+    ranking = pipe.search(ds.queries, keep_stages=True)
+    batch_seconds = time.perf_counter() - t0
+    ev = evaluate(ranking, ds.qrels, DEFAULT_MEASURES)
+    stages = []
+    for stage, trace in zip(pipe.stages, ranking.trace):
+        k = stage.k or opts.k
+        names = list(dict.fromkeys(["nDCG@10", f"R@{k}", "RR@10", *DEFAULT_MEASURES]))
+        stage_ev = evaluate(ranking.stages[stage.name], ds.qrels, names)
+        stages.append({
+            "name": stage.name,
+            "k": k,
+            "metrics": stage_ev.aggregate,
+            "latency_ms": _percentiles(per_stage_lat[stage.name]),
+            "batch_seconds": trace.seconds,
+            "candidates_out": trace.candidates_out,
+        })
+
+    out_dir = opts.output / ds.name / pipeline_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ranking.to_trec(out_dir / "run.trec", tag=pipeline_name.replace(">", "_"))
+    record = {
+        "dataset": ds.name,
+        "split": ds.split,
+        "pipeline": pipeline_name,
+        "description": DESCRIPTIONS.get(pipeline_name, ""),
+        "queries": ev.queries,
+        "metrics": ev.aggregate,
+        "stages": stages,
+        "index_seconds": built.index_seconds,
+        "index_reused": built.index_reused,
+        "latency_ms": _percentiles(total_lat),
+        "latency_queries": len(total_lat),
+        "qps": len(ds.queries) / batch_seconds if batch_seconds > 0 else None,
+        "batch_seconds": batch_seconds,
+        "settings": built.settings,
+        **built.extra,
+        "dataset_path": str(ds.path),
+        "docs": len(ds.corpus),
+        "library_version": library_version(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks", *sys.argv[1:]]) if sys.argv and "benchmarks" in sys.argv[0] else None,
+    }
+    write_json(out_dir / "metrics.json", record)
+    (out_dir / "report.md").write_text(_report(record), encoding="utf-8")
+    write_json(out_dir / "per_query.json", ev.per_query)
+    return record
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _report(r: dict) -> str:
+    parts = [
+        f"# {r['pipeline']} on {r['dataset']} ({r['split']}, {r['queries']} queries)",
+        "",
+        r.get("description", ""),
+        "",
+        _md_table(list(r["metrics"]), [list(r["metrics"].values())]),
+        "",
+        "## Stages",
+        "",
+        _md_table(
+            ["stage", "k", "nDCG@10", "R@k", "latency p50 ms", "latency p95 ms"],
+            [[s["name"], s["k"], s["metrics"]["nDCG@10"], s["metrics"][f"R@{s['k']}"],
+              s["latency_ms"]["p50"], s["latency_ms"]["p95"]] for s in r["stages"]],
+        ),
+        "",
+        f"Index build: {r['index_seconds']:.1f} s{' (reused from cache)' if r['index_reused'] else ''}; "
+        f"batch search: {r['batch_seconds']:.2f} s ({_fmt(r['qps'])} queries/s); "
+        f"single-query latency over {r['latency_queries']} queries: p50 {r['latency_ms']['p50']:.1f} ms, "
+        f"p95 {r['latency_ms']['p95']:.1f} ms.",
+        "",
+        f"Settings: `{r['settings']}`",
+    ]
+    if r.get("fit"):
+        f = r["fit"]
+        parts += ["", f"Fitted on split `{f['split']}` ({f['queries']} queries): k1={f['k1']}, b={f['b']} "
+                      f"({f['metric']} {f['score']:.4f} on that split, defaults {f['default_score']:.4f})."]
+    return "\n".join(parts) + "\n"
+
+
+def summary_table(records: Sequence[dict]) -> str:
+    headers = ["dataset", "split", "pipeline", *TABLE_METRICS, "p50 ms", "p95 ms", "q/s", "index s"]
+    rows = [
+        [r["dataset"], r["split"], r["pipeline"], *[r["metrics"].get(m) for m in TABLE_METRICS],
+         r["latency_ms"]["p50"], r["latency_ms"]["p95"], r["qps"], r["index_seconds"]]
+        for r in records
+    ]
+    return _md_table(headers, rows)
+
+
+def run(datasets: Sequence[str | Path], pipelines: Sequence[str], opts: RunOptions) -> list[dict]:
+    unknown = [p for p in pipelines if p not in PIPELINES]
+    if unknown:
+        raise ValueError(f"unknown pipeline(s) {unknown}; available: {', '.join(PIPELINES)}")
+    records = []
+    for path in datasets:
+        ds = load_dataset(path, opts.split)
+        for name in pipelines:
+            print(f"[{ds.name}/{opts.split}] {name} ...", file=sys.stderr, flush=True)
+            records.append(run_one(ds, name, opts))
+    opts.output.mkdir(parents=True, exist_ok=True)
+    write_json(opts.output / "summary.json", records)
+    table = summary_table(records)
+    (opts.output / "summary.md").write_text(table + "\n", encoding="utf-8")
+    return records
