@@ -1,0 +1,39 @@
+# Two commands on a fresh clone (with ../shared beside it): `make benchmark` and `make test`.
+# Both create .venv and install into it once; later runs reinstall only when pyproject.toml changes.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU machines: the CPU build of torch must come first, or a bare requirement pulls a CUDA build.
+# On a GPU machine: make TORCH_SPEC='torch==2.13.0' EXTRA=gpu ...
+TORCH_SPEC ?= torch==2.13.0
+EXTRA ?= cpu
+DATA ?= ../shared/datasets
+OUT ?= results
+
+.PHONY: install benchmark speed test test-fast
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRA),test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job: the benchmark on real data, end to end.
+benchmark: install
+	$(PY) -m benchmarks run --dataset $(DATA)/scifact --split dev --train-split train \
+		--pipeline bm25 --pipeline bm25-rank --pipeline bm25-fit --output $(OUT)
+
+# BM25 speed: the stage vs plain Pyserini vs rank-bm25 on >= 100k passages.
+speed: install
+	$(PY) -m benchmarks speed-bm25 --datasets-root $(DATA) --output $(OUT)/speed-bm25
+
+# Every test, the slow end-to-end ones included (CI runs this).
+test: install
+	$(PY) -m pytest --slow -q
+
+test-fast: install
+	$(PY) -m pytest -q

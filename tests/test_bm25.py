@@ -1,0 +1,125 @@
+"""BM25 stage on real data (ADI, 82 documents; SciFact in the slow tests)."""
+
+import json
+
+import pytest
+
+from benchmarks.metrics import evaluate
+from retrieval.stages.bm25 import BM25, CONFIG_NAME, analyze
+from retrieval.types import Corpus, Document, Queries, Ranking
+
+
+def _plain_pyserini(index_dir, queries, k, k1=0.9, b=0.4):
+    from pyserini.search.lucene import LuceneSearcher
+
+    searcher = LuceneSearcher(str(index_dir / "lucene"))
+    searcher.set_bm25(k1, b)
+    qids = list(queries)
+    hits = searcher.batch_search([queries[q] for q in qids], qids, k=k, threads=2)
+    return Ranking({q: {h.docid: h.score for h in hits[q]} for q in qids})
+
+
+def test_lucene_stage_equals_plain_pyserini(adi, adi_lucene):
+    ours = adi_lucene.search(adi.queries)
+    plain = _plain_pyserini(adi_lucene.index_dir, adi.queries, k=50)
+    assert ours.scores == plain.scores
+    assert all(len(docs) <= 50 for docs in ours.scores.values())
+    assert evaluate(ours, adi.qrels, ["nDCG@10"]).aggregate["nDCG@10"] > 0.2
+
+
+def test_index_config_describes_itself(adi, adi_lucene):
+    config = json.loads((adi_lucene.index_dir / CONFIG_NAME).read_text())
+    assert config["backend"] == "lucene" and config["num_docs"] == 82
+    assert config["corpus_fingerprint"] == adi.corpus.fingerprint()
+    assert config["k1"] == 0.9 and config["b"] == 0.4
+    assert not list(adi_lucene.index_dir.parent.glob("*.tmp-*")), "temporary build folder left behind"
+
+
+def test_rank_bm25_backend_is_close_to_lucene(adi, adi_lucene, adi_rank):
+    lucene = evaluate(adi_lucene.search(adi.queries), adi.qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+    rank = evaluate(adi_rank.search(adi.queries), adi.qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+    assert rank > 0.2
+    assert abs(rank - lucene) < 0.08
+    r = adi_rank.search(adi.queries, k=5)
+    assert all(len(v) <= 5 for v in r.scores.values())
+    assert all(s > 0 for v in r.scores.values() for s in v.values())
+
+
+def test_k_override_search_one_and_empty(adi_lucene, adi_rank):
+    for stage in (adi_lucene, adi_rank):
+        hits = stage.search_one("computer retrieval of documents", k=3)
+        assert len(hits) == 3 and hits[0][1] >= hits[1][1] >= hits[2][1]
+        assert stage.search(Queries({})).scores == {}
+        assert stage.search({"q": "zzzzqqq"}).scores == {"q": {}}
+        assert stage.search({"q": "the of and"}).scores == {"q": {}}  # stop words only
+
+
+def test_bad_arguments(adi_lucene, tmp_path):
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        adi_lucene.search({"q": "x"}, k=0)
+    with pytest.raises(ValueError, match="first-stage retriever"):
+        adi_lucene.search({"q": "x"}, candidates=Ranking({"q": {"1": 1.0}}))
+    with pytest.raises(ValueError, match="not among the queries"):
+        adi_lucene.search({"q": "x"}, candidates=Ranking({"other": {}}))
+    with pytest.raises(TypeError, match="search_one"):
+        adi_lucene.search("a query string")
+    with pytest.raises(ValueError, match="unknown BM25 backend 'bm26'"):
+        BM25.build(Corpus([Document("a", "x")]), tmp_path / "i", backend="bm26")
+    with pytest.raises(ValueError, match="b must be a number between 0 and 1"):
+        BM25(adi_lucene.index_dir, b=1.5)
+    with pytest.raises(FileExistsError, match="already exists"):
+        BM25.build(Corpus([Document("a", "x")]), adi_lucene.index_dir)
+    with pytest.raises(FileNotFoundError, match="BM25 index config"):
+        BM25(tmp_path)
+    with pytest.raises(ValueError, match="empty corpus"):
+        BM25.build(Corpus([]), tmp_path / "e")
+
+
+def test_from_corpus_caches_by_fingerprint(adi, tmp_path):
+    first, built = BM25.from_corpus(adi.corpus, backend="rank_bm25", cache_dir=tmp_path)
+    assert built
+    again, built_again = BM25.from_corpus(adi.corpus, backend="rank_bm25", cache_dir=tmp_path)
+    assert not built_again and again.index_dir == first.index_dir
+    other = Corpus([Document("x", "different text")])
+    third, built_third = BM25.from_corpus(other, backend="rank_bm25", cache_dir=tmp_path)
+    assert built_third and third.index_dir != first.index_dir
+
+
+@pytest.mark.parametrize("backend", ["lucene", "rank_bm25"])
+def test_fit_grid_search_and_save(adi, tmp_path, backend):
+    stage = BM25.build(adi.corpus, tmp_path / backend, backend=backend, k=100)
+    result = stage.fit(adi.queries, adi.qrels, k1_grid=(0.5, 1.2), b_grid=(0.3, 0.75), alpha=1.0)
+    assert len(result.grid) == 5  # the start (0.9, 0.4) plus the 2 x 2 grid
+    best = max(result.grid, key=lambda r: r["nDCG@10"])
+    assert (result.k1, result.b) == (best["k1"], best["b"])
+    assert result.score >= result.default_score
+    reloaded = BM25(tmp_path / backend)
+    assert (reloaded.k1, reloaded.b) == (result.k1, result.b)
+    assert reloaded.config["fitted"]["queries"] == len(adi.queries)
+
+
+def test_fit_keeps_start_without_significant_gain(adi, adi_lucene):
+    # alpha=0 can never be met: the start values must stay, whatever the grid says.
+    result = adi_lucene.fit(adi.queries, adi.qrels, k1_grid=(1.2,), b_grid=(0.75,), alpha=0.0, save=False)
+    assert (result.k1, result.b) == (0.9, 0.4)
+    assert result.best["k1"] in (0.9, 1.2)
+    with pytest.raises(ValueError, match="none of the given queries"):
+        adi_lucene.fit({"zz": "x"}, adi.qrels, save=False)
+
+
+def test_analyzer_drops_stop_words_and_stems():
+    assert analyze("The Proteins are folding, in cells!") == ["protein", "fold", "cell"]
+
+
+@pytest.mark.slow
+def test_scifact_dev_matches_plain_pyserini_and_reference(datasets_root, tmp_path):
+    from benchmarks.datasets import load_dataset
+
+    ds = load_dataset(datasets_root / "scifact", "dev")
+    stage = BM25.build(ds.corpus, tmp_path / "scifact", k=1000)
+    ours = evaluate(stage.search(ds.queries), ds.qrels, ["nDCG@10", "R@100"]).aggregate
+    plain = evaluate(_plain_pyserini(stage.index_dir, ds.queries, 1000), ds.qrels, ["nDCG@10", "R@100"]).aggregate
+    assert abs(ours["nDCG@10"] - plain["nDCG@10"]) < 0.001
+    # ../shared/datasets/README.md: plain Pyserini BM25 (k1=0.9, b=0.4) gives 0.7096 / 0.896 here.
+    assert ours["nDCG@10"] == pytest.approx(0.7096, abs=0.002)
+    assert ours["R@100"] == pytest.approx(0.896, abs=0.002)

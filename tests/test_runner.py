@@ -1,0 +1,65 @@
+"""The benchmark runner end to end, through its command line, on ADI."""
+
+import json
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.datasets import load_dataset
+from benchmarks.metrics import evaluate
+from retrieval.types import DataFormatError, Ranking
+
+REQUIRED = {"dataset", "split", "pipeline", "queries", "metrics", "stages", "index_seconds"}
+METRICS = {"nDCG@10", "R@100", "R@1000", "RR@10", "AP"}
+
+
+def test_run_writes_metrics_run_and_report(datasets_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["run", "--dataset", str(datasets_root / "adi"), "--split", "test", "--pipeline", "bm25",
+                 "--pipeline", "bm25-rank", "--output", str(out), "--index-dir", str(tmp_path / "idx"),
+                 "--latency-queries", "5", "--k", "100"])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "| adi | test | bm25 |" in table and "| adi | test | bm25-rank |" in table
+    ds = load_dataset(datasets_root / "adi", "test")
+    for name in ("bm25", "bm25-rank"):
+        folder = out / "adi" / name
+        record = json.loads((folder / "metrics.json").read_text())
+        assert REQUIRED <= set(record)
+        assert set(record["metrics"]) >= METRICS
+        assert record["queries"] == 35 and record["split"] == "test" and record["pipeline"] == name
+        stage = record["stages"][0]
+        assert stage["name"] == "bm25" and stage["k"] == 100
+        assert {"p50", "p95"} == set(stage["latency_ms"]) and stage["latency_ms"]["p50"] > 0
+        assert "R@100" in stage["metrics"]
+        # the run file on disk gives back the reported figure
+        again = evaluate(Ranking.from_trec(folder / "run.trec"), ds.qrels).aggregate["nDCG@10"]
+        assert again == pytest.approx(record["metrics"]["nDCG@10"], abs=1e-6)
+        assert "# " + name in (folder / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["pipeline"] for r in summary] == ["bm25", "bm25-rank"]
+
+
+def test_run_rejects_unknown_pipeline_and_split(datasets_root, tmp_path):
+    with pytest.raises(ValueError, match="unknown pipeline"):
+        main(["run", "--dataset", str(datasets_root / "adi"), "--split", "test", "--pipeline", "bm99",
+              "--output", str(tmp_path)])
+    with pytest.raises(DataFormatError, match="unknown split 'dev'; available splits: test"):
+        main(["run", "--dataset", str(datasets_root / "adi"), "--split", "dev", "--pipeline", "bm25",
+              "--output", str(tmp_path)])
+    # bm25-fit needs a training split; ADI has none, and the error says so
+    with pytest.raises(DataFormatError, match="unknown split 'train'"):
+        main(["run", "--dataset", str(datasets_root / "adi"), "--split", "test", "--pipeline", "bm25-fit",
+              "--output", str(tmp_path), "--index-dir", str(tmp_path / "idx")])
+
+
+@pytest.mark.slow
+def test_scifact_fit_holds_or_improves_dev(datasets_root, tmp_path):
+    out = tmp_path / "out"
+    main(["run", "--dataset", str(datasets_root / "scifact"), "--split", "dev", "--pipeline", "bm25",
+          "--pipeline", "bm25-fit", "--output", str(out), "--index-dir", str(tmp_path / "idx"),
+          "--latency-queries", "10"])
+    base = json.loads((out / "scifact" / "bm25" / "metrics.json").read_text())
+    fit = json.loads((out / "scifact" / "bm25-fit" / "metrics.json").read_text())
+    assert fit["fit"]["split"] == "train" and fit["fit"]["queries"] == 599
+    assert fit["metrics"]["nDCG@10"] >= base["metrics"]["nDCG@10"] - 1e-9
