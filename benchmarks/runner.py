@@ -167,6 +167,12 @@ def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions) -> dict:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks", *sys.argv[1:]]) if sys.argv and "benchmarks" in sys.argv[0] else None,
     }
+    if built.extra.get("fit"):
+        from .plots import fit_heatmap
+
+        record["plots"] = [fit_heatmap(built.extra["fit"], out_dir / "fit_grid.png",
+                                       f"{ds.name}: BM25 {built.extra['fit']['metric']} on "
+                                       f"{built.extra['fit']['split']} by k1 and b").name]
     write_json(out_dir / "metrics.json", record)
     (out_dir / "report.md").write_text(_report(record), encoding="utf-8")
     write_json(out_dir / "per_query.json", ev.per_query)
@@ -212,8 +218,12 @@ def _report(r: dict) -> str:
     ]
     if r.get("fit"):
         f = r["fit"]
-        parts += ["", f"Fitted on split `{f['split']}` ({f['queries']} queries): k1={f['k1']}, b={f['b']} "
-                      f"({f['metric']} {f['score']:.4f} on that split, defaults {f['default_score']:.4f})."]
+        best = f.get("best") or {}
+        parts += ["", f"Fitted on split `{f['split']}` ({f['queries']} queries): chose k1={f['k1']}, b={f['b']} "
+                      f"({f['metric']} {f['score']:.4f} on that split; start values {f['default_score']:.4f}; "
+                      f"grid best k1={best.get('k1')}, b={best.get('b')} at {best.get(f['metric'], 0):.4f}, "
+                      f"paired t-test p={best.get('p_value', 1):.3f}, kept only if p < {f['alpha']}).",
+                  "", "![fit grid](fit_grid.png)"]
     return "\n".join(parts) + "\n"
 
 

@@ -1,0 +1,51 @@
+"""PNG plots for benchmark reports (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fit_heatmap(fit: dict, path: str | Path, title: str = "") -> Path:
+    """Heat map of a BM25 fit grid (k1 x b -> metric), marking the start and the chosen setting."""
+    plt = _pyplot()
+    metric = fit["metric"]
+    k1s = sorted({r["k1"] for r in fit["grid"]})
+    bs = sorted({r["b"] for r in fit["grid"]})
+    values = {(r["k1"], r["b"]): r[metric] for r in fit["grid"]}
+    import numpy as np
+
+    grid = np.full((len(k1s), len(bs)), np.nan)
+    for (k1, b), v in values.items():
+        grid[k1s.index(k1), bs.index(b)] = v
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(bs), 1.0 + 0.6 * len(k1s)))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+    ax.set_xticks(range(len(bs)), [f"{b:g}" for b in bs])
+    ax.set_yticks(range(len(k1s)), [f"{k:g}" for k in k1s])
+    ax.set_xlabel("b")
+    ax.set_ylabel("k1")
+    for i in range(len(k1s)):
+        for j in range(len(bs)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=7, color="white")
+    best = fit.get("best") or {}
+    if best:
+        ax.scatter([bs.index(best["b"])], [k1s.index(best["k1"])], s=260, facecolors="none", edgecolors="red",
+                   label=f"best on train (p={best.get('p_value', 1):.2f})")
+    ax.scatter([bs.index(fit["b"])], [k1s.index(fit["k1"])], marker="x", s=120, c="orange", label="chosen")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.25, 1.0), fontsize=8)
+    fig.colorbar(im, ax=ax, label=f"{metric} on {fit.get('split', 'train')}")
+    ax.set_title(title or f"BM25 fit: {metric} by k1 and b")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
