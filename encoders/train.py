@@ -1,0 +1,181 @@
+"""Training LoRA adapters for the bi-encoder.
+
+``query`` mode (implemented here): the adapter is applied to queries only. Documents keep the frozen
+base model, so their vectors are fixed: they come straight from the existing FAISS index (nothing is
+re-encoded, and the index stays byte-identical), and a softmax over the *whole corpus* — the query's
+other positives masked — replaces sampled negatives.
+
+Every run: a seed, a validation slice held out of the training queries (nDCG@10 by exact search each
+epoch, best epoch kept), the trainable share, wall time and peak memory, and a progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from retrieval.types import Qrels, Queries, Ranking
+
+from .bi_encoder import BiEncoder, LoraSettings
+
+
+@dataclass
+class DenseTrainSettings:
+    mode: str = "query"
+    epochs: int = 8
+    lr: float = 3e-4
+    batch_size: int = 32
+    scale: float = 20.0               # logits = scale x cosine (MultipleNegativesRankingLoss uses 20)
+    val_fraction: float = 0.15        # of the training queries, held out to choose the epoch
+    seed: int = 0
+    weight_decay: float = 0.01
+    warmup: float = 0.1               # share of steps with a linear warm-up
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, side="query"))
+    adapter_name: str = "default"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val: float
+    start_val: float
+    history: list[dict]
+    trainable_share: float
+    seconds: float
+    peak_memory_mb: float
+    train_queries: int
+    val_queries: int
+    settings: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_queries(qids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded split of training query ids into (train, validation)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {fraction}")
+    ids = sorted(qids)
+    random.Random(seed).shuffle(ids)
+    n_val = max(1, int(round(len(ids) * fraction)))
+    if n_val >= len(ids):
+        raise ValueError(f"{len(ids)} training queries are too few to hold out {fraction:.0%} for validation")
+    return ids[n_val:], ids[:n_val]
+
+
+def _peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrels,
+                        settings: DenseTrainSettings | None = None, progress: bool = True) -> TrainResult:
+    """Train a query-side LoRA adapter against the fixed document vectors of ``index``.
+
+    ``index`` must have been built with this encoder's base model (no document-side adapter); its
+    stored vectors are used as they are.
+    """
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    from benchmarks.metrics import evaluate
+
+    settings = settings or DenseTrainSettings()
+    if settings.lora.side != "query":
+        raise ValueError("query mode trains a query-side adapter: set LoraSettings(side='query')")
+    base_fp = encoder.fingerprint("document")
+    if index.encoder_fingerprint is not None and index.encoder_fingerprint != base_fp:
+        raise ValueError(f"the index was built with {index.encoder_fingerprint}, not this encoder's document side "
+                         f"({base_fp}); query-only training needs the base model's document vectors")
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+
+    rows = [r for r, d in enumerate(index.ids) if d is not None]
+    row_of = {index.ids[r]: i for i, r in enumerate(rows)}
+    doc_ids = [index.ids[r] for r in rows]
+    D = torch.from_numpy(np.ascontiguousarray(index.vectors[rows])).to(encoder.st.device)
+
+    judged = [q for q in queries if q in qrels and any(g > 0 and d in row_of for d, g in qrels[q].items())]
+    if not judged:
+        raise ValueError("no training query has a relevant document in the index")
+    train_q, val_q = split_queries(judged, settings.val_fraction, settings.seed)
+    positives = {q: [row_of[d] for d, g in qrels[q].items() if g > 0 and d in row_of] for q in train_q}
+    pairs = [(q, p) for q in train_q for p in positives[q]]
+
+    encoder.add_lora(settings.lora, name=settings.adapter_name)
+    share = encoder.trainable_share()
+    params = [p for p in encoder.st.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    steps = settings.epochs * math.ceil(len(pairs) / settings.batch_size)
+    warm = max(1, int(steps * settings.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
+        optim, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
+
+    val_qrels = {q: qrels[q] for q in val_q}
+
+    def validate() -> float:
+        encoder.st.eval()
+        with torch.no_grad():
+            qv = encoder.encode_queries([queries[q] for q in val_q])
+        scores = qv @ index.vectors[rows].T
+        top = np.argsort(-scores, axis=1)[:, :100]
+        run = Ranking({q: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(val_q)})
+        return evaluate(run, val_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+
+    t0 = time.perf_counter()
+    start_val = validate()
+    best_val, best_epoch = start_val, 0
+    best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(encoder._transformer(), adapter_name=settings.adapter_name).items()}
+    history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
+    rng = random.Random(settings.seed)
+    bar = tqdm(total=steps, desc="query-only LoRA", unit="step", disable=not progress)
+    for epoch in range(1, settings.epochs + 1):
+        encoder.st.train()
+        rng.shuffle(pairs)
+        losses = []
+        for i in range(0, len(pairs), settings.batch_size):
+            batch = pairs[i : i + settings.batch_size]
+            q_emb = encoder.embed([queries[q] for q, _ in batch], side="query")
+            logits = settings.scale * (q_emb @ D.T)
+            mask = torch.zeros_like(logits, dtype=torch.bool)
+            for b, (q, p) in enumerate(batch):
+                others = [o for o in positives[q] if o != p]
+                if others:
+                    mask[b, others] = True
+            logits = logits.masked_fill(mask, float("-inf"))
+            target = torch.tensor([p for _, p in batch], device=logits.device)
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}")
+        val = validate()
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_nDCG@10": val,
+                        "seconds": time.perf_counter() - t0})
+        if val > best_val:
+            best_val, best_epoch = val, epoch
+            best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(encoder._transformer(), adapter_name=settings.adapter_name).items()}
+    bar.close()
+    set_peft_model_state_dict(encoder._transformer(), best_state, adapter_name=settings.adapter_name)
+    encoder.st.eval()
+    for p in encoder.st.parameters():
+        p.requires_grad_(False)
+    return TrainResult(best_epoch, best_val, start_val, history, share, time.perf_counter() - t0,
+                       _peak_memory_mb(), len(train_q), len(val_q), settings.to_dict())

@@ -1,0 +1,262 @@
+"""A FAISS vector index with string document ids, stored vectors, and a self-describing folder.
+
+One ``factory`` string chooses the index: ``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``, ``"IVF1024,PQ32"``
+(FAISS's own ``index_factory`` syntax). Scores are inner products of L2-normalised vectors (cosine).
+
+Folder layout: ``index.faiss`` (CPU index), ``docids.txt`` (row -> string id), ``vectors.npy`` (the
+exact float32 vectors, for rescoring candidates without re-encoding), ``index_config.json`` (factory,
+metric, dimension, search parameters, the encoder and adapter it was built with, sha256 checksums).
+Loading against another encoder, or a damaged folder, is an error. FAISS row numbers never leave here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..util import atomic_dir, library_version, read_json, write_json
+
+CONFIG_NAME = "index_config.json"
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError(
+            "the dense stage needs FAISS: pip install 'retrieval[cpu]' (faiss-cpu) or 'retrieval[gpu]' (faiss-gpu); "
+            "never both"
+        ) from None
+    return faiss
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class IndexMismatch(ValueError):
+    """The index was built with another encoder or adapter than the one given."""
+
+
+class FaissIndex:
+    """ANN search over document vectors, keyed by string ids.
+
+    >>> idx = FaissIndex.build(vectors, doc_ids, factory="HNSW32", encoder_fingerprint=enc.fingerprint())
+    >>> hits = idx.search(query_vectors, k=100)        # [[(doc_id, score), ...], ...]
+    """
+
+    def __init__(self, factory: str, dim: int, encoder_fingerprint: str | None = None,
+                 encoder_info: dict | None = None, ef_construction: int = 200, ef_search: int = 128,
+                 nprobe: int = 16):
+        faiss = _faiss()
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.factory = factory.strip()
+        self.dim = dim
+        try:
+            inner = faiss.index_factory(dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise ValueError(f"FAISS cannot build factory string {factory!r}: {str(e).splitlines()[-1]}; "
+                             f"examples: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ32") from None
+        self.kind = "hnsw" if "HNSW" in self.factory.upper() else ("ivf" if "IVF" in self.factory.upper() else "flat")
+        if self.kind == "hnsw":
+            faiss.downcast_index(inner).hnsw.efConstruction = ef_construction
+        # IVF takes ids and deletes natively; IndexIDMap2 over IVF would mis-map ids after a delete.
+        self.index = inner if self.kind == "ivf" else faiss.IndexIDMap2(inner)
+        self.encoder_fingerprint = encoder_fingerprint
+        self.encoder_info = encoder_info or {}
+        self.params = {"ef_construction": ef_construction, "ef_search": ef_search, "nprobe": nprobe}
+        self.ids: list[str | None] = []  # row -> id (None for deleted rows)
+        self.rows: dict[str, int] = {}
+        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.build_seconds = 0.0
+        self._gpu = None
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, vectors: np.ndarray, ids: Sequence[str], factory: str = "Flat", train_sample: int = 100_000,
+              seed: int = 0, **kwargs) -> "FaissIndex":
+        vectors = _check_vectors(vectors)
+        idx = cls(factory, vectors.shape[1], **kwargs)
+        t0 = time.perf_counter()
+        if not idx.index.is_trained:
+            idx.train(vectors, sample=train_sample, seed=seed)
+        idx.add(vectors, ids)
+        idx.build_seconds = time.perf_counter() - t0
+        return idx
+
+    def train(self, vectors: np.ndarray, sample: int = 100_000, seed: int = 0) -> None:
+        """Train IVF/PQ quantisers on a random sample of the vectors."""
+        vectors = _check_vectors(vectors, self.dim)
+        if len(vectors) > sample:
+            rng = np.random.default_rng(seed)
+            vectors = vectors[np.sort(rng.choice(len(vectors), size=sample, replace=False))]
+        try:
+            self.index.train(vectors)
+        except RuntimeError as e:
+            raise ValueError(f"training {self.factory!r} on {len(vectors)} vectors failed: {str(e).splitlines()[-1]} "
+                             f"(IVF needs at least as many vectors as lists, ideally 39x)") from None
+
+    def add(self, vectors: np.ndarray, ids: Sequence[str]) -> None:
+        """Add documents; an id already present is replaced (its old vector removed where FAISS can)."""
+        vectors = _check_vectors(vectors, self.dim)
+        ids = [str(i) for i in ids]
+        if len(ids) != len(vectors):
+            raise ValueError(f"got {len(vectors)} vectors but {len(ids)} ids")
+        if len(set(ids)) != len(ids):
+            raise ValueError("ids given to add() must be unique")
+        if not self.index.is_trained:
+            raise ValueError(f"{self.factory!r} must be trained before adding: use FaissIndex.build or train()")
+        present = [i for i in ids if i in self.rows]
+        if present:
+            self.remove(present)
+        start = len(self.ids)
+        rows = np.arange(start, start + len(ids), dtype=np.int64)
+        self.index.add_with_ids(vectors, rows)
+        self.vectors = np.concatenate([self.vectors, vectors]) if len(self.vectors) else vectors.copy()
+        self.ids.extend(ids)
+        self.rows.update(zip(ids, range(start, start + len(ids))))
+        self._gpu = None
+
+    def remove(self, ids: Sequence[str]) -> int:
+        """Delete documents by id. HNSW cannot delete in FAISS: that raises, naming the alternatives."""
+        faiss = _faiss()
+        missing = [i for i in ids if i not in self.rows]
+        if missing:
+            raise KeyError(f"{len(missing)} id(s) not in the index, e.g. {missing[0]!r}")
+        if self.kind == "hnsw":
+            raise NotImplementedError(
+                f"FAISS cannot delete from an HNSW index ({self.factory!r}); rebuild it without those documents, "
+                f"or use a Flat or IVF index (e.g. 'IVF1024,Flat'), which support deletion")
+        rows = np.array([self.rows[i] for i in ids], dtype=np.int64)
+        removed = self.index.remove_ids(faiss.IDSelectorArray(rows.size, faiss.swig_ptr(rows)))
+        for i in ids:
+            self.ids[self.rows.pop(i)] = None
+        self._gpu = None
+        return int(removed)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self.rows
+
+    # ------------------------------------------------------------------ searching
+    def _searcher(self):
+        faiss = _faiss()
+        if self.kind == "hnsw":
+            faiss.downcast_index(self.index.index).hnsw.efSearch = self.params["ef_search"]
+        elif self.kind == "ivf":
+            faiss.extract_index_ivf(self.index).nprobe = self.params["nprobe"]
+        if self.kind != "hnsw" and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+            if self._gpu is None:  # GPU copy for search; the CPU index stays the one that is saved
+                self._gpu = faiss.index_cpu_to_all_gpus(self.index)
+            return self._gpu
+        return self.index
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        queries = _check_vectors(queries, self.dim)
+        if len(self) == 0 or len(queries) == 0:
+            return [[] for _ in range(len(queries))]
+        k = min(int(k), len(self))
+        scores, rows = self._searcher().search(queries, k)
+        out = []
+        for srow, rrow in zip(scores, rows):
+            out.append([(self.ids[r], float(s)) for s, r in zip(srow, rrow) if r >= 0 and self.ids[r] is not None])
+        return out
+
+    def score(self, query: np.ndarray, doc_ids: Sequence[str]) -> dict[str, float]:
+        """Exact inner products of one query with stored vectors; ids not in the index are left out."""
+        rows = [self.rows[d] for d in doc_ids if d in self.rows]
+        if not rows:
+            return {}
+        values = self.vectors[rows] @ np.asarray(query, dtype=np.float32)
+        return {self.ids[r]: float(v) for r, v in zip(rows, values)}
+
+    def set_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
+        if ef_search is not None:
+            self.params["ef_search"] = int(ef_search)
+        if nprobe is not None:
+            self.params["nprobe"] = int(nprobe)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        faiss = _faiss()
+        path = Path(path)
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            with open(tmp / "docids.txt", "w", encoding="utf-8") as f:
+                for doc_id in self.ids:
+                    f.write(("" if doc_id is None else doc_id) + "\n")
+            np.save(tmp / "vectors.npy", self.vectors)
+            files = ("index.faiss", "docids.txt", "vectors.npy")
+            write_json(tmp / CONFIG_NAME, {
+                "kind": "faiss",
+                "factory": self.factory,
+                "metric": "inner_product",
+                "dim": self.dim,
+                "count": len(self),
+                "rows": len(self.ids),
+                "params": self.params,
+                "encoder_fingerprint": self.encoder_fingerprint,
+                "encoder": self.encoder_info,
+                "build_seconds": self.build_seconds,
+                "checksums": {name: _sha256(tmp / name) for name in files},
+                "library_version": library_version(),
+            })
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, encoder_fingerprint: str | None = None, verify: bool = True) -> "FaissIndex":
+        """Load a saved index; with ``encoder_fingerprint``, refuse one built with another encoder."""
+        faiss = _faiss()
+        path = Path(path)
+        config = read_json(path / CONFIG_NAME, "FAISS index config")
+        if verify:
+            for name, digest in config["checksums"].items():
+                if not (path / name).is_file():
+                    raise FileNotFoundError(f"{path}: {name} is missing; the index folder is incomplete")
+                if _sha256(path / name) != digest:
+                    raise ValueError(f"{path}: {name} does not match its checksum; the index is damaged, rebuild it")
+        if encoder_fingerprint is not None and config["encoder_fingerprint"] != encoder_fingerprint:
+            raise IndexMismatch(
+                f"{path}: built with encoder {config['encoder_fingerprint']} ({config.get('encoder')}), "
+                f"but the given encoder is {encoder_fingerprint}; rebuild the index with this encoder, "
+                f"or load the encoder and adapter it was built with")
+        idx = cls.__new__(cls)
+        idx.factory, idx.dim = config["factory"], int(config["dim"])
+        idx.kind = "hnsw" if "HNSW" in idx.factory.upper() else ("ivf" if "IVF" in idx.factory.upper() else "flat")
+        idx.index = faiss.read_index(str(path / "index.faiss"))
+        idx.encoder_fingerprint = config["encoder_fingerprint"]
+        idx.encoder_info = config.get("encoder", {})
+        idx.params = dict(config["params"])
+        with open(path / "docids.txt", encoding="utf-8") as f:
+            idx.ids = [line.rstrip("\n") or None for line in f]
+        idx.rows = {d: r for r, d in enumerate(idx.ids) if d is not None}
+        idx.vectors = np.load(path / "vectors.npy")
+        idx.build_seconds = float(config.get("build_seconds", 0.0))
+        idx._gpu = None
+        if len(idx.rows) != config["count"] or idx.index.ntotal != len(idx.rows):
+            raise ValueError(f"{path}: {idx.index.ntotal} vectors in FAISS, {len(idx.rows)} ids, "
+                             f"{config['count']} expected; the index is damaged, rebuild it")
+        return idx
+
+
+def _check_vectors(vectors, dim: int | None = None) -> np.ndarray:
+    arr = np.ascontiguousarray(vectors, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"vectors must be a 2-d array (n, dim), got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"vectors have dimension {arr.shape[1]}, the index has {dim}")
+    if not np.isfinite(arr).all():
+        raise ValueError("vectors contain NaN or infinite values")
+    return arr

@@ -1,0 +1,98 @@
+"""The dense stage: a (LoRA-adapted) bi-encoder over a FAISS index.
+
+Modes:
+- ``retrieve``: the index's approximate top-k for each query;
+- ``rescore``: score the given candidates from their stored vectors (no document is re-encoded);
+- ``hybrid``: score the candidates and the index's own top-k neighbours, then fuse those dense scores
+  with the scores the candidates came with (``Fusion``: RRF or a weighted sum of normalised scores).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ..index.faiss import FaissIndex
+from ..stage import StageBase, as_queries, check_candidates, check_k
+from ..types import Corpus, Queries, Ranking
+from ..util import default_cache_dir
+from .fusion import Fusion
+
+MODES = ("retrieve", "rescore", "hybrid")
+
+
+def document_index(encoder, corpus: Corpus, factory: str = "Flat", cache_dir: str | os.PathLike | None = None,
+                   batch_size: int | None = None, **index_kwargs) -> tuple[FaissIndex, bool, Path]:
+    """Load the cached index of ``corpus`` for this encoder's document side, or encode and build it.
+
+    Returns (index, built_now, folder). The cache key is the corpus checksum, the encoder's document
+    fingerprint (base weights + document-side adapter) and the factory string, so a query-only adapter
+    reuses the base model's index untouched.
+    """
+    root = Path(cache_dir) if cache_dir else default_cache_dir() / "dense"
+    fp = encoder.fingerprint("document")
+    key = f"{corpus.fingerprint()[:16]}-{fp.replace(':', '_').replace('+', '-')}-{factory.replace(',', '_')}"
+    path = root / key
+    if (path / "index_config.json").is_file():
+        return FaissIndex.load(path, encoder_fingerprint=fp), False, path
+    t0 = time.perf_counter()
+    ids = list(corpus)
+    vectors = encoder.encode_documents([corpus[d] for d in ids], batch_size=batch_size, show_progress=True)
+    encode_seconds = time.perf_counter() - t0
+    index = FaissIndex.build(vectors, ids, factory=factory, encoder_fingerprint=fp,
+                             encoder_info={"base_model": encoder.base_model, "adapter": encoder.active_adapter,
+                                           "max_length": encoder.max_length, "encode_seconds": encode_seconds},
+                             **index_kwargs)
+    index.build_seconds += encode_seconds
+    index.save(path, overwrite=True)
+    return index, True, path
+
+
+class Dense(StageBase):
+    """Dense retrieval / rescoring / hybrid fusion with one encoder and one FAISS index."""
+
+    def __init__(self, encoder, index: FaissIndex, mode: str = "hybrid", k: int = 100,
+                 fusion: Fusion | None = None, name: str = "dense", check_index: bool = True):
+        if mode not in MODES:
+            raise ValueError(f"dense mode must be one of {MODES}, got {mode!r}")
+        if check_index and index.encoder_fingerprint is not None:
+            fp = encoder.fingerprint("document")
+            if fp != index.encoder_fingerprint:
+                from ..index.faiss import IndexMismatch
+
+                raise IndexMismatch(f"the index was built with encoder {index.encoder_fingerprint}, this encoder "
+                                    f"encodes documents as {fp}; rebuild the index or use the matching adapter")
+        self.encoder, self.index, self.mode = encoder, index, mode
+        self.k = check_k(k, name)
+        self.fusion = fusion or Fusion()
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Dense(mode={self.mode!r}, k={self.k}, factory={self.index.factory!r}, fusion={self.fusion})"
+
+    def search(self, queries: Queries, candidates: Ranking | None = None, k: int | None = None) -> Ranking:
+        queries = as_queries(queries)
+        k = check_k(k, self.name) or self.k
+        candidates = check_candidates(candidates, queries, self.name)
+        if self.mode in ("rescore", "hybrid") and candidates is None:
+            raise ValueError(f"{self.name}: mode {self.mode!r} needs candidates from an earlier stage "
+                             f"(e.g. BM25(...) >> Dense(..., mode={self.mode!r})); use mode='retrieve' to run alone")
+        if len(queries) == 0:
+            return Ranking({})
+        qids = list(queries)
+        qv = self.encoder.encode_queries([queries[q] for q in qids])
+        if self.mode == "retrieve":
+            hits = self.index.search(qv, k)
+            return Ranking({q: dict(h) for q, h in zip(qids, hits)})
+        dense: dict[str, dict[str, float]] = {}
+        neighbours = self.index.search(qv, k) if self.mode == "hybrid" else [[] for _ in qids]
+        for q, vec, hits in zip(qids, qv, neighbours):
+            pool = list(candidates.scores.get(q, {}))
+            pool += [d for d, _ in hits if d not in candidates.scores.get(q, {})]
+            dense[q] = self.index.score(vec, pool)
+        dense_ranking = Ranking(dense)
+        if self.mode == "rescore":
+            return dense_ranking.top_k(k)
+        first = Ranking({q: candidates.scores.get(q, {}) for q in qids})
+        return self.fusion([first, dense_ranking]).top_k(k)

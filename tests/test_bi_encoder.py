@@ -1,0 +1,123 @@
+"""BiEncoder with a tiny random BERT: encoding, LoRA lifecycle, save/load, merge."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.bi_encoder import BiEncoder, LoraSettings
+from retrieval.types import Document
+
+TEXTS = ["protein folding in cells", "wing aerodynamics at high speed", "a", "retrieval of documents " * 20]
+
+
+def _perturb(enc, seed=0):
+    """Give LoRA's B matrices non-zero values (fresh LoRA is an exact no-op)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in enc.st.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def test_encode_shapes_and_normalisation(tiny_model_dir):
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    q = enc.encode_queries(TEXTS)
+    d = enc.encode_documents([Document("1", "folding in cells", "protein"), "plain string"])
+    assert q.dtype == np.float32 and q.shape == (4, 32) and d.shape == (2, 32)
+    assert np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    # a Document is encoded as title + " " + text
+    assert np.allclose(d[0], enc.encode_queries(["protein folding in cells"])[0], atol=1e-5)
+    assert enc.encode_queries([]).shape == (0, 32)
+    with pytest.raises(TypeError, match="not one string"):
+        enc.encode_queries("one string")
+    with pytest.raises(TypeError, match=r"queries\[1\] is int"):
+        enc.encode_queries(["ok", 3])
+
+
+def test_query_side_adapter_leaves_documents_alone(tiny_model_dir):
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    base_q, base_d = enc.encode_queries(TEXTS), enc.encode_documents(TEXTS)
+    doc_fp = enc.fingerprint("document")
+    enc.add_lora(LoraSettings(r=4, side="query", target_modules=("query", "value")))
+    assert 0 < enc.trainable_share() < 0.05
+    _perturb(enc)
+    assert not np.allclose(enc.encode_queries(TEXTS), base_q, atol=1e-3)
+    assert np.array_equal(enc.encode_documents(TEXTS), base_d)
+    assert enc.fingerprint("document") == doc_fp and enc.fingerprint("query") != doc_fp
+    enc.disable_adapters()
+    assert np.allclose(enc.encode_queries(TEXTS), base_q, atol=1e-6)
+
+
+def test_save_load_round_trip_named_adapters(tiny_model_dir, tmp_path):
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    enc.add_lora(LoraSettings(r=4, side="both"), name="default")
+    _perturb(enc, 1)
+    enc.add_lora(LoraSettings(r=2, side="query"), name="legal")
+    _perturb(enc, 2)
+    legal = enc.encode_queries(TEXTS)
+    enc.set_adapter("default")
+    default_q, default_d = enc.encode_queries(TEXTS), enc.encode_documents(TEXTS)
+    enc.save(tmp_path / "m")
+    # peft's own files, untouched: default at the top, named adapters in sub-folders
+    assert (tmp_path / "m" / "adapter_config.json").is_file() and (tmp_path / "m" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "m" / "legal" / "adapter_config.json").is_file()
+    config = json.loads((tmp_path / "m" / "retrieval_config.json").read_text())
+    assert config["kind"] == "bi-encoder" and config["adapters"]["legal"]["side"] == "query"
+
+    back = BiEncoder.load(tmp_path / "m", device="cpu")
+    assert back.active_adapter == "default"
+    assert np.array_equal(back.encode_queries(TEXTS), default_q)
+    assert np.array_equal(back.encode_documents(TEXTS), default_d)
+    back.set_adapter("legal")
+    assert np.array_equal(back.encode_queries(TEXTS), legal)
+    with pytest.raises(KeyError, match="no adapter named 'nope'"):
+        back.set_adapter("nope")
+    with pytest.raises(ValueError, match="exists already"):
+        back.add_lora(LoraSettings(r=2), name="legal")
+
+
+def test_plain_peft_loads_the_adapter(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    enc.add_lora(LoraSettings(r=4))
+    _perturb(enc)
+    enc.save(tmp_path / "m")
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(str(tiny_model_dir)), str(tmp_path / "m"))
+    assert any("lora_B" in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("side", ["both", "query"])
+def test_merged_matches_and_round_trips(tiny_model_dir, tmp_path, side):
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    enc.add_lora(LoraSettings(r=4, side=side))
+    _perturb(enc)
+    q, d = enc.encode_queries(TEXTS), enc.encode_documents(TEXTS)
+    merged = enc.merged()
+    assert merged.is_merged and not enc.is_merged
+    assert np.allclose(merged.encode_queries(TEXTS), q, atol=1e-5)
+    assert np.allclose(merged.encode_documents(TEXTS), d, atol=1e-5)
+    merged.save(tmp_path / "merged")
+    assert not list((tmp_path / "merged").rglob("adapter_*")), "a merged model folder holds no adapter files"
+    back = BiEncoder.load(tmp_path / "merged", device="cpu")
+    assert np.allclose(back.encode_queries(TEXTS), q, atol=1e-5)
+    assert np.allclose(back.encode_documents(TEXTS), d, atol=1e-5)
+
+
+def test_bad_settings_and_foreign_adapter(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="side must be one of"):
+        LoraSettings(side="documents")
+    with pytest.raises(ValueError, match="rank r must be a positive integer"):
+        LoraSettings(r=0)
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    with pytest.raises(FileNotFoundError, match="not a peft adapter folder"):
+        enc.load_adapter(tmp_path)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "adapter_config.json").write_text(json.dumps({"target_modules": ["q_proj", "v_proj"]}))
+    with pytest.raises(ValueError, match="trained for another base model"):
+        enc.load_adapter(tmp_path / "foreign")
+    with pytest.raises(ValueError, match="no active adapter to merge"):
+        enc.merged()

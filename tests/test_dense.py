@@ -1,0 +1,105 @@
+"""Dense stage and query-only training with a tiny random BERT, on ADI."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from encoders.bi_encoder import BiEncoder, LoraSettings
+from encoders.train import DenseTrainSettings, split_queries, train_query_adapter
+from retrieval.index.faiss import IndexMismatch
+from retrieval.stages.dense import Dense, document_index
+from retrieval.stages.fusion import Fusion
+from retrieval.types import Ranking
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return BiEncoder(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def adi_index(tiny, adi, tmp_path_factory):
+    index, built, path = document_index(tiny, adi.corpus, "Flat", cache_dir=tmp_path_factory.mktemp("dense"))
+    assert built
+    return index, path
+
+
+def test_document_index_is_cached_by_encoder(tiny, adi, adi_index, tmp_path):
+    index, path = adi_index
+    again, built, same = document_index(tiny, adi.corpus, "Flat", cache_dir=path.parent)
+    assert not built and same == path and again.ids == index.ids
+    assert len(index) == 82
+
+
+def test_retrieve_rescore_hybrid(tiny, adi, adi_index, adi_lucene, monkeypatch):
+    index, _ = adi_index
+    dense = Dense(tiny, index, mode="retrieve", k=10)
+    r = dense.search(adi.queries)
+    assert len(r) == 35 and all(len(v) == 10 for v in r.scores.values())
+    bm25 = adi_lucene.search(adi.queries, k=20)
+    # rescoring reads stored vectors: encoding a document at query time would be a bug
+    monkeypatch.setattr(tiny, "encode_documents", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    rescored = Dense(tiny, index, mode="rescore", k=5).search(adi.queries, bm25)
+    assert all(set(rescored.scores[q]) <= set(bm25.scores[q]) for q in adi.queries)
+    q0 = next(iter(adi.queries))
+    qv = tiny.encode_queries([adi.queries[q0]])[0]
+    expected = {d: float(index.vectors[index.rows[d]] @ qv) for d in rescored.scores[q0]}
+    assert rescored.scores[q0] == pytest.approx(expected, abs=1e-5)
+    hybrid = Dense(tiny, index, mode="hybrid", k=30, fusion=Fusion("rrf", (1.0, 1.0))).search(adi.queries, bm25)
+    assert any(set(hybrid.scores[q]) - set(bm25.scores[q]) for q in adi.queries), "hybrid adds ANN neighbours"
+    only_bm25 = Dense(tiny, index, mode="hybrid", k=20, fusion=Fusion("weighted", (1.0, 0.0))).search(adi.queries, bm25)
+    assert [d for d, _ in only_bm25.ranked(q0)][:5] == [d for d, _ in bm25.ranked(q0)][:5]
+
+
+def test_pipeline_with_bm25(tiny, adi, adi_index, adi_lucene):
+    index, _ = adi_index
+    pipe = adi_lucene >> Dense(tiny, index, mode="hybrid", k=10)
+    r = pipe.search(adi.queries, keep_stages=True)
+    assert [t.name for t in r.trace] == ["bm25", "dense"] and set(r.stages) == {"bm25", "dense"}
+
+
+def test_dense_input_errors(tiny, tiny_model_dir, adi_index):
+    index, _ = adi_index
+    with pytest.raises(ValueError, match="needs candidates"):
+        Dense(tiny, index, mode="hybrid").search({"q": "x"})
+    with pytest.raises(ValueError, match="mode must be one of"):
+        Dense(tiny, index, mode="sparse")
+    other = BiEncoder(tiny_model_dir, device="cpu")
+    other.add_lora(LoraSettings(r=2, side="both"))
+    import torch
+
+    with torch.no_grad():
+        for n, p in other.st.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.1)
+    with pytest.raises(IndexMismatch, match="rebuild the index"):
+        Dense(other, index)
+    assert Dense(tiny, index, mode="retrieve").search({}).scores == {}
+    assert Dense(tiny, index, mode="rescore").search({"q": "x"}, Ranking({"q": {"unknown-doc": 1.0}})).scores == {"q": {}}
+
+
+def test_split_queries_is_seeded_and_disjoint():
+    ids = [str(i) for i in range(100)]
+    a, b = split_queries(ids, 0.2, seed=1)
+    assert len(b) == 20 and not set(a) & set(b) and split_queries(ids, 0.2, seed=1) == (a, b)
+    with pytest.raises(ValueError, match="too few"):
+        split_queries(["1"], 0.5, 0)
+
+
+def test_query_only_training_leaves_the_index_untouched(tiny_model_dir, adi, tmp_path):
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    index, _, path = document_index(enc, adi.corpus, "Flat", cache_dir=tmp_path)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in path.iterdir()}
+    vectors = index.vectors.copy()
+    settings = DenseTrainSettings(epochs=2, batch_size=16, lr=1e-3, val_fraction=0.3,
+                                  lora=LoraSettings(r=4, side="query"))
+    result = train_query_adapter(enc, index, adi.queries, adi.qrels, settings, progress=False)
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert result.val_queries + result.train_queries == 35
+    assert result.best_val == max(h["val_nDCG@10"] for h in result.history)
+    assert 0 < result.trainable_share < 0.05 and result.peak_memory_mb > 0
+    assert np.array_equal(index.vectors, vectors)
+    assert before == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in path.iterdir()}
+    # the adapted encoder still fits the index (documents use the base model)
+    Dense(enc, index, mode="retrieve").search(adi.queries)

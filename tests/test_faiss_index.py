@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from retrieval.index.faiss import FaissIndex, IndexMismatch
+
+
+def _vectors(n=2000, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), [f"doc-{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat", "IVF16,PQ4"])
+def test_factories_find_exact_matches_and_round_trip(factory, tmp_path):
+    x, ids = _vectors()
+    idx = FaissIndex.build(x, ids, factory=factory, encoder_fingerprint="enc-a", nprobe=16)
+    hits = idx.search(x[:20], 5)
+    top1 = sum(h[0][0] == ids[i] for i, h in enumerate(hits))
+    assert top1 >= (15 if "PQ" in factory else 20)
+    idx.save(tmp_path / "i")
+    back = FaissIndex.load(tmp_path / "i", encoder_fingerprint="enc-a")
+    assert back.search(x[:20], 5) == hits
+    assert (tmp_path / "i" / "docids.txt").read_text().splitlines()[:2] == ["doc-0", "doc-1"]
+
+
+def test_load_refuses_other_encoder_and_damage(tmp_path):
+    x, ids = _vectors(200)
+    FaissIndex.build(x, ids, encoder_fingerprint="enc-a").save(tmp_path / "i")
+    with pytest.raises(IndexMismatch, match="rebuild the index with this encoder"):
+        FaissIndex.load(tmp_path / "i", encoder_fingerprint="enc-b")
+    with open(tmp_path / "i" / "vectors.npy", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(ValueError, match="vectors.npy does not match its checksum"):
+        FaissIndex.load(tmp_path / "i")
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat"])
+def test_incremental_add_replace_and_delete(factory):
+    x, ids = _vectors(500)
+    idx = FaissIndex.build(x[:400], ids[:400], factory=factory, nprobe=8)
+    idx.add(x[400:], ids[400:])
+    assert len(idx) == 500 and idx.search(x[450:451], 1)[0][0][0] == "doc-450"
+    assert idx.remove(["doc-450", "doc-3"]) == 2
+    assert len(idx) == 498 and "doc-450" not in idx
+    assert all(h[0] not in ("doc-450", "doc-3") for h in idx.search(x[450:451], 50)[0])
+    assert idx.search(x[7:8], 1)[0][0][0] == "doc-7"  # ids stay right after deletion
+    idx.add(-x[7:8], ["doc-7"])  # replace: the old vector goes
+    assert len(idx) == 498 and idx.score(-x[7], ["doc-7"])["doc-7"] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(KeyError, match="not in the index"):
+        idx.remove(["missing"])
+
+
+def test_hnsw_delete_is_a_clear_error_and_bad_input():
+    x, ids = _vectors(100)
+    idx = FaissIndex.build(x, ids, factory="HNSW8")
+    with pytest.raises(NotImplementedError, match="cannot delete from an HNSW index"):
+        idx.remove(["doc-1"])
+    with pytest.raises(ValueError, match="cannot build factory string"):
+        FaissIndex("NotAFactory", 16)
+    with pytest.raises(ValueError, match="dimension 8, the index has 16"):
+        idx.search(np.zeros((1, 8), np.float32), 3)
+    with pytest.raises(ValueError, match="ids given to add\\(\\) must be unique"):
+        idx.add(x[:2], ["a", "a"])
+    with pytest.raises(ValueError, match="NaN"):
+        idx.add(np.full((1, 16), np.nan, np.float32), ["z"])
+
+
+def test_score_uses_stored_vectors_and_skips_unknown():
+    x, ids = _vectors(50)
+    idx = FaissIndex.build(x, ids)
+    s = idx.score(x[0], ["doc-0", "doc-1", "unknown"])
+    assert set(s) == {"doc-0", "doc-1"} and s["doc-0"] == pytest.approx(1.0, abs=1e-5)
+    assert s["doc-1"] == pytest.approx(float(x[0] @ x[1]), abs=1e-5)
