@@ -25,7 +25,8 @@ install: $(VENV)/.installed
 # The main job: the benchmark on real data, end to end.
 benchmark: install
 	$(PY) -m benchmarks run --dataset $(DATA)/scifact --split dev --train-split train \
-		--pipeline bm25 --pipeline bm25-rank --pipeline bm25-fit --output $(OUT)
+		--pipeline bm25 --pipeline bm25-rank --pipeline bm25-fit --pipeline dense --pipeline dense-lora-query \
+		--pipeline hybrid --pipeline hybrid-lora-query --output $(OUT)
 
 # BM25 speed: the stage vs plain Pyserini vs rank-bm25 on >= 100k passages.
 speed: install

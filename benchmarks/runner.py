@@ -54,6 +54,9 @@ class RunOptions:
     latency_queries: int = 100
     threads: int | None = None
     k: int = 1000
+    dense_factory: str = "Flat"
+    dense_k: int = 100
+    dense_epochs: int = 8
 
 
 Builder = Callable[[Dataset, RunOptions], Built]
@@ -76,15 +79,95 @@ def _bm25_builder(backend: str, fit: bool = False) -> Builder:
     return build
 
 
+def _encoder():
+    from encoders.bi_encoder import BiEncoder
+
+    return BiEncoder()
+
+
+def _query_adapter(ds: Dataset, opts: RunOptions, index) -> tuple[object, dict]:
+    """The query-only LoRA adapter trained on the training split (cached by data and settings)."""
+    import hashlib
+    import json
+
+    from encoders.bi_encoder import BiEncoder
+    from encoders.train import DenseTrainSettings, train_query_adapter
+    from retrieval.util import default_cache_dir, read_json
+
+    train = load_dataset(ds.path, opts.train_split)
+    settings = DenseTrainSettings(epochs=opts.dense_epochs)
+    enc = _encoder()
+    key = hashlib.sha256(json.dumps({
+        "corpus": ds.corpus.fingerprint(), "queries": sorted(train.queries.items()),
+        "qrels": sorted((q, sorted(d.items())) for q, d in train.qrels.items()),
+        "encoder": enc.fingerprint("document"), "settings": settings.to_dict(),
+    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    root = (opts.index_dir or default_cache_dir()) / "adapters" / f"dense-query-{key}"
+    if (root / "retrieval_config.json").is_file():
+        return BiEncoder.load(root), read_json(root / "train_result.json", "training result")
+    result = train_query_adapter(enc, index, train.queries, train.qrels, settings)
+    enc.save(root, overwrite=True)
+    info = {"split": opts.train_split, "cached_at": str(root), **result.to_dict()}
+    write_json(root / "train_result.json", info)
+    return enc, info
+
+
+def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
+    def build(ds: Dataset, opts: RunOptions) -> Built:
+        from retrieval.stages.bm25 import BM25
+        from retrieval.stages.dense import Dense, document_index
+        from retrieval.stages.fusion import fit_weight
+        from encoders.train import split_queries
+
+        enc = _encoder()
+        cache = opts.index_dir / "dense" if opts.index_dir else None
+        index, built_now, path = document_index(enc, ds.corpus, opts.dense_factory, cache_dir=cache)
+        extra: dict = {}
+        if adapter == "query":
+            enc, extra["train"] = _query_adapter(ds, opts, index)
+        settings = {"factory": opts.dense_factory, "index": str(path), "adapter": adapter,
+                    "base_model": enc.base_model, "max_length": enc.max_length}
+        if not hybrid:
+            dense = Dense(enc, index, mode="retrieve", k=opts.k)
+            return Built(Pipeline([dense], name="dense"), index.build_seconds, not built_now, settings, extra)
+        bm25, bm25_built = BM25.from_corpus(ds.corpus, cache_dir=opts.index_dir / "bm25" if opts.index_dir else None,
+                                            k=opts.k, threads=opts.threads)
+        # The fusion weight is chosen on training queries the adapter never took a gradient step on:
+        # all of the training split for a zero-shot encoder, the held-out validation slice otherwise.
+        train = load_dataset(ds.path, opts.train_split)
+        fit_q = list(train.queries)
+        if adapter == "query":
+            _, fit_q = split_queries([q for q in train.queries if q in train.qrels], 0.15, 0)
+        fit_queries = train.queries.subset(fit_q)
+        first = bm25.search(fit_queries)
+        dense = Dense(enc, index, mode="hybrid", k=opts.k, neighbours=opts.dense_k)
+        fusion, grid = fit_weight(first, dense.dense_scores(fit_queries, first), {q: train.qrels[q] for q in fit_q})
+        dense.fusion = fusion
+        extra["fusion"] = {"fitted_on": f"{opts.train_split} ({len(fit_q)} queries)", **fusion.to_dict(), "grid": grid}
+        settings.update(fusion=fusion.to_dict(), bm25_k=bm25.k, neighbours=opts.dense_k)
+        return Built(Pipeline([bm25, dense], name="hybrid"), index.build_seconds + bm25.build_seconds,
+                     not (built_now or bm25_built), settings, extra)
+
+    return build
+
+
 PIPELINES: dict[str, Builder] = {
     "bm25": _bm25_builder("lucene"),
     "bm25-rank": _bm25_builder("rank_bm25"),
     "bm25-fit": _bm25_builder("lucene", fit=True),
+    "dense": _dense_builder(None, hybrid=False),
+    "dense-lora-query": _dense_builder("query", hybrid=False),
+    "hybrid": _dense_builder(None, hybrid=True),
+    "hybrid-lora-query": _dense_builder("query", hybrid=True),
 }
 DESCRIPTIONS = {
     "bm25": "Lucene BM25 via Pyserini, k1=0.9 b=0.4, title + text",
     "bm25-rank": "rank-bm25 (Java-free), k1=0.9 b=0.4, Porter-stemmed tokens",
     "bm25-fit": "Lucene BM25 with k1 and b grid-searched on the training split",
+    "dense": "all-MiniLM-L6-v2 zero-shot, exact (Flat) FAISS search",
+    "dense-lora-query": "MiniLM with a query-only LoRA adapter trained on the training split; base document index",
+    "hybrid": "BM25 top-k >> zero-shot dense: candidates + ANN neighbours, weighted fusion fitted on train",
+    "hybrid-lora-query": "BM25 top-k >> query-only LoRA dense, weighted fusion fitted on held-out training queries",
 }
 
 
@@ -224,6 +307,19 @@ def _report(r: dict) -> str:
                       f"grid best k1={best.get('k1')}, b={best.get('b')} at {best.get(f['metric'], 0):.4f}, "
                       f"paired t-test p={best.get('p_value', 1):.3f}, kept only if p < {f['alpha']}).",
                   "", "![fit grid](fit_grid.png)"]
+    if r.get("train"):
+        t = r["train"]
+        parts += ["", f"## Training ({t['settings']['mode']} LoRA, split `{t.get('split')}`)", "",
+                  f"{t['train_queries']} training queries, {t['val_queries']} held out for validation; "
+                  f"trainable share {t['trainable_share']:.2%}; {t['seconds']:.0f} s; peak memory "
+                  f"{t['peak_memory_mb']:.0f} MB (process peak RSS); best epoch {t['best_epoch']} (validation nDCG@10 "
+                  f"{t['start_val']:.4f} -> {t['best_val']:.4f}).", "",
+                  _md_table(["epoch", "loss", "val nDCG@10", "seconds"],
+                            [[h["epoch"], h["loss"], h["val_nDCG@10"], h["seconds"]] for h in t["history"]])]
+    if r.get("fusion"):
+        f = r["fusion"]
+        parts += ["", f"Fusion: {f['method']} ({f['norm']}), weights {f['weights']} (BM25, dense), "
+                      f"chosen on {f['fitted_on']}."]
     return "\n".join(parts) + "\n"
 
 

@@ -53,7 +53,8 @@ class Dense(StageBase):
     """Dense retrieval / rescoring / hybrid fusion with one encoder and one FAISS index."""
 
     def __init__(self, encoder, index: FaissIndex, mode: str = "hybrid", k: int = 100,
-                 fusion: Fusion | None = None, name: str = "dense", check_index: bool = True):
+                 fusion: Fusion | None = None, neighbours: int = 100, name: str = "dense",
+                 check_index: bool = True):
         if mode not in MODES:
             raise ValueError(f"dense mode must be one of {MODES}, got {mode!r}")
         if check_index and index.encoder_fingerprint is not None:
@@ -66,6 +67,7 @@ class Dense(StageBase):
         self.encoder, self.index, self.mode = encoder, index, mode
         self.k = check_k(k, name)
         self.fusion = fusion or Fusion()
+        self.neighbours = check_k(neighbours, name)  # ANN neighbours added to the candidates in hybrid mode
         self.name = name
 
     def __repr__(self) -> str:
@@ -85,14 +87,27 @@ class Dense(StageBase):
         if self.mode == "retrieve":
             hits = self.index.search(qv, k)
             return Ranking({q: dict(h) for q, h in zip(qids, hits)})
-        dense: dict[str, dict[str, float]] = {}
-        neighbours = self.index.search(qv, k) if self.mode == "hybrid" else [[] for _ in qids]
-        for q, vec, hits in zip(qids, qv, neighbours):
-            pool = list(candidates.scores.get(q, {}))
-            pool += [d for d, _ in hits if d not in candidates.scores.get(q, {})]
-            dense[q] = self.index.score(vec, pool)
-        dense_ranking = Ranking(dense)
+        dense_ranking = self._dense_scores(qids, qv, candidates, self.mode == "hybrid")
         if self.mode == "rescore":
             return dense_ranking.top_k(k)
         first = Ranking({q: candidates.scores.get(q, {}) for q in qids})
         return self.fusion([first, dense_ranking]).top_k(k)
+
+    def dense_scores(self, queries: Queries, candidates: Ranking) -> Ranking:
+        """Dense scores of the candidates plus the ANN neighbours: the ranking hybrid mode fuses.
+
+        Exposed so a fusion weight can be fitted on training queries (``fusion.fit_weight``).
+        """
+        queries = as_queries(queries)
+        qids = list(queries)
+        qv = self.encoder.encode_queries([queries[q] for q in qids])
+        return self._dense_scores(qids, qv, candidates, True)
+
+    def _dense_scores(self, qids, qv, candidates: Ranking, add_neighbours: bool) -> Ranking:
+        dense: dict[str, dict[str, float]] = {}
+        neighbours = self.index.search(qv, self.neighbours) if add_neighbours else [[] for _ in qids]
+        for q, vec, hits in zip(qids, qv, neighbours):
+            given = candidates.scores.get(q, {})
+            pool = list(given) + [d for d, _ in hits if d not in given]
+            dense[q] = self.index.score(vec, pool)
+        return Ranking(dense)

@@ -31,7 +31,7 @@ class Fusion:
             raise ValueError(f"fusion method must be one of {METHODS}, got {self.method!r}")
         if self.norm not in NORMS:
             raise ValueError(f"fusion norm must be one of {NORMS}, got {self.norm!r}")
-        self.weights = tuple(float(w) for w in self.weights)
+        self.weights = tuple(round(float(w), 6) for w in self.weights)
         if any(w < 0 for w in self.weights):
             raise ValueError(f"fusion weights must be >= 0, got {self.weights}")
 

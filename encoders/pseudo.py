@@ -1,0 +1,52 @@
+"""Pseudo-queries made from the corpus itself, for domains with no judgements.
+
+For a document with a title, the title is the query and the text is its positive passage; without
+a title, one sentence is the query and the rest of the passage is the positive. The query's words are
+removed from the front of the positive when the text repeats the title (as Cranfield's does), so the
+pair never matches by copying.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from retrieval.types import Corpus
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+@dataclass(frozen=True)
+class PseudoPair:
+    qid: str
+    query: str
+    doc_id: str
+    passage: str
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def pseudo_queries(corpus: Corpus, seed: int = 0, min_words: int = 3, min_passage_words: int = 10) -> list[PseudoPair]:
+    """One (query, passage) pair per usable document, deterministic for a seed."""
+    rng = random.Random(seed)
+    pairs = []
+    for doc_id, doc in corpus.items():
+        title, text = doc.title.strip(), doc.text.strip()
+        if title and _norm(text).startswith(_norm(title)):
+            text = text[len(title):].lstrip(" .\n")  # text repeats its title: drop it from the positive
+            text = text if _norm(text) else ""
+        if title and len(title.split()) >= min_words and len(text.split()) >= min_passage_words:
+            pairs.append(PseudoPair(f"pq-{doc_id}", title, doc_id, text))
+            continue
+        sentences = [s for s in _SENTENCE.split(f"{title} {text}".strip()) if s.strip()]
+        usable = [i for i, s in enumerate(sentences) if len(s.split()) >= min_words]
+        if len(sentences) < 2 or not usable:
+            continue
+        i = rng.choice(usable)
+        rest = " ".join(sentences[:i] + sentences[i + 1:])
+        if len(rest.split()) >= min_passage_words:
+            pairs.append(PseudoPair(f"pq-{doc_id}", sentences[i], doc_id, rest))
+    return pairs
