@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None, help="search threads (default: all cores)")
     r.add_argument("--dense-factory", default="Flat", help="FAISS factory string for dense pipelines (default: Flat)")
     r.add_argument("--dense-k", type=int, default=100, help="ANN neighbours added in hybrid mode (default: 100)")
-    r.add_argument("--dense-epochs", type=int, default=8, help="epochs for dense LoRA training (default: 8)")
+    r.add_argument("--dense-epochs", type=int, default=8, help="epochs for query-only dense LoRA (default: 8)")
+    r.add_argument("--dense-both-epochs", type=int, default=2,
+                   help="epochs for both-sides dense LoRA, supervised or corpus-only (default: 2)")
 
     s = sub.add_parser("speed-bm25", help="BM25 stage vs plain Pyserini vs rank-bm25 on >= 100k passages")
     s.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             split=args.split, train_split=args.train_split, output=args.output, index_dir=args.index_dir,
             latency_queries=args.latency_queries, threads=args.threads, k=args.k,
             dense_factory=args.dense_factory, dense_k=args.dense_k, dense_epochs=args.dense_epochs,
+            dense_both_epochs=args.dense_both_epochs,
         )
         records = run(args.dataset, args.pipeline, opts)
         print(summary_table(records))

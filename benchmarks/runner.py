@@ -57,6 +57,7 @@ class RunOptions:
     dense_factory: str = "Flat"
     dense_k: int = 100
     dense_epochs: int = 8
+    dense_both_epochs: int = 2
 
 
 Builder = Callable[[Dataset, RunOptions], Built]
@@ -85,29 +86,57 @@ def _encoder():
     return BiEncoder()
 
 
-def _query_adapter(ds: Dataset, opts: RunOptions, index) -> tuple[object, dict]:
-    """The query-only LoRA adapter trained on the training split (cached by data and settings)."""
+def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[object, dict]:
+    """An encoder with a LoRA adapter trained for ``mode``, cached by data and settings.
+
+    - ``query``: query-only adapter on the training split's judgements, base document vectors;
+    - ``supervised``: both sides, training split's judgements, BM25 hard negatives;
+    - ``corpus``: both sides, pseudo-queries from the evaluated corpus (no judgements at all).
+    """
     import hashlib
     import json
 
-    from encoders.bi_encoder import BiEncoder
-    from encoders.train import DenseTrainSettings, train_query_adapter
+    from encoders.bi_encoder import BiEncoder, LoraSettings
+    from encoders.train import (DenseTrainSettings, pseudo_examples, supervised_examples, train_adapter,
+                                train_query_adapter)
+    from retrieval.stages.bm25 import BM25
     from retrieval.util import default_cache_dir, read_json
 
-    train = load_dataset(ds.path, opts.train_split)
-    settings = DenseTrainSettings(epochs=opts.dense_epochs)
     enc = _encoder()
+    if mode == "query":
+        train = load_dataset(ds.path, opts.train_split)
+        settings = DenseTrainSettings(epochs=opts.dense_epochs)
+        data = {"queries": sorted(train.queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in train.qrels.items())}
+    else:
+        settings = DenseTrainSettings(mode=mode, epochs=opts.dense_both_epochs, lr=2e-4,
+                                      lora=LoraSettings(r=16, alpha=32, side="both"))
+        if mode == "supervised":
+            train = load_dataset(ds.path, opts.train_split)
+            data = {"queries": sorted(train.queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in train.qrels.items())}
+        else:
+            data = {"pseudo": "title/sentence pseudo-queries, seed 0"}
     key = hashlib.sha256(json.dumps({
-        "corpus": ds.corpus.fingerprint(), "queries": sorted(train.queries.items()),
-        "qrels": sorted((q, sorted(d.items())) for q, d in train.qrels.items()),
+        "mode": mode, "corpus": ds.corpus.fingerprint(), **data,
         "encoder": enc.fingerprint("document"), "settings": settings.to_dict(),
     }, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    root = (opts.index_dir or default_cache_dir()) / "adapters" / f"dense-query-{key}"
+    root = (opts.index_dir or default_cache_dir()) / "adapters" / f"dense-{mode}-{key}"
     if (root / "retrieval_config.json").is_file():
         return BiEncoder.load(root), read_json(root / "train_result.json", "training result")
-    result = train_query_adapter(enc, index, train.queries, train.qrels, settings)
+    if mode == "query":
+        result = train_query_adapter(enc, index, train.queries, train.qrels, settings)
+        info = {"split": opts.train_split}
+    else:
+        bm25, _ = BM25.from_corpus(ds.corpus, cache_dir=opts.index_dir / "bm25" if opts.index_dir else None,
+                                   threads=opts.threads)
+        if mode == "supervised":
+            examples = supervised_examples(ds.corpus, train.queries, train.qrels)
+            info = {"split": opts.train_split}
+        else:
+            examples = pseudo_examples(ds.corpus)
+            info = {"split": "none (pseudo-queries from the corpus)", "pseudo_queries": len(examples)}
+        result = train_adapter(enc, ds.corpus, examples, bm25, settings)
     enc.save(root, overwrite=True)
-    info = {"split": opts.train_split, "cached_at": str(root), **result.to_dict()}
+    info = {**info, "cached_at": str(root), **result.to_dict()}
     write_json(root / "train_result.json", info)
     return enc, info
 
@@ -123,8 +152,10 @@ def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
         cache = opts.index_dir / "dense" if opts.index_dir else None
         index, built_now, path = document_index(enc, ds.corpus, opts.dense_factory, cache_dir=cache)
         extra: dict = {}
-        if adapter == "query":
-            enc, extra["train"] = _query_adapter(ds, opts, index)
+        if adapter is not None:
+            enc, extra["train"] = _trained_encoder(ds, opts, adapter, index)
+            if adapter != "query":  # documents are encoded with the adapter too: their own index
+                index, built_now, path = document_index(enc, ds.corpus, opts.dense_factory, cache_dir=cache)
         settings = {"factory": opts.dense_factory, "index": str(path), "adapter": adapter,
                     "base_model": enc.base_model, "max_length": enc.max_length}
         if not hybrid:
@@ -136,7 +167,7 @@ def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
         # all of the training split for a zero-shot encoder, the held-out validation slice otherwise.
         train = load_dataset(ds.path, opts.train_split)
         fit_q = list(train.queries)
-        if adapter == "query":
+        if adapter in ("query", "supervised"):
             _, fit_q = split_queries([q for q in train.queries if q in train.qrels], 0.15, 0)
         fit_queries = train.queries.subset(fit_q)
         first = bm25.search(fit_queries)
@@ -157,6 +188,8 @@ PIPELINES: dict[str, Builder] = {
     "bm25-fit": _bm25_builder("lucene", fit=True),
     "dense": _dense_builder(None, hybrid=False),
     "dense-lora-query": _dense_builder("query", hybrid=False),
+    "dense-lora": _dense_builder("supervised", hybrid=False),
+    "dense-corpus": _dense_builder("corpus", hybrid=False),
     "hybrid": _dense_builder(None, hybrid=True),
     "hybrid-lora-query": _dense_builder("query", hybrid=True),
 }
@@ -166,6 +199,8 @@ DESCRIPTIONS = {
     "bm25-fit": "Lucene BM25 with k1 and b grid-searched on the training split",
     "dense": "all-MiniLM-L6-v2 zero-shot, exact (Flat) FAISS search",
     "dense-lora-query": "MiniLM with a query-only LoRA adapter trained on the training split; base document index",
+    "dense-lora": "MiniLM with a LoRA adapter on both sides, trained on the training split with BM25 hard negatives",
+    "dense-corpus": "MiniLM with a LoRA adapter on both sides trained on pseudo-queries from the corpus (no labels)",
     "hybrid": "BM25 top-k >> zero-shot dense: candidates + ANN neighbours, weighted fusion fitted on train",
     "hybrid-lora-query": "BM25 top-k >> query-only LoRA dense, weighted fusion fitted on held-out training queries",
 }

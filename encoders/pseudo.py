@@ -42,11 +42,12 @@ def pseudo_queries(corpus: Corpus, seed: int = 0, min_words: int = 3, min_passag
             pairs.append(PseudoPair(f"pq-{doc_id}", title, doc_id, text))
             continue
         sentences = [s for s in _SENTENCE.split(f"{title} {text}".strip()) if s.strip()]
-        usable = [i for i, s in enumerate(sentences) if len(s.split()) >= min_words]
+        total = sum(len(s.split()) for s in sentences)
+        usable = [i for i, s in enumerate(sentences)
+                  if len(s.split()) >= min_words and total - len(s.split()) >= min_passage_words]
         if len(sentences) < 2 or not usable:
             continue
         i = rng.choice(usable)
         rest = " ".join(sentences[:i] + sentences[i + 1:])
-        if len(rest.split()) >= min_passage_words:
-            pairs.append(PseudoPair(f"pq-{doc_id}", sentences[i], doc_id, rest))
+        pairs.append(PseudoPair(f"pq-{doc_id}", sentences[i], doc_id, rest))
     return pairs

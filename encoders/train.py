@@ -38,6 +38,7 @@ class DenseTrainSettings:
     warmup: float = 0.1               # share of steps with a linear warm-up
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, side="query"))
     adapter_name: str = "default"
+    doc_max_length: int = 160         # passages are cut to this many tokens while training (both-sides modes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -173,6 +174,144 @@ def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrel
             best_val, best_epoch = val, epoch
             best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(encoder._transformer(), adapter_name=settings.adapter_name).items()}
     bar.close()
+    set_peft_model_state_dict(encoder._transformer(), best_state, adapter_name=settings.adapter_name)
+    encoder.st.eval()
+    for p in encoder.st.parameters():
+        p.requires_grad_(False)
+    return TrainResult(best_epoch, best_val, start_val, history, share, time.perf_counter() - t0,
+                       _peak_memory_mb(), len(train_q), len(val_q), settings.to_dict())
+
+
+@dataclass
+class TrainExample:
+    """One training pair: a query, its positive passage, and the document ids that are positives."""
+
+    qid: str
+    query: str
+    passage: str
+    positives: frozenset[str]
+
+
+def supervised_examples(corpus, queries: Queries, qrels: Qrels) -> list[TrainExample]:
+    out = []
+    for q in queries:
+        pos = frozenset(d for d, g in qrels.get(q, {}).items() if g > 0 and d in corpus)
+        out.extend(TrainExample(q, queries[q], corpus[d].contents, pos) for d in sorted(pos))
+    return out
+
+
+def pseudo_examples(corpus, seed: int = 0) -> list[TrainExample]:
+    from .pseudo import pseudo_queries
+
+    return [TrainExample(p.qid, p.query, p.passage, frozenset([p.doc_id])) for p in pseudo_queries(corpus, seed)]
+
+
+def train_adapter(encoder: BiEncoder, corpus, examples: list[TrainExample], first_stage,
+                  settings: DenseTrainSettings, progress: bool = True, val_pool: int = 20,
+                  max_val_queries: int = 64, negatives_depth: int = 30) -> TrainResult:
+    """Train a LoRA adapter on both sides with in-batch negatives plus one hard negative per pair.
+
+    Hard negatives come from ``first_stage`` (BM25): its top ``negatives_depth`` documents for the
+    query, the positives excluded. Validation each epoch, on queries held out of ``examples``:
+    nDCG@10 after re-ordering the first stage's top ``val_pool`` by the adapted encoder.
+    """
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    from benchmarks.metrics import evaluate
+
+    from .mining import mine_negatives
+
+    if settings.lora.side != "both":
+        raise ValueError("supervised and corpus-only training adapt both sides: LoraSettings(side='both')")
+    if not examples:
+        raise ValueError("no training examples")
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    qids = sorted({e.qid for e in examples})
+    train_q, val_q = split_queries(qids, settings.val_fraction, settings.seed)
+    val_q = val_q[:max_val_queries]
+    train_set, val_set = set(train_q), set(val_q)
+    train_ex = [e for e in examples if e.qid in train_set]
+    by_qid = {e.qid: e for e in examples}
+    texts = {e.qid: e.query for e in examples}
+    exclude = {e.qid: set(e.positives) for e in examples}
+    negatives = mine_negatives(first_stage, {q: texts[q] for q in train_q}, exclude, depth=negatives_depth)
+    pools = first_stage.search(Queries({q: texts[q] for q in val_q}), k=val_pool)
+    val_qrels = {q: {d: 1 for d in by_qid[q].positives} for q in val_q}
+
+    saved_len = encoder.st.max_seq_length
+    encoder.st.max_seq_length = settings.doc_max_length
+
+    def validate() -> float:
+        encoder.st.eval()
+        doc_ids = sorted({d for q in val_q for d in pools.scores.get(q, {})})
+        if not doc_ids:
+            return 0.0
+        with torch.no_grad():
+            dv = encoder.encode_documents([corpus[d] for d in doc_ids])
+            qv = encoder.encode_queries([texts[q] for q in val_q])
+        row = {d: i for i, d in enumerate(doc_ids)}
+        run = Ranking({q: {d: float(dv[row[d]] @ qv[i]) for d in pools.scores.get(q, {})} for i, q in enumerate(val_q)})
+        return evaluate(run, val_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+
+    encoder.add_lora(settings.lora, name=settings.adapter_name)
+    share = encoder.trainable_share()
+    params = [p for p in encoder.st.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    steps = settings.epochs * math.ceil(len(train_ex) / settings.batch_size)
+    warm = max(1, int(steps * settings.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
+
+    def state():
+        return {k: v.detach().clone() for k, v in
+                get_peft_model_state_dict(encoder._transformer(), adapter_name=settings.adapter_name).items()}
+
+    t0 = time.perf_counter()
+    start_val = validate()
+    best_val, best_epoch, best_state = start_val, 0, state()
+    history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
+    bar = tqdm(total=steps, desc=f"{settings.mode} LoRA", unit="step", disable=not progress)
+    try:
+        for epoch in range(1, settings.epochs + 1):
+            encoder.st.train()
+            rng.shuffle(train_ex)
+            losses = []
+            for i in range(0, len(train_ex), settings.batch_size):
+                batch = train_ex[i : i + settings.batch_size]
+                neg_ids = [rng.choice(negatives[e.qid]) if negatives.get(e.qid) else None for e in batch]
+                cand_texts = [e.passage for e in batch] + [corpus[d].contents for d in neg_ids if d is not None]
+                cand_ids = [None] * len(batch) + [d for d in neg_ids if d is not None]
+                q_emb = encoder.embed([e.query for e in batch], side="query")
+                c_emb = encoder.embed(cand_texts, side="document")
+                logits = settings.scale * (q_emb @ c_emb.T)
+                mask = torch.zeros_like(logits, dtype=torch.bool)
+                for b, e in enumerate(batch):
+                    for j, other in enumerate(batch):  # another pair's passage that is also a positive of b
+                        if j != b and other.positives & e.positives:
+                            mask[b, j] = True
+                    for j, d in enumerate(cand_ids):
+                        if d is not None and d in e.positives:
+                            mask[b, j] = True
+                logits = logits.masked_fill(mask, float("-inf"))
+                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch), device=logits.device))
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+                sched.step()
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}")
+            val = validate()
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_nDCG@10": val,
+                            "seconds": time.perf_counter() - t0})
+            if val > best_val:
+                best_val, best_epoch, best_state = val, epoch, state()
+    finally:
+        bar.close()
+        encoder.st.max_seq_length = saved_len
     set_peft_model_state_dict(encoder._transformer(), best_state, adapter_name=settings.adapter_name)
     encoder.st.eval()
     for p in encoder.st.parameters():

@@ -103,3 +103,37 @@ def test_query_only_training_leaves_the_index_untouched(tiny_model_dir, adi, tmp
     assert before == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in path.iterdir()}
     # the adapted encoder still fits the index (documents use the base model)
     Dense(enc, index, mode="retrieve").search(adi.queries)
+
+
+@pytest.mark.parametrize("mode", ["supervised", "corpus"])
+def test_both_sides_training_runs_and_keeps_best_epoch(tiny_model_dir, adi, adi_lucene, mode):
+    from encoders.train import pseudo_examples, supervised_examples, train_adapter
+
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    base_fp = enc.fingerprint("document")
+    examples = (supervised_examples(adi.corpus, adi.queries, adi.qrels) if mode == "supervised"
+                else pseudo_examples(adi.corpus))
+    assert examples and all(e.positives for e in examples)
+    settings = DenseTrainSettings(mode=mode, epochs=2, batch_size=16, lr=1e-3, val_fraction=0.25,
+                                  lora=LoraSettings(r=4, side="both"), doc_max_length=48)
+    result = train_adapter(enc, adi.corpus, examples, adi_lucene, settings, progress=False, val_pool=10)
+    assert len(result.history) == 3 and result.best_val == max(h["val_nDCG@10"] for h in result.history)
+    assert enc.max_length == 64 and enc.st.max_seq_length == 64  # the training cut-off is undone
+    assert enc.fingerprint("document") != base_fp  # documents now need their own index
+    with pytest.raises(ValueError, match="adapt both sides"):
+        train_adapter(enc, adi.corpus, examples, adi_lucene, DenseTrainSettings(mode=mode))
+
+
+def test_pseudo_queries_do_not_copy_the_title_into_the_passage():
+    from encoders.pseudo import pseudo_queries
+    from retrieval.types import Corpus, Document
+
+    corpus = Corpus([
+        Document("1", "wing flutter at speed . we measured the flutter of a swept wing in a tunnel at many speeds and angles", "wing flutter at speed ."),
+        Document("2", "first sentence is here. second sentence is longer and says more things about the topic at hand today."),
+        Document("3", "too short"),
+    ])
+    pairs = {p.doc_id: p for p in pseudo_queries(corpus)}
+    assert pairs["1"].query == "wing flutter at speed ." and not pairs["1"].passage.startswith("wing flutter")
+    assert pairs["2"].query not in pairs["2"].passage
+    assert "3" not in pairs
