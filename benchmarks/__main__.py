@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=3, help="timed repetitions, alternating engines (default: 3)")
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--output", type=Path, default=Path("results/speed-bm25"))
+
+    d = sub.add_parser("speed-dense", help="dense encode throughput, ANN recall/QPS, LoRA vs full fine-tuning")
+    d.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
+    d.add_argument("--parts", nargs="+", default=["encode", "ann", "train"], choices=["encode", "ann", "train"])
+    d.add_argument("--encode-docs", type=int, default=300, help="SciFact abstracts per encode run (default: 300)")
+    d.add_argument("--vectors", type=int, default=100_000, help="sentence vectors for the ANN part (default: 100000)")
+    d.add_argument("--train-steps", type=int, default=4, help="timed training steps per method (default: 4)")
+    d.add_argument("--repeats", type=int, default=3)
+    d.add_argument("--output", type=Path, default=Path("results/speed-dense"))
     return p
 
 
@@ -63,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from .speed_bm25 import main as speed_main
 
         return speed_main(args)
+    if args.command == "speed-dense":
+        from .speed_dense import main as dense_main
+
+        return dense_main(args)
     return 2
 
 

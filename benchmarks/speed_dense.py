@@ -1,0 +1,215 @@
+"""Dense-stage speed, in one run, against its peers measured beside it.
+
+1. Encode throughput: ``BiEncoder.encode_documents`` vs plain ``SentenceTransformer.encode`` of the
+   same model on the same real passages; the base model vs an unmerged LoRA adapter vs ``merged()``.
+2. ANN: HNSW and IVF against exact (Flat) search on >= 100k vectors embedded from real sentences of
+   the shared corpora, queried with the real queries: recall@100 of Flat's top 100 and queries/s.
+3. Training: LoRA vs full fine-tuning, time per step and peak memory, each in a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.util import default_cache_dir, write_json
+
+from .datasets import load_corpus
+from .speed_bm25 import DATASETS, all_queries
+
+_SPLIT = re.compile(r"(?<=[.!?])\s+")
+
+
+def real_sentences(root: Path, n: int) -> list[str]:
+    out: list[str] = []
+    for name in DATASETS:
+        for doc in load_corpus(root / name / "corpus.jsonl").values():
+            out.extend(s.strip() for s in _SPLIT.split(doc.contents) if len(s.split()) >= 4)
+    seen, unique = set(), []
+    for s in out:
+        if s not in seen:
+            seen.add(s)
+            unique.append(s)
+    if len(unique) < n:  # not enough distinct sentences: add overlapping pairs of neighbours
+        unique += [f"{a} {b}" for a, b in zip(unique, unique[1:])][: n - len(unique)]
+    return unique[:n]
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def encode_part(args) -> dict:
+    import torch
+
+    from encoders.bi_encoder import BiEncoder, LoraSettings
+
+    corpus = load_corpus(args.datasets_root / "scifact" / "corpus.jsonl")
+    docs = list(corpus.values())[: args.encode_docs]
+    texts = [d.contents for d in docs]
+    enc = BiEncoder()
+    plain = enc.st  # the same SentenceTransformer object, called directly
+    bs = enc.batch_size
+    lora = BiEncoder()
+    lora.add_lora(LoraSettings(r=16, alpha=32, side="both"))
+    with torch.no_grad():  # a trained-looking adapter: non-zero B (a fresh one is a no-op but costs the same)
+        for n, p in lora.st.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.01)
+    merged = lora.merged()
+    runs = {
+        "plain SentenceTransformer.encode": lambda: plain.encode(texts, batch_size=bs, normalize_embeddings=True,
+                                                                 convert_to_numpy=True, show_progress_bar=False),
+        "BiEncoder.encode_documents (base)": lambda: enc.encode_documents(docs, show_progress=False),
+        "BiEncoder, unmerged LoRA adapter": lambda: lora.encode_documents(docs, show_progress=False),
+        "BiEncoder, merged adapter": lambda: merged.encode_documents(docs, show_progress=False),
+    }
+    for fn in runs.values():  # warm-up
+        fn()
+    times = {k: [] for k in runs}
+    for _ in range(args.repeats):  # alternate so drift hits every variant alike
+        for k, fn in runs.items():
+            times[k] += _timed(fn, 1)
+    rows = [{"variant": k, "docs_per_s": len(docs) / statistics.median(v), "runs_s": v} for k, v in times.items()]
+    rate = {r["variant"]: r["docs_per_s"] for r in rows}
+    return {"docs": len(docs), "max_length": enc.max_length, "rows": rows, "ratios": {
+        "BiEncoder / plain ST (throughput)": rate["BiEncoder.encode_documents (base)"] / rate["plain SentenceTransformer.encode"],
+        "merged / base (throughput)": rate["BiEncoder, merged adapter"] / rate["BiEncoder.encode_documents (base)"],
+        "unmerged / base (throughput)": rate["BiEncoder, unmerged LoRA adapter"] / rate["BiEncoder.encode_documents (base)"],
+    }}
+
+
+def ann_part(args) -> dict:
+    from encoders.bi_encoder import BiEncoder
+    from retrieval.index.faiss import FaissIndex
+
+    cache = default_cache_dir() / "speed-dense"
+    cache.mkdir(parents=True, exist_ok=True)
+    vec_path = cache / f"sentences-{args.vectors}.npy"
+    enc = BiEncoder(max_length=128)
+    if vec_path.is_file():
+        X = np.load(vec_path)
+    else:
+        sentences = real_sentences(args.datasets_root, args.vectors)
+        print(f"embedding {len(sentences):,} real sentences (cached afterwards in {vec_path})", file=sys.stderr)
+        X = enc.encode_documents(sentences, batch_size=128, show_progress=True)
+        np.save(vec_path, X)
+    queries = all_queries(args.datasets_root)
+    Q = enc.encode_queries(list(queries.values()))
+    ids = [str(i) for i in range(len(X))]
+    k = 100
+    flat = FaissIndex.build(X, ids, factory="Flat")
+    flat_s = statistics.median(_timed(lambda: flat.search(Q, k), args.repeats))
+    truth = [set(d for d, _ in h) for h in flat.search(Q, k)]
+    rows = [{"index": "Flat", "settings": "", "recall@100": 1.0, "qps": len(Q) / flat_s, "build_s": flat.build_seconds}]
+
+    def measure(idx, label, settings):
+        s = statistics.median(_timed(lambda: idx.search(Q, k), args.repeats))
+        hits = idx.search(Q, k)
+        recall = float(np.mean([len(truth[i] & {d for d, _ in h}) / len(truth[i]) for i, h in enumerate(hits)]))
+        rows.append({"index": label, "settings": settings, "recall@100": recall, "qps": len(Q) / s,
+                     "build_s": idx.build_seconds})
+
+    hnsw = FaissIndex.build(X, ids, factory="HNSW32", ef_construction=200)
+    for ef in (128, 256, 512):
+        hnsw.set_params(ef_search=ef)
+        measure(hnsw, "HNSW32", f"efConstruction=200, efSearch={ef}")
+    ivf = FaissIndex.build(X, ids, factory="IVF1024,Flat")
+    for nprobe in (8, 16, 32, 64):
+        ivf.set_params(nprobe=nprobe)
+        measure(ivf, "IVF1024,Flat", f"nprobe={nprobe}")
+    ivfpq = FaissIndex.build(X, ids, factory="IVF1024,PQ48")
+    for nprobe in (16, 64):
+        ivfpq.set_params(nprobe=nprobe)
+        measure(ivfpq, "IVF1024,PQ48", f"nprobe={nprobe}")
+    for r in rows:
+        r["qps_vs_flat"] = r["qps"] / rows[0]["qps"]
+    return {"vectors": len(X), "queries": len(Q), "k": k, "rows": rows}
+
+
+TRAIN_SNIPPET = r"""
+import json, resource, sys, time, torch
+from benchmarks.datasets import load_dataset
+from encoders.bi_encoder import BiEncoder, LoraSettings
+mode, steps, batch, root = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ds = load_dataset(root + "/scifact", "train")
+pairs = [(ds.queries[q], ds.corpus[d].contents) for q in ds.queries for d in ds.qrels[q]]
+enc = BiEncoder()
+enc.st.max_seq_length = 160
+if mode == "lora":
+    enc.add_lora(LoraSettings(r=16, alpha=32, side="both"))
+else:
+    for p in enc.st.parameters():
+        p.requires_grad_(True)
+params = [p for p in enc.st.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(params, lr=1e-5)
+enc.st.train()
+times = []
+for s in range(steps + 1):
+    b = pairs[s * batch:(s + 1) * batch]
+    t0 = time.perf_counter()
+    q = enc.embed([x for x, _ in b], "query"); d = enc.embed([y for _, y in b], "document")
+    loss = torch.nn.functional.cross_entropy(20 * q @ d.T, torch.arange(len(b)))
+    opt.zero_grad(); loss.backward(); opt.step()
+    if s: times.append(time.perf_counter() - t0)
+print(json.dumps({"mode": mode, "s_per_step": sorted(times)[len(times) // 2], "pairs": len(pairs),
+                  "trainable_share": enc.trainable_share(),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def train_part(args) -> dict:
+    rows = []
+    for mode in ("lora", "full"):
+        out = subprocess.run([sys.executable, "-c", TRAIN_SNIPPET, mode, str(args.train_steps), "32",
+                              str(args.datasets_root)], capture_output=True, text=True, check=True)
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        row["s_per_epoch"] = row["s_per_step"] * -(-row["pairs"] // 32)
+        rows.append(row)
+    return {"batch": 32, "max_length": 160, "rows": rows,
+            "ratios": {"full / lora (time per epoch)": rows[1]["s_per_epoch"] / rows[0]["s_per_epoch"],
+                       "full / lora (peak memory)": rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]}}
+
+
+def main(args) -> int:
+    result = {}
+    lines = []
+    if "encode" in args.parts:
+        e = result["encode"] = encode_part(args)
+        lines += [f"Encode throughput: {e['docs']} SciFact abstracts, max length {e['max_length']}, "
+                  f"median of {args.repeats} alternating runs", "", "| variant | docs/s |", "| --- | ---: |",
+                  *[f"| {r['variant']} | {r['docs_per_s']:.1f} |" for r in e["rows"]], "",
+                  *[f"- {k}: {v:.3f}" for k, v in e["ratios"].items()], ""]
+    if "ann" in args.parts:
+        a = result["ann"] = ann_part(args)
+        lines += [f"ANN: {a['vectors']:,} vectors of real sentences, {a['queries']} real queries, k={a['k']}", "",
+                  "| index | settings | recall@100 vs Flat | queries/s | x Flat | build s |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |",
+                  *[f"| {r['index']} | {r['settings']} | {r['recall@100']:.4f} | {r['qps']:.0f} | "
+                    f"{r['qps_vs_flat']:.2f} | {r['build_s']:.1f} |" for r in a["rows"]], ""]
+    if "train" in args.parts:
+        t = result["train"] = train_part(args)
+        lines += ["Training, both sides, batch 32, max length 160 (fresh process each):", "",
+                  "| method | trainable | s/step | s/epoch (SciFact train) | peak RSS MB |",
+                  "| --- | ---: | ---: | ---: | ---: |",
+                  *[f"| {r['mode']} | {r['trainable_share']:.2%} | {r['s_per_step']:.2f} | {r['s_per_epoch']:.0f} | "
+                    f"{r['peak_rss_mb']:.0f} |" for r in t["rows"]], "",
+                  *[f"- {k}: {v:.2f}" for k, v in t["ratios"].items()]]
+    text = "\n".join(lines)
+    print(text)
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_json(args.output / "speed_dense.json", result)
+    (args.output / "speed_dense.md").write_text(text + "\n", encoding="utf-8")
+    return 0

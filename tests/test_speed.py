@@ -1,0 +1,42 @@
+"""The speed benchmarks run end to end on small settings and report their ratios (figures, not timed tests)."""
+
+import json
+
+import pytest
+
+from benchmarks.__main__ import main
+
+
+@pytest.mark.slow
+def test_speed_bm25_small(datasets_root, tmp_path):
+    code = main(["speed-bm25", "--datasets-root", str(datasets_root), "--min-docs", "3000", "--queries", "30",
+                 "--rank-bm25-queries", "5", "--repeats", "1", "--output", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "speed_bm25.json").read_text())
+    assert result["docs"] >= 3000 and result["same_ranking_as_pyserini"] is True
+    assert set(result["ratios"]) == {"stage / pyserini (same index)", "stage / pyserini (raw+docvectors index)",
+                                     "rank_bm25 / stage (same queries)"}
+
+
+def test_passage_corpus_reaches_the_size_asked(datasets_root):
+    from benchmarks.speed_bm25 import passage_corpus
+
+    corpus = passage_corpus(datasets_root, 20_000)
+    assert len(corpus) >= 20_000
+    assert all(len(corpus[d].text.split()) <= 40 for d in list(corpus)[:100])
+
+
+@pytest.mark.slow
+def test_speed_dense_encode_small(datasets_root, tmp_path):
+    code = main(["speed-dense", "--datasets-root", str(datasets_root), "--parts", "encode", "--encode-docs", "8",
+                 "--repeats", "1", "--output", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "speed_dense.json").read_text())
+    assert len(result["encode"]["rows"]) == 4 and all(r["docs_per_s"] > 0 for r in result["encode"]["rows"])
+
+
+def test_real_sentences(datasets_root):
+    from benchmarks.speed_dense import real_sentences
+
+    s = real_sentences(datasets_root, 500)
+    assert len(s) == 500 and len(set(s)) == 500 and all(len(x.split()) >= 4 for x in s)
