@@ -82,6 +82,62 @@ def _peak_memory_mb() -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
+def _fit(encoder: BiEncoder, settings: DenseTrainSettings, items: list, loss_fn, validate, desc: str,
+         progress: bool, n_train: int, n_val: int) -> TrainResult:
+    """The loop both training modes share: add the adapter, AdamW with linear warm-up and decay,
+    shuffle each epoch, validate after it, keep the best epoch's adapter weights, freeze."""
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    encoder.add_lora(settings.lora, name=settings.adapter_name)
+    share = encoder.trainable_share()
+    params = [p for p in encoder.st.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    steps = settings.epochs * math.ceil(len(items) / settings.batch_size)
+    warm = max(1, int(steps * settings.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
+        optim, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
+
+    def state():
+        weights = get_peft_model_state_dict(encoder._transformer(), adapter_name=settings.adapter_name)
+        return {k: v.detach().clone() for k, v in weights.items()}
+
+    rng = random.Random(settings.seed)
+    t0 = time.perf_counter()
+    start_val = validate()
+    best_val, best_epoch, best_state = start_val, 0, state()
+    history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
+    try:
+        for epoch in range(1, settings.epochs + 1):
+            encoder.st.train()
+            rng.shuffle(items)
+            losses = []
+            for i in range(0, len(items), settings.batch_size):
+                loss = loss_fn(items[i : i + settings.batch_size], rng)
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+                sched.step()
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}")
+            val = validate()
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_nDCG@10": val,
+                            "seconds": time.perf_counter() - t0})
+            if val > best_val:
+                best_val, best_epoch, best_state = val, epoch, state()
+    finally:
+        bar.close()
+    set_peft_model_state_dict(encoder._transformer(), best_state, adapter_name=settings.adapter_name)
+    encoder.st.eval()
+    for p in encoder.st.parameters():
+        p.requires_grad_(False)
+    return TrainResult(best_epoch, best_val, start_val, history, share, time.perf_counter() - t0,
+                       _peak_memory_mb(), n_train, n_val, settings.to_dict())
+
+
 def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrels,
                         settings: DenseTrainSettings | None = None, progress: bool = True) -> TrainResult:
     """Train a query-side LoRA adapter against the fixed document vectors of ``index``.
@@ -90,8 +146,6 @@ def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrel
     stored vectors are used as they are.
     """
     import torch
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-    from tqdm.auto import tqdm
 
     from benchmarks.metrics import evaluate
 
@@ -117,15 +171,6 @@ def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrel
     positives = {q: [row_of[d] for d, g in qrels[q].items() if g > 0 and d in row_of] for q in train_q}
     pairs = [(q, p) for q in train_q for p in positives[q]]
 
-    encoder.add_lora(settings.lora, name=settings.adapter_name)
-    share = encoder.trainable_share()
-    params = [p for p in encoder.st.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps = settings.epochs * math.ceil(len(pairs) / settings.batch_size)
-    warm = max(1, int(steps * settings.warmup))
-    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
-        optim, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
-
     val_qrels = {q: qrels[q] for q in val_q}
 
     def validate() -> float:
@@ -137,49 +182,19 @@ def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrel
         run = Ranking({q: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, q in enumerate(val_q)})
         return evaluate(run, val_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
 
-    t0 = time.perf_counter()
-    start_val = validate()
-    best_val, best_epoch = start_val, 0
-    best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(encoder._transformer(), adapter_name=settings.adapter_name).items()}
-    history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
-    rng = random.Random(settings.seed)
-    bar = tqdm(total=steps, desc="query-only LoRA", unit="step", disable=not progress)
-    for epoch in range(1, settings.epochs + 1):
-        encoder.st.train()
-        rng.shuffle(pairs)
-        losses = []
-        for i in range(0, len(pairs), settings.batch_size):
-            batch = pairs[i : i + settings.batch_size]
-            q_emb = encoder.embed([queries[q] for q, _ in batch], side="query")
-            logits = settings.scale * (q_emb @ D.T)
-            mask = torch.zeros_like(logits, dtype=torch.bool)
-            for b, (q, p) in enumerate(batch):
-                others = [o for o in positives[q] if o != p]
-                if others:
-                    mask[b, others] = True
-            logits = logits.masked_fill(mask, float("-inf"))
-            target = torch.tensor([p for _, p in batch], device=logits.device)
-            loss = torch.nn.functional.cross_entropy(logits, target)
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}")
-        val = validate()
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_nDCG@10": val,
-                        "seconds": time.perf_counter() - t0})
-        if val > best_val:
-            best_val, best_epoch = val, epoch
-            best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(encoder._transformer(), adapter_name=settings.adapter_name).items()}
-    bar.close()
-    set_peft_model_state_dict(encoder._transformer(), best_state, adapter_name=settings.adapter_name)
-    encoder.st.eval()
-    for p in encoder.st.parameters():
-        p.requires_grad_(False)
-    return TrainResult(best_epoch, best_val, start_val, history, share, time.perf_counter() - t0,
-                       _peak_memory_mb(), len(train_q), len(val_q), settings.to_dict())
+    def loss_fn(batch, rng):
+        """Softmax over the whole (fixed) corpus; the query's other positives are masked out."""
+        q_emb = encoder.embed([queries[q] for q, _ in batch], side="query")
+        logits = settings.scale * (q_emb @ D.T)
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        for b, (q, p) in enumerate(batch):
+            others = [o for o in positives[q] if o != p]
+            if others:
+                mask[b, others] = True
+        target = torch.tensor([p for _, p in batch], device=logits.device)
+        return torch.nn.functional.cross_entropy(logits.masked_fill(mask, float("-inf")), target)
+
+    return _fit(encoder, settings, pairs, loss_fn, validate, "query-only LoRA", progress, len(train_q), len(val_q))
 
 
 @dataclass
@@ -216,8 +231,6 @@ def train_adapter(encoder: BiEncoder, corpus, examples: list[TrainExample], firs
     nDCG@10 after re-ordering the first stage's top ``val_pool`` by the adapted encoder.
     """
     import torch
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-    from tqdm.auto import tqdm
 
     from benchmarks.metrics import evaluate
 
@@ -228,11 +241,10 @@ def train_adapter(encoder: BiEncoder, corpus, examples: list[TrainExample], firs
     if not examples:
         raise ValueError("no training examples")
     torch.manual_seed(settings.seed)
-    rng = random.Random(settings.seed)
     qids = sorted({e.qid for e in examples})
     train_q, val_q = split_queries(qids, settings.val_fraction, settings.seed)
     val_q = val_q[:max_val_queries]
-    train_set, val_set = set(train_q), set(val_q)
+    train_set = set(train_q)
     train_ex = [e for e in examples if e.qid in train_set]
     by_qid = {e.qid: e for e in examples}
     texts = {e.qid: e.query for e in examples}
@@ -240,9 +252,6 @@ def train_adapter(encoder: BiEncoder, corpus, examples: list[TrainExample], firs
     negatives = mine_negatives(first_stage, {q: texts[q] for q in train_q}, exclude, depth=negatives_depth)
     pools = first_stage.search(Queries({q: texts[q] for q in val_q}), k=val_pool)
     val_qrels = {q: {d: 1 for d in by_qid[q].positives} for q in val_q}
-
-    saved_len = encoder.st.max_seq_length
-    encoder.st.max_seq_length = settings.doc_max_length
 
     def validate() -> float:
         encoder.st.eval()
@@ -256,65 +265,29 @@ def train_adapter(encoder: BiEncoder, corpus, examples: list[TrainExample], firs
         run = Ranking({q: {d: float(dv[row[d]] @ qv[i]) for d in pools.scores.get(q, {})} for i, q in enumerate(val_q)})
         return evaluate(run, val_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
 
-    encoder.add_lora(settings.lora, name=settings.adapter_name)
-    share = encoder.trainable_share()
-    params = [p for p in encoder.st.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps = settings.epochs * math.ceil(len(train_ex) / settings.batch_size)
-    warm = max(1, int(steps * settings.warmup))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
+    def loss_fn(batch, rng):
+        """In-batch negatives plus one BM25 hard negative per pair; other positives of a query masked."""
+        neg_ids = [rng.choice(negatives[e.qid]) if negatives.get(e.qid) else None for e in batch]
+        cand_ids = [None] * len(batch) + [d for d in neg_ids if d is not None]
+        q_emb = encoder.embed([e.query for e in batch], side="query")
+        c_emb = encoder.embed([e.passage for e in batch] + [corpus[d].contents for d in cand_ids[len(batch):]],
+                              side="document")
+        logits = settings.scale * (q_emb @ c_emb.T)
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        for b, e in enumerate(batch):
+            for j, other in enumerate(batch):  # another pair's passage that is also a positive of b
+                if j != b and other.positives & e.positives:
+                    mask[b, j] = True
+            for j, d in enumerate(cand_ids):
+                if d is not None and d in e.positives:
+                    mask[b, j] = True
+        target = torch.arange(len(batch), device=logits.device)
+        return torch.nn.functional.cross_entropy(logits.masked_fill(mask, float("-inf")), target)
 
-    def state():
-        return {k: v.detach().clone() for k, v in
-                get_peft_model_state_dict(encoder._transformer(), adapter_name=settings.adapter_name).items()}
-
-    t0 = time.perf_counter()
-    start_val = validate()
-    best_val, best_epoch, best_state = start_val, 0, state()
-    history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
-    bar = tqdm(total=steps, desc=f"{settings.mode} LoRA", unit="step", disable=not progress)
+    saved_len = encoder.st.max_seq_length
+    encoder.st.max_seq_length = settings.doc_max_length
     try:
-        for epoch in range(1, settings.epochs + 1):
-            encoder.st.train()
-            rng.shuffle(train_ex)
-            losses = []
-            for i in range(0, len(train_ex), settings.batch_size):
-                batch = train_ex[i : i + settings.batch_size]
-                neg_ids = [rng.choice(negatives[e.qid]) if negatives.get(e.qid) else None for e in batch]
-                cand_texts = [e.passage for e in batch] + [corpus[d].contents for d in neg_ids if d is not None]
-                cand_ids = [None] * len(batch) + [d for d in neg_ids if d is not None]
-                q_emb = encoder.embed([e.query for e in batch], side="query")
-                c_emb = encoder.embed(cand_texts, side="document")
-                logits = settings.scale * (q_emb @ c_emb.T)
-                mask = torch.zeros_like(logits, dtype=torch.bool)
-                for b, e in enumerate(batch):
-                    for j, other in enumerate(batch):  # another pair's passage that is also a positive of b
-                        if j != b and other.positives & e.positives:
-                            mask[b, j] = True
-                    for j, d in enumerate(cand_ids):
-                        if d is not None and d in e.positives:
-                            mask[b, j] = True
-                logits = logits.masked_fill(mask, float("-inf"))
-                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch), device=logits.device))
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-                sched.step()
-                losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}")
-            val = validate()
-            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_nDCG@10": val,
-                            "seconds": time.perf_counter() - t0})
-            if val > best_val:
-                best_val, best_epoch, best_state = val, epoch, state()
+        return _fit(encoder, settings, train_ex, loss_fn, validate, f"{settings.mode} LoRA", progress,
+                    len(train_q), len(val_q))
     finally:
-        bar.close()
         encoder.st.max_seq_length = saved_len
-    set_peft_model_state_dict(encoder._transformer(), best_state, adapter_name=settings.adapter_name)
-    encoder.st.eval()
-    for p in encoder.st.parameters():
-        p.requires_grad_(False)
-    return TrainResult(best_epoch, best_val, start_val, history, share, time.perf_counter() - t0,
-                       _peak_memory_mb(), len(train_q), len(val_q), settings.to_dict())
