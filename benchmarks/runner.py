@@ -96,25 +96,16 @@ def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[o
     import hashlib
     import json
 
-    from encoders.bi_encoder import BiEncoder, LoraSettings
-    from encoders.train import (DenseTrainSettings, pseudo_examples, supervised_examples, train_adapter,
-                                train_query_adapter)
+    from encoders.bi_encoder import BiEncoder
+    from encoders.train import default_settings, train_dense
     from retrieval.stages.bm25 import BM25
     from retrieval.util import default_cache_dir, read_json
 
     enc = _encoder()
-    if mode == "query":
-        train = load_dataset(ds.path, opts.train_split)
-        settings = DenseTrainSettings(epochs=opts.dense_epochs)
-        data = {"queries": sorted(train.queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in train.qrels.items())}
-    else:
-        settings = DenseTrainSettings(mode=mode, epochs=opts.dense_both_epochs, lr=2e-4,
-                                      lora=LoraSettings(r=16, alpha=32, side="both"))
-        if mode == "supervised":
-            train = load_dataset(ds.path, opts.train_split)
-            data = {"queries": sorted(train.queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in train.qrels.items())}
-        else:
-            data = {"pseudo": "title/sentence pseudo-queries, seed 0"}
+    settings = default_settings(mode, opts.dense_epochs if mode == "query" else opts.dense_both_epochs)
+    train = load_dataset(ds.path, opts.train_split) if mode != "corpus" else None
+    data = ({"queries": sorted(train.queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in train.qrels.items())}
+            if train else {"pseudo": "title/sentence pseudo-queries, seed 0"})
     key = hashlib.sha256(json.dumps({
         "mode": mode, "corpus": ds.corpus.fingerprint(), **data,
         "encoder": enc.fingerprint("document"), "settings": settings.to_dict(),
@@ -122,21 +113,15 @@ def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[o
     root = (opts.index_dir or default_cache_dir()) / "adapters" / f"dense-{mode}-{key}"
     if (root / "retrieval_config.json").is_file():
         return BiEncoder.load(root), read_json(root / "train_result.json", "training result")
-    if mode == "query":
-        result = train_query_adapter(enc, index, train.queries, train.qrels, settings)
-        info = {"split": opts.train_split}
-    else:
+    bm25 = None
+    if mode != "query":
         bm25, _ = BM25.from_corpus(ds.corpus, cache_dir=opts.index_dir / "bm25" if opts.index_dir else None,
                                    threads=opts.threads)
-        if mode == "supervised":
-            examples = supervised_examples(ds.corpus, train.queries, train.qrels)
-            info = {"split": opts.train_split}
-        else:
-            examples = pseudo_examples(ds.corpus)
-            info = {"split": "none (pseudo-queries from the corpus)", "pseudo_queries": len(examples)}
-        result = train_adapter(enc, ds.corpus, examples, bm25, settings)
+    enc, result = train_dense(mode, ds.corpus, train.queries if train else None, train.qrels if train else None,
+                              settings, enc, index, bm25)
     enc.save(root, overwrite=True)
-    info = {**info, "cached_at": str(root), **result.to_dict()}
+    info = {"split": opts.train_split if train else "none (pseudo-queries from the corpus)", "cached_at": str(root),
+            **result.to_dict()}
     write_json(root / "train_result.json", info)
     return enc, info
 

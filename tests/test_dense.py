@@ -137,3 +137,22 @@ def test_pseudo_queries_do_not_copy_the_title_into_the_passage():
     assert pairs["1"].query == "wing flutter at speed ." and not pairs["1"].passage.startswith("wing flutter")
     assert pairs["2"].query not in pairs["2"].passage
     assert "3" not in pairs
+
+
+@pytest.mark.parametrize("mode", ["query", "corpus"])
+def test_train_cli(tiny_model_dir, datasets_root, tmp_path, mode):
+    import json
+
+    from encoders.train import main
+
+    out = tmp_path / "adapter"
+    args = ["--dataset", str(datasets_root / "adi"), "--split", "test", "--mode", mode, "--output", str(out),
+            "--model", str(tiny_model_dir), "--epochs", "1", "--rank", "2", "--batch-size", "16",
+            "--val-fraction", "0.3", "--index-dir", str(tmp_path / "idx")]
+    assert main(args) == 0
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["settings"]["mode"] == mode and len(result["history"]) == 2
+    enc = BiEncoder.load(out, device="cpu")
+    assert enc.adapters["default"]["side"] == ("query" if mode == "query" else "both")
+    with pytest.raises(FileExistsError, match="already exists"):
+        main(args)
