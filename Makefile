@@ -28,9 +28,10 @@ benchmark: install
 		--pipeline bm25 --pipeline bm25-rank --pipeline bm25-fit --pipeline dense --pipeline dense-lora-query \
 		--pipeline hybrid --pipeline hybrid-lora-query --output $(OUT)
 
-# BM25 speed: the stage vs plain Pyserini vs rank-bm25 on >= 100k passages.
+# Speed: BM25 stage vs Pyserini vs rank-bm25; dense encode, ANN and LoRA-vs-full training.
 speed: install
 	$(PY) -m benchmarks speed-bm25 --datasets-root $(DATA) --output $(OUT)/speed-bm25
+	$(PY) -m benchmarks speed-dense --datasets-root $(DATA) --output $(OUT)/speed-dense
 
 # Every test, the slow end-to-end ones included (CI runs this).
 test: install

@@ -102,8 +102,8 @@ def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[o
     from retrieval.util import default_cache_dir, read_json
 
     enc = _encoder()
-    settings = default_settings(mode, opts.dense_epochs if mode == "query" else opts.dense_both_epochs)
-    train = load_dataset(ds.path, opts.train_split) if mode != "corpus" else None
+    settings = default_settings(mode, {"query": opts.dense_epochs, "corpus-query": None}.get(mode, opts.dense_both_epochs))
+    train = load_dataset(ds.path, opts.train_split) if mode in ("query", "supervised") else None
     data = ({"queries": sorted(train.queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in train.qrels.items())}
             if train else {"pseudo": "title/sentence pseudo-queries, seed 0"})
     key = hashlib.sha256(json.dumps({
@@ -114,7 +114,7 @@ def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[o
     if (root / "retrieval_config.json").is_file():
         return BiEncoder.load(root), read_json(root / "train_result.json", "training result")
     bm25 = None
-    if mode != "query":
+    if mode in ("supervised", "corpus"):
         bm25, _ = BM25.from_corpus(ds.corpus, cache_dir=opts.index_dir / "bm25" if opts.index_dir else None,
                                    threads=opts.threads)
     enc, result = train_dense(mode, ds.corpus, train.queries if train else None, train.qrels if train else None,
@@ -139,7 +139,7 @@ def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
         extra: dict = {}
         if adapter is not None:
             enc, extra["train"] = _trained_encoder(ds, opts, adapter, index)
-            if adapter != "query":  # documents are encoded with the adapter too: their own index
+            if adapter in ("supervised", "corpus"):  # documents are encoded with the adapter too: their own index
                 index, built_now, path = document_index(enc, ds.corpus, opts.dense_factory, cache_dir=cache)
         settings = {"factory": opts.dense_factory, "index": str(path), "adapter": adapter,
                     "base_model": enc.base_model, "max_length": enc.max_length}
@@ -175,6 +175,7 @@ PIPELINES: dict[str, Builder] = {
     "dense-lora-query": _dense_builder("query", hybrid=False),
     "dense-lora": _dense_builder("supervised", hybrid=False),
     "dense-corpus": _dense_builder("corpus", hybrid=False),
+    "dense-corpus-query": _dense_builder("corpus-query", hybrid=False),
     "hybrid": _dense_builder(None, hybrid=True),
     "hybrid-lora-query": _dense_builder("query", hybrid=True),
 }
@@ -186,6 +187,7 @@ DESCRIPTIONS = {
     "dense-lora-query": "MiniLM with a query-only LoRA adapter trained on the training split; base document index",
     "dense-lora": "MiniLM with a LoRA adapter on both sides, trained on the training split with BM25 hard negatives",
     "dense-corpus": "MiniLM with a LoRA adapter on both sides trained on pseudo-queries from the corpus (no labels)",
+    "dense-corpus-query": "MiniLM with a query-only LoRA adapter trained on pseudo-queries from the corpus (no labels, no re-encoding)",
     "hybrid": "BM25 top-k >> zero-shot dense: candidates + ANN neighbours, weighted fusion fitted on train",
     "hybrid-lora-query": "BM25 top-k >> query-only LoRA dense, weighted fusion fitted on held-out training queries",
 }

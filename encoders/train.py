@@ -151,7 +151,7 @@ def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrel
 
     settings = settings or DenseTrainSettings()
     if settings.lora.side != "query":
-        raise ValueError("query mode trains a query-side adapter: set LoraSettings(side='query')")
+        raise ValueError("query-only modes train a query-side adapter: set LoraSettings(side='query')")
     base_fp = encoder.fingerprint("document")
     if index.encoder_fingerprint is not None and index.encoder_fingerprint != base_fp:
         raise ValueError(f"the index was built with {index.encoder_fingerprint}, not this encoder's document side "
@@ -194,7 +194,7 @@ def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrel
         target = torch.tensor([p for _, p in batch], device=logits.device)
         return torch.nn.functional.cross_entropy(logits.masked_fill(mask, float("-inf")), target)
 
-    return _fit(encoder, settings, pairs, loss_fn, validate, "query-only LoRA", progress, len(train_q), len(val_q))
+    return _fit(encoder, settings, pairs, loss_fn, validate, f"{settings.mode} LoRA", progress, len(train_q), len(val_q))
 
 
 @dataclass
@@ -300,7 +300,9 @@ def train_dense(mode: str, corpus, queries: Queries | None = None, qrels: Qrels 
 
     - ``query``: query-side adapter against ``index`` (the base model's document vectors);
     - ``supervised``: both sides, from ``queries``/``qrels``, hard negatives from ``first_stage``;
-    - ``corpus``: both sides, pseudo-queries from ``corpus`` alone (no judgements needed).
+    - ``corpus``: both sides, pseudo-queries from ``corpus`` alone (no judgements needed);
+    - ``corpus-query``: query side only, pseudo-queries from ``corpus`` against ``index`` (no judgements,
+      no document re-encoding).
     """
     if mode not in MODES:
         raise ValueError(f"training mode must be one of {MODES}, got {mode!r}")
@@ -311,9 +313,13 @@ def train_dense(mode: str, corpus, queries: Queries | None = None, qrels: Qrels 
         raise ValueError(f"settings are for mode {settings.mode!r}, not {mode!r}")
     if mode in ("query", "supervised") and (queries is None or qrels is None):
         raise ValueError(f"{mode} training needs queries and qrels (use mode='corpus' when there are none)")
-    if mode == "query":
+    if mode in ("query", "corpus-query"):
         if index is None:
             raise ValueError("query-only training needs the base model's document index (retrieval.stages.dense.document_index)")
+        if mode == "corpus-query":  # pseudo-queries stand in for judged queries
+            pseudo = pseudo_examples(corpus, settings.seed)
+            queries = Queries((e.qid, e.query) for e in pseudo)
+            qrels = {e.qid: {d: 1 for d in e.positives} for e in pseudo}
         return encoder, train_query_adapter(encoder, index, queries, qrels, settings, progress)
     if first_stage is None:
         raise ValueError(f"{mode} training mines hard negatives with a first stage: pass first_stage=BM25(...)")
@@ -321,13 +327,15 @@ def train_dense(mode: str, corpus, queries: Queries | None = None, qrels: Qrels 
     return encoder, train_adapter(encoder, corpus, examples, first_stage, settings, progress)
 
 
-MODES = ("query", "supervised", "corpus")
+MODES = ("query", "supervised", "corpus", "corpus-query")
 
 
 def default_settings(mode: str, epochs: int | None = None) -> DenseTrainSettings:
     """The settings the benchmarks use: query-only 8 epochs at 3e-4; both sides 2 epochs at 2e-4."""
     if mode == "query":
         return DenseTrainSettings(mode="query", epochs=epochs or 8)
+    if mode == "corpus-query":
+        return DenseTrainSettings(mode="corpus-query", epochs=epochs or 4)
     return DenseTrainSettings(mode=mode, epochs=epochs or 2, lr=2e-4, lora=LoraSettings(r=16, alpha=32, side="both"))
 
 
@@ -366,10 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     settings.lr = args.lr or settings.lr
     settings.batch_size, settings.val_fraction, settings.seed = args.batch_size, args.val_fraction, args.seed
     settings.lora = LoraSettings(r=args.rank, alpha=args.alpha, dropout=args.dropout,
-                                 target_modules=tuple(args.targets), side="query" if args.mode == "query" else "both")
+                                 target_modules=tuple(args.targets), side="both" if args.mode in ("supervised", "corpus") else "query")
     encoder = BiEncoder(args.model)
     index = first = None
-    if args.mode == "query":
+    if args.mode in ("query", "corpus-query"):
         index, _, _ = document_index(encoder, ds.corpus, "Flat", cache_dir=args.index_dir / "dense" if args.index_dir else None)
     else:
         first, _ = BM25.from_corpus(ds.corpus, cache_dir=args.index_dir / "bm25" if args.index_dir else None)

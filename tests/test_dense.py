@@ -139,7 +139,7 @@ def test_pseudo_queries_do_not_copy_the_title_into_the_passage():
     assert "3" not in pairs
 
 
-@pytest.mark.parametrize("mode", ["query", "corpus"])
+@pytest.mark.parametrize("mode", ["query", "corpus", "corpus-query"])
 def test_train_cli(tiny_model_dir, datasets_root, tmp_path, mode):
     import json
 
@@ -153,6 +153,6 @@ def test_train_cli(tiny_model_dir, datasets_root, tmp_path, mode):
     result = json.loads((out / "train_result.json").read_text())
     assert result["settings"]["mode"] == mode and len(result["history"]) == 2
     enc = BiEncoder.load(out, device="cpu")
-    assert enc.adapters["default"]["side"] == ("query" if mode == "query" else "both")
+    assert enc.adapters["default"]["side"] == ("both" if mode == "corpus" else "query")
     with pytest.raises(FileExistsError, match="already exists"):
         main(args)
