@@ -38,7 +38,8 @@ class DenseTrainSettings:
     warmup: float = 0.1               # share of steps with a linear warm-up
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, side="query"))
     adapter_name: str = "default"
-    doc_max_length: int = 160         # passages are cut to this many tokens while training (both-sides modes)
+    doc_max_length: int = 160         # passages are cut to this many tokens while training (both-sides modes),
+                                      # or to the encoder's own max length if that is shorter
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -285,7 +286,7 @@ def train_adapter(encoder: BiEncoder, corpus, examples: list[TrainExample], firs
         return torch.nn.functional.cross_entropy(logits.masked_fill(mask, float("-inf")), target)
 
     saved_len = encoder.st.max_seq_length
-    encoder.st.max_seq_length = settings.doc_max_length
+    encoder.st.max_seq_length = min(settings.doc_max_length, saved_len)  # never past what the model takes
     try:
         return _fit(encoder, settings, train_ex, loss_fn, validate, f"{settings.mode} LoRA", progress,
                     len(train_q), len(val_q))
