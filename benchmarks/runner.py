@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from retrieval.stage import Pipeline
-from retrieval.types import Queries, Ranking
+from retrieval.types import Queries
 from retrieval.util import library_version, write_json
 
 from .datasets import Dataset, load_dataset

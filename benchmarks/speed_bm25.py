@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from retrieval.types import Corpus, Document, Queries, Ranking
+from retrieval.types import Corpus, Document, Queries
 from retrieval.util import write_json
 
 from .datasets import load_corpus, load_queries

@@ -1,6 +1,5 @@
 """Loaders on the four shared datasets, and every bad-input case with real files."""
 
-import json
 
 import pytest
 
