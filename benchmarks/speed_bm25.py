@@ -27,7 +27,9 @@ from retrieval.util import write_json
 
 from .datasets import load_corpus, load_queries
 
+
 DATASETS = ("scifact", "cranfield", "medline", "adi")
+
 
 def passage_corpus(root: Path, min_docs: int, window: int = 40) -> Corpus:
     words_per_doc: list[tuple[str, list[str]]] = []
@@ -48,11 +50,13 @@ def passage_corpus(root: Path, min_docs: int, window: int = 40) -> Corpus:
             return Corpus(docs)
         stride -= 1
 
+
 def all_queries(root: Path) -> Queries:
     items = []
     for name in DATASETS:
         items.extend((f"{name}-{qid}", text) for qid, text in load_queries(root / name / "queries.jsonl").items())
     return Queries(items)
+
 
 def _median_ms_per_query(fn, n_queries: int, repeats: int) -> tuple[float, list[float]]:
     times = []
@@ -62,8 +66,8 @@ def _median_ms_per_query(fn, n_queries: int, repeats: int) -> tuple[float, list[
         times.append((time.perf_counter() - t0) * 1000 / n_queries)
     return statistics.median(times), times
 
-def main(args) -> int:
 
+def main(args) -> int:
     from retrieval.java import start_jvm
     from retrieval.stages.bm25 import BM25
 
