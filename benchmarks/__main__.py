@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dense-epochs", type=int, default=8, help="epochs for query-only dense LoRA (default: 8)")
     r.add_argument("--dense-both-epochs", type=int, default=2,
                    help="epochs for both-sides dense LoRA, supervised or corpus-only (default: 2)")
+    r.add_argument("--rerank-epochs", type=int, default=2, help="epochs for the LoRA cross-encoder (default: 2)")
+    r.add_argument("--rerank-depths", type=int, nargs="+", default=[10, 20, 30],
+                   help="rerank depths to choose from on held-out training queries (default: 10 20 30)")
 
     s = sub.add_parser("speed-bm25", help="BM25 stage vs plain Pyserini vs rank-bm25 on >= 100k passages")
     s.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             split=args.split, train_split=args.train_split, output=args.output, index_dir=args.index_dir,
             latency_queries=args.latency_queries, threads=args.threads, k=args.k,
             dense_factory=args.dense_factory, dense_k=args.dense_k, dense_epochs=args.dense_epochs,
-            dense_both_epochs=args.dense_both_epochs,
+            dense_both_epochs=args.dense_both_epochs, rerank_epochs=args.rerank_epochs,
+            rerank_depths=tuple(args.rerank_depths),
         )
         records = run(args.dataset, args.pipeline, opts)
         print(summary_table(records))

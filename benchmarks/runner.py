@@ -58,6 +58,9 @@ class RunOptions:
     dense_k: int = 100
     dense_epochs: int = 8
     dense_both_epochs: int = 2
+    rerank_epochs: int = 2
+    rerank_depths: tuple[int, ...] = (10, 20, 30)
+    rerank_fit_queries: int = 120
 
 
 Builder = Callable[[Dataset, RunOptions], Built]
@@ -167,6 +170,70 @@ def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
     return build
 
 
+def _trained_reranker(ds: Dataset, opts: RunOptions, mode: str, bm25) -> tuple[object, dict, list, dict]:
+    """A cross-encoder with a LoRA adapter trained for ``mode`` (cached by data and settings), and the
+    held-out training queries (text, qrels) it never trained on, for choosing depth and fusion weight."""
+    import hashlib
+    import json
+
+    from rerankers.cross_encoder import CrossEncoderReranker
+    from rerankers.train import RerankTrainSettings, split_examples, train_reranker, training_examples
+    from retrieval.util import default_cache_dir, read_json
+
+    settings = RerankTrainSettings(mode=mode, epochs=opts.rerank_epochs)
+    train = load_dataset(ds.path, opts.train_split) if mode == "supervised" else None
+    examples = training_examples(mode, ds.corpus, train.queries if train else None, train.qrels if train else None,
+                                 settings.seed)
+    _, held = split_examples(examples, settings)
+    held = held[: opts.rerank_fit_queries]
+    texts = {e.qid: e.query for e in examples}
+    held_qrels: dict[str, dict[str, int]] = {}
+    for e in examples:
+        if e.qid in held:
+            held_qrels.setdefault(e.qid, {}).update({d: 1 for d in e.positives})
+    if train:  # the real judgements (grades included) for judged queries
+        held_qrels = {q: dict(train.qrels[q]) for q in held}
+    reranker = CrossEncoderReranker(max_length=settings.max_length)
+    key = hashlib.sha256(json.dumps({
+        "mode": mode, "corpus": ds.corpus.fingerprint(), "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
+        "base": reranker.base_fingerprint(), "settings": settings.to_dict(),
+    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    root = (opts.index_dir or default_cache_dir()) / "adapters" / f"rerank-{mode}-{key}"
+    if (root / "retrieval_config.json").is_file():
+        return (CrossEncoderReranker.load(root), read_json(root / "train_result.json", "training result"),
+                held, {"texts": {q: texts[q] for q in held}, "qrels": held_qrels})
+    result = train_reranker(reranker, ds.corpus, examples, [bm25], settings)
+    reranker.save(root, overwrite=True)
+    info = {"split": opts.train_split if train else "none (pseudo-queries from the corpus)", "cached_at": str(root),
+            **result.to_dict()}
+    write_json(root / "train_result.json", info)
+    return reranker, info, held, {"texts": {q: texts[q] for q in held}, "qrels": held_qrels}
+
+
+def _rerank_builder(mode: str) -> Builder:
+    def build(ds: Dataset, opts: RunOptions) -> Built:
+        from retrieval.stages.bm25 import BM25
+        from retrieval.stages.rerank import Rerank, fit_rerank
+
+        bm25, bm25_built = BM25.from_corpus(ds.corpus, cache_dir=opts.index_dir / "bm25" if opts.index_dir else None,
+                                            k=opts.k, threads=opts.threads)
+        reranker, train_info, held, fit_data = _trained_reranker(ds, opts, mode, bm25)
+        stage = Rerank(reranker, ds.corpus, k=max(opts.rerank_depths))
+        # Depth and fusion weight are chosen on training queries the reranker never took a gradient step on.
+        fit_queries = Queries(fit_data["texts"])
+        depth, fusion, rows = fit_rerank(stage, fit_queries, bm25.search(fit_queries, k=max(opts.rerank_depths)),
+                                         fit_data["qrels"], depths=opts.rerank_depths)
+        stage.k, stage.fusion = depth, fusion
+        extra = {"train": train_info, "fusion": {"fitted_on": f"{len(held)} held-out {'training' if mode == 'supervised' else 'pseudo'}-queries",
+                                                 "depth": depth, **fusion.to_dict(),
+                                                 "depths": [{k: v for k, v in r.items() if k != "grid"} for r in rows]}}
+        settings = {"bm25_k": bm25.k, "rerank_k": depth, "fusion": fusion.to_dict(), "base_model": reranker.base_model,
+                    "max_length": reranker.max_length, "precision": reranker.precision, "adapter": train_info["cached_at"]}
+        return Built(Pipeline([bm25, stage], name="bm25>>ce"), bm25.build_seconds, not bm25_built, settings, extra)
+
+    return build
+
+
 PIPELINES: dict[str, Builder] = {
     "bm25": _bm25_builder("lucene"),
     "bm25-rank": _bm25_builder("rank_bm25"),
@@ -178,6 +245,8 @@ PIPELINES: dict[str, Builder] = {
     "dense-corpus-query": _dense_builder("corpus-query", hybrid=False),
     "hybrid": _dense_builder(None, hybrid=True),
     "hybrid-lora-query": _dense_builder("query", hybrid=True),
+    "bm25>>ce": _rerank_builder("supervised"),
+    "bm25>>ce-corpus": _rerank_builder("corpus"),
 }
 DESCRIPTIONS = {
     "bm25": "Lucene BM25 via Pyserini, k1=0.9 b=0.4, title + text",
@@ -190,6 +259,10 @@ DESCRIPTIONS = {
     "dense-corpus-query": "MiniLM with a query-only LoRA adapter trained on pseudo-queries from the corpus (no labels, no re-encoding)",
     "hybrid": "BM25 top-k >> zero-shot dense: candidates + ANN neighbours, weighted fusion fitted on train",
     "hybrid-lora-query": "BM25 top-k >> query-only LoRA dense, weighted fusion fitted on held-out training queries",
+    "bm25>>ce": "BM25 >> MiniLM cross-encoder with a LoRA adapter + new head trained on the training split (BM25 hard "
+                "negatives); depth and BM25/reranker fusion weight chosen on held-out training queries",
+    "bm25>>ce-corpus": "BM25 >> MiniLM LoRA cross-encoder trained on pseudo-queries from the corpus (no labels); depth "
+                       "and fusion weight chosen on held-out pseudo-queries",
 }
 
 
@@ -244,6 +317,10 @@ def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions) -> dict:
             "batch_seconds": trace.seconds,
             "candidates_out": trace.candidates_out,
         })
+        parts = {name.split("/", 1)[1]: evaluate(r, ds.qrels, names).aggregate
+                 for name, r in ranking.stages.items() if name.startswith(f"{stage.name}/")}
+        if parts:  # e.g. the reranker's own ranking before fusion with the incoming scores
+            stages[-1]["parts"] = parts
 
     out_dir = opts.output / ds.name / pipeline_name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,10 +415,18 @@ def _report(r: dict) -> str:
                   f"{t['start_val']:.4f} -> {t['best_val']:.4f}).", "",
                   _md_table(["epoch", "loss", "val nDCG@10", "seconds"],
                             [[h["epoch"], h["loss"], h["val_nDCG@10"], h["seconds"]] for h in t["history"]])]
+    for s in r["stages"]:
+        for part, m in s.get("parts", {}).items():
+            parts += ["", f"Stage `{s['name']}` {part} (before fusion): nDCG@10 {m['nDCG@10']:.4f}, RR@10 {m['RR@10']:.4f}."]
     if r.get("fusion"):
         f = r["fusion"]
-        parts += ["", f"Fusion: {f['method']} ({f['norm']}), weights {f['weights']} (BM25, dense), "
+        names = "(BM25, reranker)" if "depth" in f else "(BM25, dense)"
+        parts += ["", f"Fusion: {f['method']} ({f['norm']}), weights {f['weights']} {names}, "
                       f"chosen on {f['fitted_on']}."]
+        if f.get("depths"):
+            parts += ["", _md_table(["depth", "best weight", "nDCG@10 fused", "nDCG@10 reranker alone"],
+                                    [[d["depth"], d["weight"], d["nDCG@10"], d["nDCG@10 alone"]] for d in f["depths"]]),
+                      "", f"(on the held-out training queries; depth {f['depth']} chosen)"]
     return "\n".join(parts) + "\n"
 
 

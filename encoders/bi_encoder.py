@@ -144,9 +144,9 @@ class BiEncoder:
         return isinstance(self._transformer(), PeftModel)
 
     def trainable_share(self) -> float:
-        params = list(self.st.parameters())
-        total = sum(p.numel() for p in params)
-        return sum(p.numel() for p in params if p.requires_grad) / total if total else 0.0
+        from retrieval.training import trainable_share
+
+        return trainable_share(self.st)
 
     def fingerprint(self, side: str = "document") -> str:
         """Identifies what encodes ``side`` ("document" or "query"): base weights and the adapter used."""

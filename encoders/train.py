@@ -11,15 +11,11 @@ epoch, best epoch kept), the trainable share, wall time and peak memory, and a p
 
 from __future__ import annotations
 
-import math
-import random
-import resource
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from retrieval.training import TrainResult, fit_adapter, peak_memory_mb, split_queries
 from retrieval.types import Qrels, Queries, Ranking
 
 from .bi_encoder import BiEncoder, LoraSettings
@@ -45,98 +41,17 @@ class DenseTrainSettings:
         return asdict(self)
 
 
-@dataclass
-class TrainResult:
-    best_epoch: int
-    best_val: float
-    start_val: float
-    history: list[dict]
-    trainable_share: float
-    seconds: float
-    peak_memory_mb: float
-    train_queries: int
-    val_queries: int
-    settings: dict
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def split_queries(qids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """A seeded split of training query ids into (train, validation)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {fraction}")
-    ids = sorted(qids)
-    random.Random(seed).shuffle(ids)
-    n_val = max(1, int(round(len(ids) * fraction)))
-    if n_val >= len(ids):
-        raise ValueError(f"{len(ids)} training queries are too few to hold out {fraction:.0%} for validation")
-    return ids[n_val:], ids[:n_val]
-
-
-def _peak_memory_mb() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
-
-
 def _fit(encoder: BiEncoder, settings: DenseTrainSettings, items: list, loss_fn, validate, desc: str,
          progress: bool, n_train: int, n_val: int) -> TrainResult:
-    """The loop both training modes share: add the adapter, AdamW with linear warm-up and decay,
-    shuffle each epoch, validate after it, keep the best epoch's adapter weights, freeze."""
-    import torch
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-    from tqdm.auto import tqdm
-
+    """Add the adapter and run the shared loop (``retrieval.training.fit_adapter``) on the encoder."""
     encoder.add_lora(settings.lora, name=settings.adapter_name)
     share = encoder.trainable_share()
-    params = [p for p in encoder.st.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps = settings.epochs * math.ceil(len(items) / settings.batch_size)
-    warm = max(1, int(steps * settings.warmup))
-    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
-        optim, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
-
-    def state():
-        weights = get_peft_model_state_dict(encoder._transformer(), adapter_name=settings.adapter_name)
-        return {k: v.detach().clone() for k, v in weights.items()}
-
-    rng = random.Random(settings.seed)
-    t0 = time.perf_counter()
-    start_val = validate()
-    best_val, best_epoch, best_state = start_val, 0, state()
-    history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
-    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
-    try:
-        for epoch in range(1, settings.epochs + 1):
-            encoder.st.train()
-            rng.shuffle(items)
-            losses = []
-            for i in range(0, len(items), settings.batch_size):
-                loss = loss_fn(items[i : i + settings.batch_size], rng)
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-                sched.step()
-                losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}")
-            val = validate()
-            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_nDCG@10": val,
-                            "seconds": time.perf_counter() - t0})
-            if val > best_val:
-                best_val, best_epoch, best_state = val, epoch, state()
-    finally:
-        bar.close()
-    set_peft_model_state_dict(encoder._transformer(), best_state, adapter_name=settings.adapter_name)
-    encoder.st.eval()
-    for p in encoder.st.parameters():
-        p.requires_grad_(False)
-    return TrainResult(best_epoch, best_val, start_val, history, share, time.perf_counter() - t0,
-                       _peak_memory_mb(), n_train, n_val, settings.to_dict())
+    out = fit_adapter(encoder._transformer(), settings.adapter_name, items, loss_fn, validate,
+                      epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
+                      weight_decay=settings.weight_decay, warmup=settings.warmup, seed=settings.seed,
+                      desc=desc, progress=progress, train_module=encoder.st)
+    return TrainResult(**out, trainable_share=share, peak_memory_mb=peak_memory_mb(), train_queries=n_train,
+                       val_queries=n_val, settings=settings.to_dict())
 
 
 def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrels,
@@ -391,4 +306,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import sys
+
     sys.exit(main())

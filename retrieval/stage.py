@@ -120,6 +120,8 @@ class Pipeline(StageBase):
             traces.append(StageTrace(stage.name, stage.k if not (last and k) else k, seconds, len(queries), n_in, result.num_candidates()))
             if keep_stages:
                 per_stage[stage.name] = Ranking(result.scores)
+                for part, ranking in result.stages.items():  # a stage's own parts, e.g. a reranker before fusion
+                    per_stage[f"{stage.name}/{part}"] = ranking
             candidates = result
         assert candidates is not None
         return Ranking(candidates.scores, trace=traces, stages=per_stage)

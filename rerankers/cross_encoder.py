@@ -1,0 +1,454 @@
+"""A cross-encoder reranker over a transformers sequence-classification model, adapted with LoRA.
+
+Any cross-encoder checkpoint loads (a Hugging Face id or folder whose config names a
+``...ForSequenceClassification`` architecture). Any other encoder checkpoint — by default the packaged
+all-MiniLM-L6-v2 — gets a *new* one-logit scoring head, initialised from a fixed seed so the base model is
+the same in every process; training a LoRA adapter (``rerankers.train``) is what makes it a reranker.
+
+LoRA adapters are peft's own, with the scoring head in ``modules_to_save`` so the trained head is saved and
+loaded with the adapter. A saved folder holds peft's files (the default adapter at the top, other named
+adapters in sub-folders) beside our ``retrieval_config.json``, which records the base model, its weight
+fingerprint, the head's shape and the adapters; ``merged()`` folds the active adapter into the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from encoders.bi_encoder import LoraSettings, _check_name, _settings_dict, default_device, resolve_model
+from retrieval.util import atomic_dir, library_version, read_json, write_json
+
+CONFIG_NAME = "retrieval_config.json"
+PRECISIONS = ("auto", "float32", "bfloat16")
+HEAD_SEED = 0
+
+
+@dataclass
+class RerankLoraSettings(LoraSettings):
+    """LoRA for the cross-encoder: r=8 on every linear layer of the encoder (pooler included), and the
+    scoring head trained in full and saved with the adapter (peft ``modules_to_save``)."""
+
+    r: int = 8
+    alpha: int = 16
+    modules_to_save: tuple[str, ...] = ("classifier",)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.modules_to_save = tuple(self.modules_to_save)
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), modules_to_save=list(self.modules_to_save),
+                          bias="none")
+
+
+class RerankerMismatch(ValueError):
+    """An adapter or head that does not fit this reranker's base model."""
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover - depends on the torch build
+        return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: bfloat16 autocast where the hardware has native bf16 (recent CUDA GPUs, CPUs with
+    AVX512-BF16/AMX), float32 elsewhere."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device == "cpu":
+        return "bfloat16" if cpu_supports_bf16() else "float32"
+    return "float32"
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Loading a backbone into a classification model reports the new head as missing weights; we say so ourselves."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _is_cross_encoder(config) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
+class CrossEncoderReranker:
+    """Score (query, document) pairs; add, save, load, switch, disable and merge LoRA adapters.
+
+    >>> ce = CrossEncoderReranker(max_length=192)            # packaged MiniLM + a new head (train it first)
+    >>> ce.add_lora(RerankLoraSettings())
+    >>> ce.score(["what causes scurvy"], ["Scurvy is caused by a lack of vitamin C."])
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, max_length: int | None = None,
+                 device: str | None = None, batch_size: int = 32, precision: str = "auto",
+                 num_labels: int | None = None):
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        self.device = device or default_device()
+        self.precision = resolve_precision(precision, self.device)
+        path = resolve_model(model)
+        config = AutoConfig.from_pretrained(path)
+        self.new_head = not _is_cross_encoder(config)
+        labels = num_labels or (config.num_labels if not self.new_head else 1)
+        with _quiet_transformers():
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=labels)
+        if self.new_head:  # the same base in every process: a seeded head, not transformers' global RNG
+            head = self._head()
+            gen = torch.Generator().manual_seed(HEAD_SEED)
+            with torch.no_grad():
+                head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * config.initializer_range)
+                if head.bias is not None:
+                    head.bias.zero_()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        limit = min(int(getattr(config, "max_position_embeddings", 512) or 512),
+                    int(self.tokenizer.model_max_length) if self.tokenizer.model_max_length < 10**6 else 512)
+        self.max_length = min(int(max_length), limit) if max_length else limit
+        self.model.to(self.device).eval()
+        _align(self.model)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.batch_size = batch_size
+        self.base_model = str(model) if model is not None else "sentence-transformers/all-MiniLM-L6-v2"
+        self.num_labels = labels
+        self.adapters: dict[str, dict] = {}
+        self.active_adapter: str | None = None
+        self.merged_from: str | None = None
+        self._lock = threading.RLock()
+        self._base_fp: str | None = None
+
+    # ------------------------------------------------------------------ facts
+    def _is_peft(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
+    def _base(self):
+        return self.model.get_base_model() if self._is_peft() else self.model
+
+    def _head(self):
+        base = self._base()
+        for name in ("classifier", "score"):
+            head = getattr(base, name, None)
+            if head is not None:
+                head = getattr(head, "original_module", head)  # peft's modules_to_save wrapper
+                return head.out_proj if hasattr(head, "out_proj") else head  # RoBERTa-style heads
+        raise ValueError(f"{type(base).__name__} has no 'classifier' or 'score' head")
+
+    @property
+    def head_shape(self) -> tuple[int, ...]:
+        return tuple(self._head().weight.shape)
+
+    def trainable_share(self) -> float:
+        from retrieval.training import trainable_share
+
+        return trainable_share(self.model)
+
+    def base_fingerprint(self) -> str:
+        """The base weights (head included), whatever adapters are loaded: what an adapter was trained on."""
+        if self._base_fp is None:
+            h = hashlib.sha256()
+            for name, tensor in sorted(self._base().state_dict().items()):
+                if "lora_" in name or "modules_to_save" in name:
+                    continue
+                h.update(name.replace(".base_layer", "").replace(".original_module", "").encode())
+                h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+            self._base_fp = h.hexdigest()[:16]
+        return self._base_fp
+
+    def fingerprint(self) -> str:
+        """What scores pairs: base weights plus the active adapter."""
+        if self.active_adapter is None or self.merged_from:
+            return f"base:{self.base_fingerprint()}" + (f"+merged:{self.merged_from}" if self.merged_from else "")
+        from peft import get_peft_model_state_dict
+
+        h = hashlib.sha256()
+        for key, tensor in sorted(get_peft_model_state_dict(self.model, adapter_name=self.active_adapter).items()):
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+        return f"base:{self.base_fingerprint()}+{self.active_adapter}:{h.hexdigest()[:16]}"
+
+    # ------------------------------------------------------------------ scoring
+    def _autocast(self):
+        import torch
+
+        if self.precision == "bfloat16":
+            return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _features(self, queries: Sequence[str], docs: Sequence[str]):
+        features = self.tokenizer(list(queries), list(docs), truncation="longest_first", max_length=self.max_length,
+                                  padding=True, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in features.items()}
+
+    def logits(self, queries: Sequence[str], docs: Sequence[str]):
+        """Scores as a torch tensor *with* gradients (for training); the active adapter applies."""
+        features = self._features(queries, docs)
+        with self._autocast():
+            out = self.model(**features).logits.float()
+        return out[:, 0] if out.shape[1] == 1 else out[:, 1] - out[:, 0]
+
+    def score(self, queries: Sequence[str], docs: Sequence[str], batch_size: int | None = None,
+              show_progress: bool | None = None) -> np.ndarray:
+        """One relevance score per (queries[i], docs[i]) pair, as float32. Pairs are batched by length."""
+        import torch
+        from tqdm.auto import tqdm
+
+        queries, docs = _check_pairs(queries, docs)
+        n = len(queries)
+        if n == 0:
+            return np.zeros(0, dtype=np.float32)
+        bs = batch_size or self.batch_size
+        order = sorted(range(n), key=lambda i: -(len(queries[i]) + len(docs[i])))
+        out = np.empty(n, dtype=np.float32)
+        show = n >= 2000 if show_progress is None else show_progress
+        with self._lock, torch.inference_mode(), self._maybe_disabled():
+            training = self.model.training
+            self.model.eval()  # no dropout when scoring, even between training steps
+            try:
+                for start in tqdm(range(0, n, bs), desc="rerank", unit="batch", disable=not show, leave=False):
+                    idx = order[start : start + bs]
+                    out[idx] = self.logits([queries[i] for i in idx], [docs[i] for i in idx]).cpu().numpy()
+            finally:
+                self.model.train(training)
+        return out
+
+    def __call__(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        return self.score(queries, docs)
+
+    @contextlib.contextmanager
+    def _maybe_disabled(self):
+        if self.active_adapter is None and self._is_peft():
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+    # ------------------------------------------------------------------ adapters
+    def add_lora(self, settings: RerankLoraSettings | None = None, name: str = "default") -> "CrossEncoderReranker":
+        """Add a fresh, trainable LoRA adapter (head in ``modules_to_save``) and make it the active one."""
+        from peft import get_peft_model
+
+        settings = settings or RerankLoraSettings()
+        _check_name(name)
+        with self._lock:
+            self._check_unmerged()
+            self.base_fingerprint()  # of the weights before peft wraps them
+            if name in self.adapters:
+                raise ValueError(f"an adapter named {name!r} exists already; choose another name")
+            if self._is_peft():
+                self.model.add_adapter(name, settings.peft_config())
+            else:
+                self.model = get_peft_model(self.model, settings.peft_config(), adapter_name=name)
+            self.adapters[name] = {"lora": _settings_dict(settings), "base_fingerprint": self.base_fingerprint()}
+            self.set_adapter(name)
+        return self
+
+    def set_adapter(self, name: str) -> None:
+        if name not in self.adapters:
+            raise KeyError(f"no adapter named {name!r}; adapters: {sorted(self.adapters) or 'none'}")
+        with self._lock:
+            if not self.merged_from:
+                self.model.set_adapter(name)
+            self.active_adapter = name
+
+    def disable_adapters(self) -> None:
+        """Score with the base model (and its own head) only; ``set_adapter`` brings an adapter back."""
+        with self._lock:
+            self._check_unmerged()
+            self.active_adapter = None
+
+    def _check_unmerged(self):
+        if self.merged_from:
+            raise ValueError("this reranker is merged; adapters are managed on the unmerged one")
+
+    def load_adapter(self, path: str | os.PathLike, name: str = "default") -> None:
+        """Load a peft LoRA adapter folder under ``name``, refusing one made for another base model or head."""
+        from peft import PeftModel
+
+        path = Path(path)
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{path}: no adapter_config.json; not a peft adapter folder")
+        _check_name(name)
+        self._check_adapter(path)
+        with self._lock:
+            self._check_unmerged()
+            if name in self.adapters:
+                raise ValueError(f"an adapter named {name!r} exists already; choose another name")
+            try:
+                if self._is_peft():
+                    self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
+            except RuntimeError as e:  # size mismatches that the checks above did not see
+                raise RerankerMismatch(f"{path}: the adapter does not fit {self.base_model}: {e}") from None
+            cfg = read_json(path / "adapter_config.json", "peft adapter config")
+            self.adapters[name] = {"lora": {"r": cfg.get("r"), "alpha": cfg.get("lora_alpha"),
+                                            "dropout": cfg.get("lora_dropout"),
+                                            "target_modules": sorted(cfg.get("target_modules") or []),
+                                            "modules_to_save": sorted(cfg.get("modules_to_save") or [])},
+                                   "base_fingerprint": self.base_fingerprint()}
+            self.set_adapter(name)
+
+    def _check_adapter(self, path: Path) -> None:
+        """A clear error for an adapter of another base model, another head shape, or missing modules."""
+        weights = path / "adapter_model.safetensors"
+        if weights.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(weights), "pt") as f:
+                for key in f.keys():
+                    if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):
+                        shape = tuple(f.get_slice(key).get_shape())
+                        if shape != self.head_shape:
+                            raise RerankerMismatch(
+                                f"{path}: the adapter's scoring head has shape {shape}, this model's head is "
+                                f"{self.head_shape} (num_labels {self.num_labels}); it belongs to another model")
+        cfg = read_json(path / "adapter_config.json", "peft adapter config")
+        ours = path / CONFIG_NAME
+        if not ours.is_file() and (path.parent / CONFIG_NAME).is_file():
+            ours = path.parent / CONFIG_NAME  # a named adapter in a sub-folder of a saved reranker
+        if ours.is_file():
+            saved = read_json(ours, "reranker config")
+            fp = saved.get("base_fingerprint")
+            if saved.get("kind") not in (None, "cross-encoder"):
+                raise RerankerMismatch(f"{path}: it holds a {saved.get('kind')!r} adapter, not a cross-encoder's")
+            if fp and fp != self.base_fingerprint():
+                raise RerankerMismatch(
+                    f"{path}: the adapter was trained on base model {saved.get('base_model')!r} (weights {fp}); "
+                    f"this reranker's base is {self.base_model!r} (weights {self.base_fingerprint()})")
+        targets = cfg.get("target_modules") or []
+        if not isinstance(targets, str):
+            names = {n.split(".")[-1] for n, _ in self._base().named_modules()}
+            missing = [t for t in targets if t not in names]
+            if missing:
+                raise RerankerMismatch(f"{path}: the adapter targets modules {missing} that {self.base_model} does not "
+                                       f"have; it was trained for another base model")
+
+    def merged(self) -> "CrossEncoderReranker":
+        """A new reranker with the active adapter (LoRA and its trained head) folded into the weights."""
+        name = self.active_adapter
+        if name is None or not self._is_peft():
+            raise ValueError("no active adapter to merge; set_adapter(name) first")
+        with self._lock:
+            clone = copy.copy(self)
+            clone._lock = threading.RLock()
+            peft_model = copy.deepcopy(self.model)
+            for other in list(self.adapters):
+                if other != name:
+                    peft_model.delete_adapter(other)
+            clone.model = peft_model.merge_and_unload().eval()
+            _align(clone.model)
+            clone.adapters = {name: dict(self.adapters[name], merged=True)}
+            clone.merged_from = name
+            clone._base_fp = None
+        return clone
+
+    # ------------------------------------------------------------------ persistence
+    def _config(self) -> dict:
+        return {
+            "kind": "cross-encoder",
+            "base_model": self.base_model,
+            "base_fingerprint": self.base_fingerprint() if not self.merged_from else None,
+            "new_head": self.new_head,
+            "head_seed": HEAD_SEED if self.new_head else None,
+            "num_labels": self.num_labels,
+            "head_shape": list(self.head_shape),
+            "max_length": self.max_length,
+            "precision": self.precision,
+            "adapters": self.adapters,
+            "active": self.active_adapter,
+            "merged": bool(self.merged_from),
+            "library_version": library_version(),
+        }
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write ``retrieval_config.json`` and peft's adapter files (head included), or, merged, a full
+        transformers model + tokenizer in ``model/`` that any cross-encoder loader reads."""
+        path = Path(path)
+        with self._lock, atomic_dir(path, overwrite=overwrite) as tmp:
+            if self.merged_from:
+                self.model.save_pretrained(str(tmp / "model"))
+                self.tokenizer.save_pretrained(str(tmp / "model"))
+            elif self._is_peft():
+                self.model.save_pretrained(str(tmp), selected_adapters=list(self.adapters))
+            write_json(tmp / CONFIG_NAME, self._config())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | None = None, batch_size: int = 32,
+             precision: str | None = None) -> "CrossEncoderReranker":
+        path = Path(path)
+        config = read_json(path / CONFIG_NAME, "reranker config (write one with CrossEncoderReranker.save)")
+        if config.get("kind") != "cross-encoder":
+            raise ValueError(f"{path}: {CONFIG_NAME} describes a {config.get('kind')!r}, not a cross-encoder")
+        precision = precision or config.get("precision", "auto")
+        if config.get("merged"):
+            ce = cls(path / "model", max_length=config["max_length"], device=device, batch_size=batch_size,
+                     precision=precision)
+            ce.base_model, ce.new_head = config["base_model"], config.get("new_head", False)
+            ce.adapters, ce.active_adapter, ce.merged_from = config["adapters"], config["active"], config["active"]
+            return ce
+        ce = cls(config["base_model"], max_length=config["max_length"], device=device, batch_size=batch_size,
+                 precision=precision, num_labels=config.get("num_labels"))
+        if config.get("head_shape") and tuple(config["head_shape"]) != ce.head_shape:
+            raise RerankerMismatch(f"{path}: saved with a head of shape {tuple(config['head_shape'])}, but "
+                                   f"{config['base_model']} loads with {ce.head_shape}")
+        for name, info in config.get("adapters", {}).items():
+            ce.load_adapter(path if name == "default" else path / name, name=name)
+            ce.adapters[name] = info
+        if config.get("active"):
+            ce.set_adapter(config["active"])
+        else:
+            ce.disable_adapters()
+        return ce
+
+
+def _align(model) -> None:
+    """Give every weight its own contiguous, 64-byte aligned memory. Weights read from a safetensors file can
+    sit at odd offsets, and BLAS then takes another code path whose float sums differ in the last bit: with
+    this, a model scores exactly the same in memory and after save -> load."""
+    for param in model.parameters():
+        if not param.data.is_contiguous() or param.data.data_ptr() % 64:
+            param.data = param.data.contiguous().clone()
+
+
+def _check_pairs(queries, docs) -> tuple[list[str], list[str]]:
+    if isinstance(queries, str) or isinstance(docs, str):
+        raise TypeError("score takes two lists of strings (queries[i] is scored against docs[i]), not single strings")
+    queries, docs = list(queries), list(docs)
+    if len(queries) != len(docs):
+        raise ValueError(f"score needs one query per document: got {len(queries)} queries and {len(docs)} documents")
+    for what, texts in (("queries", queries), ("docs", docs)):
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise TypeError(f"{what}[{bad}] is {type(texts[bad]).__name__}, expected str")
+    return queries, docs

@@ -1,0 +1,264 @@
+"""Training LoRA adapters for the cross-encoder reranker.
+
+Each training item is a (query, positive passage) pair. A step scores, for each item of the batch, its
+positive and ``negatives`` documents drawn from the first stages' top ``negatives_depth`` (BM25 and, when
+given, a dense stage), the query's positives excluded:
+
+- ``listwise`` (default): softmax cross-entropy over the group, the positive as the target;
+- ``pointwise``: binary cross-entropy on every pair of the group (same pairs, so the cost is the same);
+- with a ``teacher`` (any scorer ``teacher(queries, docs) -> scores``, e.g. a stronger cross-encoder the user
+  has), a KL term pulls the group's softmax towards the teacher's (``distill_weight``, ``temperature``).
+
+Modes: ``supervised`` (judged queries) and ``corpus`` (pseudo-queries from the corpus itself, the same ones
+the dense stage uses; no judgements). Validation after each epoch on queries held out of the training items:
+nDCG@10 of the first stage's top ``val_depth`` reordered by the reranker alone; the best epoch is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from encoders.train import TrainExample, pseudo_examples, supervised_examples
+from retrieval.training import TrainResult, fit_adapter, peak_memory_mb, split_queries
+from retrieval.types import Qrels, Queries, Ranking
+
+from .cross_encoder import CrossEncoderReranker, RerankLoraSettings
+
+MODES = ("supervised", "corpus")
+LOSSES = ("listwise", "pointwise")
+
+
+@dataclass
+class RerankTrainSettings:
+    mode: str = "supervised"
+    loss: str = "listwise"
+    epochs: int = 2
+    lr: float = 1e-3                  # LoRA weights
+    head_lr: float = 3e-3             # the new scoring head
+    batch_size: int = 8               # training items (queries) per step; each brings 1 + negatives pairs
+    negatives: int = 3
+    negatives_depth: int = 30
+    max_length: int = 192             # query + passage tokens while training
+    val_fraction: float = 0.15
+    max_val_queries: int = 64
+    val_depth: int = 20
+    max_items: int | None = None      # cap on training items (corpus mode on a large corpus)
+    distill_weight: float = 0.5
+    temperature: float = 1.0
+    seed: int = 0
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    lora: RerankLoraSettings = field(default_factory=RerankLoraSettings)
+    adapter_name: str = "default"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"reranker training mode must be one of {MODES}, got {self.mode!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"reranker loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.negatives < 1:
+            raise ValueError(f"negatives must be at least 1, got {self.negatives}")
+        if isinstance(self.lora, dict):
+            self.lora = RerankLoraSettings(**self.lora)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mine_pool(first_stages: Sequence, queries: dict[str, str], exclude: dict[str, set[str]], depth: int) -> dict[str, list[str]]:
+    """Each query's negatives: the union of every first stage's top ``depth``, positives excluded, interleaved
+    by rank so each stage contributes its hardest documents first."""
+    from encoders.mining import mine_negatives
+
+    per_stage = [mine_negatives(stage, queries, exclude, depth=depth) for stage in first_stages]
+    out = {}
+    for q in queries:
+        seen: dict[str, None] = {}
+        for rank in range(depth):
+            for negs in per_stage:
+                if rank < len(negs.get(q, [])):
+                    seen.setdefault(negs[q][rank])
+        out[q] = list(seen)
+    return out
+
+
+def split_examples(examples: list[TrainExample], settings: RerankTrainSettings) -> tuple[list[str], list[str]]:
+    """(training query ids, held-out query ids): the held-out ones never take a gradient step, so depth
+    and fusion weight can be chosen on them."""
+    return split_queries(sorted({e.qid for e in examples}), settings.val_fraction, settings.seed)
+
+
+def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainExample], first_stages: Sequence,
+                   settings: RerankTrainSettings | None = None, teacher: Callable | None = None,
+                   progress: bool = True, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train a LoRA adapter (and the scoring head) on ``examples``; negatives mined with ``first_stages``."""
+    import torch
+
+    from benchmarks.metrics import evaluate
+
+    settings = settings or RerankTrainSettings()
+    if not examples:
+        raise ValueError("no training examples")
+    if not first_stages:
+        raise ValueError("hard negatives are mined with a first stage: pass first_stages=[BM25(...)]")
+    torch.manual_seed(settings.seed)
+    train_q, val_q = split_examples(examples, settings)
+    val_q = val_q[: settings.max_val_queries]
+    train_set = set(train_q)
+    items = [e for e in examples if e.qid in train_set]
+    if settings.max_items and len(items) > settings.max_items:
+        import random
+
+        items = random.Random(settings.seed).sample(items, settings.max_items)
+    texts = {e.qid: e.query for e in examples}
+    positives: dict[str, set[str]] = {}
+    for e in examples:
+        positives.setdefault(e.qid, set()).update(e.positives)
+    used_q = sorted({e.qid for e in items})
+    negatives = mine_pool(first_stages, {q: texts[q] for q in used_q}, positives, settings.negatives_depth)
+    doc_ids = list(corpus)
+    pools = first_stages[0].search(Queries({q: texts[q] for q in val_q}), k=settings.val_depth)
+    val_qrels = {q: {d: 1 for d in positives[q]} for q in val_q}
+    # corpus mode: pseudo-query positives are passages without their title, so negatives are too
+    doc_text = (lambda d: corpus[d].text) if settings.mode == "corpus" else (lambda d: corpus[d].contents)
+
+    def validate() -> float:
+        ranking = rerank_pool(reranker, {q: texts[q] for q in val_q}, pools, corpus)
+        return evaluate(ranking, val_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+
+    def group(e: TrainExample, rng) -> list[str]:
+        negs = negatives.get(e.qid) or []
+        if len(negs) >= settings.negatives:
+            chosen = rng.sample(negs, settings.negatives)
+        elif negs:
+            chosen = [rng.choice(negs) for _ in range(settings.negatives)]
+        else:  # nothing mined (tiny corpus): random documents that are not positives
+            pool = [d for d in doc_ids if d not in positives[e.qid]] or doc_ids
+            chosen = [rng.choice(pool) for _ in range(settings.negatives)]
+        return [e.passage] + [doc_text(d) for d in chosen]
+
+    def loss_fn(batch, rng):
+        n = 1 + settings.negatives
+        docs = [t for e in batch for t in group(e, rng)]
+        queries = [e.query for e in batch for _ in range(n)]
+        logits = reranker.logits(queries, docs).view(len(batch), n)
+        if settings.loss == "listwise":
+            target = torch.zeros(len(batch), dtype=torch.long, device=logits.device)
+            loss = torch.nn.functional.cross_entropy(logits, target)
+        else:
+            labels = torch.zeros_like(logits)
+            labels[:, 0] = 1.0
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        if teacher is not None and settings.distill_weight > 0:
+            with torch.no_grad():
+                t = torch.as_tensor(np.asarray(teacher(queries, docs), dtype=np.float32), device=logits.device)
+            t = torch.log_softmax(t.view(len(batch), n) / settings.temperature, dim=-1)
+            s = torch.log_softmax(logits / settings.temperature, dim=-1)
+            kl = torch.nn.functional.kl_div(s, t, log_target=True, reduction="batchmean")
+            loss = (1 - settings.distill_weight) * loss + settings.distill_weight * kl
+        return loss
+
+    saved_len = reranker.max_length
+    reranker.max_length = min(settings.max_length, saved_len)
+    try:
+        reranker.add_lora(settings.lora, name=settings.adapter_name)
+        share = reranker.trainable_share()
+        lora = [p for n, p in reranker.model.named_parameters() if p.requires_grad and "lora_" in n]
+        head = [p for n, p in reranker.model.named_parameters() if p.requires_grad and "lora_" not in n]
+        groups = [{"params": lora, "lr": settings.lr}, {"params": head, "lr": settings.head_lr}]
+        out = fit_adapter(reranker.model, settings.adapter_name, items, loss_fn, validate,
+                          epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
+                          weight_decay=settings.weight_decay, warmup=settings.warmup, seed=settings.seed,
+                          desc=f"{settings.mode} reranker LoRA", progress=progress,
+                          param_groups=[g for g in groups if g["params"]], on_epoch=on_epoch)
+    finally:
+        reranker.max_length = saved_len
+    return TrainResult(**out, trainable_share=share, peak_memory_mb=peak_memory_mb(), train_queries=len(used_q),
+                       val_queries=len(val_q), settings=settings.to_dict())
+
+
+def rerank_pool(reranker, queries: dict[str, str], pool: Ranking, corpus, k: int | None = None) -> Ranking:
+    """The reranker's own scores for each query's candidates in ``pool`` (its top ``k`` if given)."""
+    pairs = [(q, d) for q in queries for d, _ in (pool.ranked(q)[:k] if k else pool.ranked(q))]
+    scores = reranker.score([queries[q] for q, _ in pairs], [corpus[d].contents for _, d in pairs])
+    out: dict[str, dict[str, float]] = {q: {} for q in queries}
+    for (q, d), s in zip(pairs, scores):
+        out[q][d] = float(s)
+    return Ranking(out)
+
+
+def training_examples(mode: str, corpus, queries: Queries | None = None, qrels: Qrels | None = None,
+                      seed: int = 0) -> list[TrainExample]:
+    if mode == "supervised":
+        if queries is None or qrels is None:
+            raise ValueError("supervised reranker training needs queries and qrels (use mode='corpus' when there are none)")
+        return supervised_examples(corpus, queries, qrels)
+    if mode == "corpus":
+        return pseudo_examples(corpus, seed)
+    raise ValueError(f"reranker training mode must be one of {MODES}, got {mode!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rerankers.train --dataset DIR --mode supervised|corpus --output DIR``."""
+    import argparse
+    from pathlib import Path
+
+    from benchmarks.datasets import load_dataset
+    from retrieval.stages.bm25 import BM25
+    from retrieval.util import write_json
+
+    p = argparse.ArgumentParser(prog="python -m rerankers.train", description=main.__doc__)
+    p.add_argument("--dataset", type=Path, required=True, help="BEIR or MS MARCO folder")
+    p.add_argument("--split", default="train", help="split with judgements (supervised); any split for corpus")
+    p.add_argument("--mode", choices=MODES, default="supervised")
+    p.add_argument("--loss", choices=LOSSES, default="listwise")
+    p.add_argument("--output", type=Path, required=True, help="folder for the reranker (peft files + retrieval_config.json)")
+    p.add_argument("--model", default=None, help="backbone or cross-encoder: HF id or folder (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--teacher", default=None, help="a cross-encoder (HF id or folder, or a saved reranker) to distil from")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--head-lr", type=float, default=3e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--negatives", type=int, default=3)
+    p.add_argument("--max-length", type=int, default=192)
+    p.add_argument("--max-items", type=int, default=None)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=int, default=16)
+    p.add_argument("--dropout", type=float, default=0.05)
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
+    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: a GPU when present)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--index-dir", type=Path, default=None, help="cache for BM25 indexes")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    if args.output.exists() and not args.overwrite:
+        p.error(f"{args.output} exists; pass --overwrite to replace it")
+
+    ds = load_dataset(args.dataset, args.split)
+    settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
+                                   batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
+                                   max_items=args.max_items, seed=args.seed,
+                                   lora=RerankLoraSettings(r=args.rank, alpha=args.alpha, dropout=args.dropout))
+    reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision)
+    teacher = None
+    if args.teacher:
+        teacher = (CrossEncoderReranker.load(args.teacher, device=args.device)
+                   if (Path(args.teacher) / "retrieval_config.json").is_file()
+                   else CrossEncoderReranker(args.teacher, device=args.device))
+    bm25, _ = BM25.from_corpus(ds.corpus, cache_dir=args.index_dir / "bm25" if args.index_dir else None)
+    examples = training_examples(args.mode, ds.corpus, ds.queries, ds.qrels, args.seed)
+    result = train_reranker(reranker, ds.corpus, examples, [bm25], settings, teacher=teacher)
+    reranker.save(args.output, overwrite=args.overwrite)
+    write_json(args.output / "train_result.json", {"dataset": str(args.dataset), "split": args.split, **result.to_dict()})
+    print(f"best epoch {result.best_epoch}: validation nDCG@10 {result.start_val:.4f} -> {result.best_val:.4f}; "
+          f"trainable {result.trainable_share:.2%}; {result.seconds:.0f} s; reranker in {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The rerank stage: a cross-encoder reorders the top-k candidates of the stage before it.
+
+The reranker's score can be used alone or fused with the score each candidate came with (``Fusion``: a
+weighted sum of normalised scores, or RRF). ``fit_rerank`` chooses the depth and the fusion weight on
+*training* queries. The stage's output holds the top ``k`` reranked candidates (and, with ``keep_rest``,
+the remaining candidates below them in their incoming order); its ``stages["alone"]`` keeps the
+reranker's own ranking, before fusion, so both can be measured from one pass.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..stage import StageBase, as_queries, check_candidates, check_k
+from ..types import Document, Qrels, Queries, Ranking
+from .fusion import Fusion, fit_weight
+
+
+class Rerank(StageBase):
+    """Rerank the top ``k`` candidates with ``reranker`` (anything with ``score(queries, docs) -> array``)."""
+
+    def __init__(self, reranker, corpus: Mapping[str, Document | str], k: int = 20, fusion: Fusion | None = None,
+                 keep_rest: bool = False, name: str = "rerank"):
+        if not hasattr(reranker, "score"):
+            raise TypeError(f"{name}: the reranker needs a score(queries, docs) method, got {type(reranker).__name__}")
+        self.reranker, self.corpus = reranker, corpus
+        self.k = check_k(k, name)
+        self.fusion = fusion
+        self.keep_rest = keep_rest
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Rerank(k={self.k}, fusion={self.fusion}, keep_rest={self.keep_rest})"
+
+    def _text(self, doc_id: str) -> str:
+        try:
+            doc = self.corpus[doc_id]
+        except KeyError:
+            raise KeyError(f"{self.name}: candidate document {doc_id!r} is not in the reranker's corpus; "
+                           f"give Rerank the corpus the first stages index") from None
+        return doc.contents if isinstance(doc, Document) else str(doc)
+
+    def scores(self, queries: Queries, candidates: Ranking, k: int | None = None) -> Ranking:
+        """The reranker's own scores for each query's top ``k`` candidates (no fusion)."""
+        k = k or self.k
+        pairs = [(q, d) for q in queries for d, _ in candidates.ranked(q)[:k]]
+        values = self.reranker.score([queries[q] for q, _ in pairs], [self._text(d) for _, d in pairs])
+        out: dict[str, dict[str, float]] = {q: {} for q in queries}
+        for (q, d), s in zip(pairs, np.asarray(values, dtype=np.float64).tolist()):
+            out[q][d] = s
+        return Ranking(out)
+
+    def search(self, queries: Queries, candidates: Ranking | None = None, k: int | None = None) -> Ranking:
+        queries = as_queries(queries)
+        k = check_k(k, self.name) or self.k
+        candidates = check_candidates(candidates, queries, self.name)
+        if candidates is None:
+            raise ValueError(f"{self.name}: a reranker needs candidates from an earlier stage, "
+                             f"e.g. BM25(...) >> Rerank(...)")
+        alone = self.scores(queries, candidates, k)
+        if self.fusion is not None:
+            first = Ranking({q: dict(candidates.ranked(q)[:k]) for q in queries})
+            reranked = self.fusion([first, alone])
+        else:
+            reranked = alone
+        out = reranked.scores
+        if self.keep_rest:
+            out = {q: dict(s) for q, s in out.items()}
+            for q in queries:
+                rest = [d for d, _ in candidates.ranked(q)[k:]]
+                floor = min(out[q].values(), default=0.0)
+                for i, d in enumerate(rest, start=1):
+                    out[q][d] = floor - i  # below every reranked document, in the incoming order
+        return Ranking(out, stages={"alone": alone})
+
+
+def fit_rerank(stage: Rerank, queries: Queries, candidates: Ranking, qrels: Qrels,
+               depths: Sequence[int] = (10, 20, 30), metric: str = "nDCG@10") -> tuple[int, Fusion, list[dict]]:
+    """Choose the depth and the fusion weight (candidates' score vs reranker's) for the best ``metric``.
+
+    Give it *training* queries the reranker never trained on: the choice must not see the evaluated split.
+    The reranker scores the deepest depth once; shallower depths reuse those scores. Ties go to the
+    shallower (cheaper) depth.
+    """
+    from benchmarks.metrics import evaluate
+
+    queries = as_queries(queries)
+    deepest = max(depths)
+    alone = stage.scores(queries, candidates, deepest)
+    rows, best = [], None
+    for depth in sorted(depths):
+        first = Ranking({q: dict(candidates.ranked(q)[:depth]) for q in queries})
+        second = Ranking({q: {d: alone.scores[q][d] for d in first.scores[q]} for q in queries})
+        fusion, grid = fit_weight(first, second, qrels, metric=metric)
+        score = max(r[metric] for r in grid)
+        alone_score = evaluate(second, qrels, [metric]).aggregate[metric]
+        rows.append({"depth": depth, "weight": fusion.weights[1], metric: score, f"{metric} alone": alone_score,
+                     "grid": grid})
+        if best is None or score > best[1] + 1e-12:
+            best = (depth, score, fusion)
+    assert best is not None
+    return best[0], best[2], rows

@@ -1,0 +1,136 @@
+"""The training loop every LoRA adapter of the project shares (bi-encoder and cross-encoder).
+
+AdamW with a linear warm-up and decay, items shuffled each epoch with a seeded generator, validation
+before training and after every epoch, the best epoch's adapter weights kept (peft state dict), a
+progress bar, wall time and peak memory.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val: float
+    start_val: float
+    history: list[dict]
+    trainable_share: float
+    seconds: float
+    peak_memory_mb: float
+    train_queries: int
+    val_queries: int
+    settings: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_queries(qids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded split of training query ids into (train, validation)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {fraction}")
+    ids = sorted(qids)
+    random.Random(seed).shuffle(ids)
+    n_val = max(1, int(round(len(ids) * fraction)))
+    if n_val >= len(ids):
+        raise ValueError(f"{len(ids)} training queries are too few to hold out {fraction:.0%} for validation")
+    return ids[n_val:], ids[:n_val]
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory when training on CUDA, else the process's peak resident set size."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def trainable_share(module) -> float:
+    params = list(module.parameters())
+    total = sum(p.numel() for p in params)
+    return sum(p.numel() for p in params if p.requires_grad) / total if total else 0.0
+
+
+def fit_adapter(peft_model, adapter_name: str, items: list, loss_fn: Callable, validate: Callable[[], float], *,
+                epochs: int, lr: float, batch_size: int, weight_decay: float = 0.01, warmup: float = 0.1,
+                seed: int = 0, desc: str = "LoRA", progress: bool = True, param_groups: list[dict] | None = None,
+                train_module=None, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    """Train ``peft_model``'s adapter ``adapter_name`` on ``items`` with ``loss_fn(batch, rng) -> loss``.
+
+    ``validate()`` returns the figure to maximise (nDCG@10 on held-out queries); the best epoch's adapter
+    weights are put back at the end (epoch 0 = untrained, if nothing beats it). ``param_groups`` overrides
+    the default single group of every trainable parameter (e.g. a higher rate for a new head);
+    ``train_module`` is what ``.train()``/``.eval()`` is called on (default ``peft_model``); ``on_epoch(epoch,
+    adapter_state)`` sees each epoch's weights. Returns ``{best_epoch, best_val, start_val, history, seconds}``;
+    parameters are frozen and the module left in eval mode.
+    """
+    import numpy as np
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if not items:
+        raise ValueError("no training items")
+    module = train_module if train_module is not None else peft_model
+    groups = param_groups or [{"params": [p for p in module.parameters() if p.requires_grad]}]
+    optim = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(items) / batch_size)
+    warm = max(1, int(steps * warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
+        optim, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
+
+    def state():
+        weights = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+        return {k: v.detach().clone() for k, v in weights.items()}
+
+    rng = random.Random(seed)
+    items = list(items)
+    t0 = time.perf_counter()
+    module.eval()
+    start_val = validate()
+    best_val, best_epoch, best_state = start_val, 0, state()
+    history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
+    try:
+        for epoch in range(1, epochs + 1):
+            module.train()
+            rng.shuffle(items)
+            losses = []
+            for i in range(0, len(items), batch_size):
+                loss = loss_fn(items[i : i + batch_size], rng)
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+                sched.step()
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}")
+            module.eval()
+            val = validate()
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_nDCG@10": val,
+                            "seconds": time.perf_counter() - t0})
+            current = state()
+            if on_epoch is not None:
+                on_epoch(epoch, current)
+            if val > best_val:
+                best_val, best_epoch, best_state = val, epoch, current
+    finally:
+        bar.close()
+    set_peft_model_state_dict(peft_model, best_state, adapter_name=adapter_name)
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return {"best_epoch": best_epoch, "best_val": best_val, "start_val": start_val, "history": history,
+            "seconds": time.perf_counter() - t0}

