@@ -1,4 +1,4 @@
-"""``python -m benchmarks run ...`` (quality) and ``python -m benchmarks speed-bm25 ...`` (speed)."""
+"""``python -m benchmarks run ...`` (quality) and ``python -m benchmarks speed-bm25|speed-dense|speed-rerank ...`` (speed)."""
 
 from __future__ import annotations
 
@@ -50,9 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--parts", nargs="+", default=["encode", "ann", "train"], choices=["encode", "ann", "train"])
     d.add_argument("--encode-docs", type=int, default=300, help="SciFact abstracts per encode run (default: 300)")
     d.add_argument("--vectors", type=int, default=100_000, help="sentence vectors for the ANN part (default: 100000)")
+    d.add_argument("--single-queries", type=int, default=300,
+                   help="queries timed one call each for the ANN part's single-query figures (default: 300)")
     d.add_argument("--train-steps", type=int, default=4, help="timed training steps per method (default: 4)")
     d.add_argument("--repeats", type=int, default=3)
     d.add_argument("--output", type=Path, default=Path("results/speed-dense"))
+
+    c = sub.add_parser("speed-rerank", help="reranker pairs/s vs plain transformers, merged vs unmerged, time by depth")
+    c.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
+    c.add_argument("--pairs", type=int, default=256, help="(query, passage) pairs per throughput run (default: 256)")
+    c.add_argument("--max-length", type=int, default=192)
+    c.add_argument("--depths", type=int, nargs="+", default=[10, 20, 50, 100])
+    c.add_argument("--depth-queries", type=int, default=10, help="queries timed at each depth (default: 10)")
+    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("--output", type=Path, default=Path("results/speed-rerank"))
     return p
 
 
@@ -80,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         from .speed_dense import main as dense_main
 
         return dense_main(args)
+    if args.command == "speed-rerank":
+        from .speed_rerank import main as rerank_main
+
+        return rerank_main(args)
     return 2
 
 

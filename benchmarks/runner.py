@@ -170,6 +170,12 @@ def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
     return build
 
 
+def _reranker(max_length: int):
+    from rerankers.cross_encoder import CrossEncoderReranker
+
+    return CrossEncoderReranker(max_length=max_length)
+
+
 def _trained_reranker(ds: Dataset, opts: RunOptions, mode: str, bm25) -> tuple[object, dict, list, dict]:
     """A cross-encoder with a LoRA adapter trained for ``mode`` (cached by data and settings), and the
     held-out training queries (text, qrels) it never trained on, for choosing depth and fusion weight."""
@@ -193,7 +199,7 @@ def _trained_reranker(ds: Dataset, opts: RunOptions, mode: str, bm25) -> tuple[o
             held_qrels.setdefault(e.qid, {}).update({d: 1 for d in e.positives})
     if train:  # the real judgements (grades included) for judged queries
         held_qrels = {q: dict(train.qrels[q]) for q in held}
-    reranker = CrossEncoderReranker(max_length=settings.max_length)
+    reranker = _reranker(settings.max_length)
     key = hashlib.sha256(json.dumps({
         "mode": mode, "corpus": ds.corpus.fingerprint(), "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
         "base": reranker.base_fingerprint(), "settings": settings.to_dict(),

@@ -63,3 +63,33 @@ def test_scifact_fit_holds_or_improves_dev(datasets_root, tmp_path):
     fit = json.loads((out / "scifact" / "bm25-fit" / "metrics.json").read_text())
     assert fit["fit"]["split"] == "train" and fit["fit"]["queries"] == 599
     assert fit["metrics"]["nDCG@10"] >= base["metrics"]["nDCG@10"] - 1e-9
+
+
+@pytest.mark.parametrize("pipeline", ["bm25>>ce", "bm25>>ce-corpus"])
+def test_rerank_pipelines_through_the_runner(datasets_root, tmp_path, monkeypatch, pipeline):
+    """Plumbing of the reranker conditions with a tiny random cross-encoder (quality is the benchmark's job)."""
+    from test_rerank import _backbone
+
+    from benchmarks import runner
+    from rerankers.cross_encoder import CrossEncoderReranker
+
+    backbone = _backbone(tmp_path / "hf", seed=0)
+    monkeypatch.setattr(runner, "_reranker", lambda n: CrossEncoderReranker(backbone, max_length=n, device="cpu",
+                                                                            precision="float32"))
+    out = tmp_path / "out"
+    args = ["run", "--dataset", str(datasets_root / "adi"), "--split", "test", "--train-split", "test",
+            "--pipeline", pipeline, "--output", str(out), "--index-dir", str(tmp_path / "idx"),
+            "--latency-queries", "3", "--rerank-epochs", "1", "--rerank-depths", "5", "10"]
+    assert main(args) == 0
+    record = json.loads((out / "adi" / pipeline / "metrics.json").read_text())
+    assert [s["name"] for s in record["stages"]] == ["bm25", "rerank"]
+    rerank = record["stages"][1]
+    assert rerank["k"] == record["fusion"]["depth"] in (5, 10) and "nDCG@10" in rerank["parts"]["alone"]
+    assert len(record["train"]["history"]) == 2 and record["train"]["trainable_share"] > 0
+    assert len(record["fusion"]["depths"]) == 2
+    report = (out / "adi" / pipeline / "report.md").read_text()
+    assert "alone (before fusion)" in report and "nDCG@10 reranker alone" in report
+    # a second run reuses the trained adapter from the cache
+    assert main(args) == 0
+    again = json.loads((out / "adi" / pipeline / "metrics.json").read_text())
+    assert again["metrics"] == record["metrics"] and again["train"]["cached_at"] == record["train"]["cached_at"]

@@ -40,3 +40,14 @@ def test_real_sentences(datasets_root):
 
     s = real_sentences(datasets_root, 500)
     assert len(s) == 500 and len(set(s)) == 500 and all(len(x.split()) >= 4 for x in s)
+
+
+@pytest.mark.slow
+def test_speed_rerank_small(datasets_root, tmp_path):
+    code = main(["speed-rerank", "--datasets-root", str(datasets_root), "--pairs", "8", "--max-length", "64",
+                 "--depths", "2", "4", "--depth-queries", "1", "--repeats", "1", "--output", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "speed_rerank.json").read_text())
+    t = result["throughput"]
+    assert t["pairs"] == 8 and t["same_scores_as_plain"] is True and all(r["pairs_per_s"] > 0 for r in t["rows"])
+    assert [r["k"] for r in result["depth"]["rows"]] == [2, 4]

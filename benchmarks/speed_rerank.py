@@ -1,0 +1,125 @@
+"""Reranker speed, in one run, against its peers measured beside it.
+
+1. Throughput (pairs/s) on real (query, passage) pairs — SciFact dev queries and their BM25 top passages:
+   a plain transformers forward of the same model (tokenize a batch, call the model) vs
+   ``CrossEncoderReranker.score``; the base model vs an unmerged LoRA adapter vs ``merged()``.
+2. How rerank time grows with depth: the ``Rerank`` stage over BM25 candidates at k = 10, 20, 50, 100.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from retrieval.util import write_json
+
+
+def _data(args):
+    from benchmarks.datasets import load_dataset
+    from retrieval.stages.bm25 import BM25
+
+    ds = load_dataset(args.datasets_root / "scifact", "dev")
+    bm25, _ = BM25.from_corpus(ds.corpus)
+    return ds, bm25
+
+
+def throughput_part(args, ds, bm25) -> dict:
+    import torch
+
+    from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings
+    from retrieval.types import Queries
+
+    qids = list(ds.queries)[: max(1, args.pairs // 8)]
+    first = bm25.search(Queries({q: ds.queries[q] for q in qids}), k=8)
+    pairs = [(ds.queries[q], ds.corpus[d].contents) for q in qids for d, _ in first.ranked(q)][: args.pairs]
+    queries, docs = [p[0] for p in pairs], [p[1] for p in pairs]
+    base = CrossEncoderReranker(max_length=args.max_length)
+    lora = CrossEncoderReranker(max_length=args.max_length)
+    lora.add_lora(RerankLoraSettings())
+    with torch.no_grad():  # a trained-looking adapter: non-zero B (a fresh one is a no-op but costs the same)
+        for n, p in lora.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.01)
+    merged = lora.merged()
+    model, tok, bs = base.model, base.tokenizer, base.batch_size
+
+    def plain():
+        out = []
+        with torch.inference_mode(), base._autocast():
+            for i in range(0, len(pairs), bs):
+                f = tok(queries[i : i + bs], docs[i : i + bs], truncation=True, max_length=base.max_length,
+                        padding=True, return_tensors="pt")
+                out.append(model(**f).logits.float()[:, 0])
+        return torch.cat(out).numpy()
+
+    runs = {
+        "plain transformers forward": plain,
+        "CrossEncoderReranker.score (base)": lambda: base.score(queries, docs),
+        "unmerged LoRA adapter": lambda: lora.score(queries, docs),
+        "merged adapter": lambda: merged.score(queries, docs),
+    }
+    for fn in runs.values():  # warm-up
+        fn()
+    times = {k: [] for k in runs}
+    for _ in range(args.repeats):  # alternate so drift hits every variant alike
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    rows = [{"variant": k, "pairs_per_s": len(pairs) / statistics.median(v), "runs_s": v} for k, v in times.items()]
+    rate = {r["variant"]: r["pairs_per_s"] for r in rows}
+    same = bool(np.allclose(plain(), base.score(queries, docs), atol=1e-2))
+    return {"pairs": len(pairs), "max_length": base.max_length, "precision": base.precision, "batch_size": bs,
+            "same_scores_as_plain": same, "rows": rows, "ratios": {
+                "reranker / plain transformers (throughput)": rate["CrossEncoderReranker.score (base)"] / rate["plain transformers forward"],
+                "merged / base (throughput)": rate["merged adapter"] / rate["CrossEncoderReranker.score (base)"],
+                "unmerged / base (throughput)": rate["unmerged LoRA adapter"] / rate["CrossEncoderReranker.score (base)"],
+            }}
+
+
+def depth_part(args, ds, bm25) -> dict:
+    from rerankers.cross_encoder import CrossEncoderReranker
+    from retrieval.stages.rerank import Rerank
+    from retrieval.types import Queries
+
+    ce = CrossEncoderReranker(max_length=args.max_length)
+    qids = list(ds.queries)[: args.depth_queries]
+    rows = []
+    for k in args.depths:
+        stage = Rerank(ce, ds.corpus, k=k)
+        per_query = []
+        for q in qids:  # one query at a time, as a service sees them
+            one = Queries({q: ds.queries[q]})
+            first = bm25.search(one, k=k)
+            t0 = time.perf_counter()
+            stage.search(one, first)
+            per_query.append(time.perf_counter() - t0)
+        rows.append({"k": k, "ms_per_query_p50": 1000 * statistics.median(per_query),
+                     "ms_per_query_mean": 1000 * statistics.fmean(per_query)})
+    for r in rows:
+        r["x_k10"] = r["ms_per_query_p50"] / rows[0]["ms_per_query_p50"]
+    return {"queries": len(qids), "max_length": ce.max_length, "precision": ce.precision, "rows": rows}
+
+
+def main(args) -> int:
+    ds, bm25 = _data(args)
+    t = throughput_part(args, ds, bm25)
+    d = depth_part(args, ds, bm25)
+    lines = [f"Reranker throughput: {t['pairs']} real SciFact (query, passage) pairs, max length {t['max_length']}, "
+             f"{t['precision']}, batch {t['batch_size']}, median of {args.repeats} alternating runs", "",
+             "| variant | pairs/s |", "| --- | ---: |",
+             *[f"| {r['variant']} | {r['pairs_per_s']:.1f} |" for r in t["rows"]], "",
+             *[f"- {k}: {v:.3f}" for k, v in t["ratios"].items()],
+             f"- same scores as the plain forward (within bf16 rounding): {t['same_scores_as_plain']}", "",
+             f"Rerank time by depth: {d['queries']} SciFact dev queries one at a time, BM25 candidates", "",
+             "| k | ms/query (p50) | ms/query (mean) | x k=10 |", "| ---: | ---: | ---: | ---: |",
+             *[f"| {r['k']} | {r['ms_per_query_p50']:.0f} | {r['ms_per_query_mean']:.0f} | {r['x_k10']:.2f} |"
+               for r in d["rows"]]]
+    text = "\n".join(lines)
+    print(text)
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_json(args.output / "speed_rerank.json", {"throughput": t, "depth": d})
+    (args.output / "speed_rerank.md").write_text(text + "\n", encoding="utf-8")
+    return 0
