@@ -29,11 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dense-factory", default="Flat", help="FAISS factory string for dense pipelines (default: Flat)")
     r.add_argument("--dense-k", type=int, default=100, help="ANN neighbours added in hybrid mode (default: 100)")
     r.add_argument("--dense-epochs", type=int, default=8, help="epochs for query-only dense LoRA (default: 8)")
-    r.add_argument("--dense-both-epochs", type=int, default=2,
-                   help="epochs for both-sides dense LoRA, supervised or corpus-only (default: 2)")
+    r.add_argument("--dense-both-epochs", type=int, default=None,
+                   help="epochs for both-sides dense LoRA (default: 4 supervised, 2 corpus-only)")
     r.add_argument("--rerank-epochs", type=int, default=2, help="epochs for the LoRA cross-encoder (default: 2)")
     r.add_argument("--rerank-depths", type=int, nargs="+", default=[10, 20, 30],
                    help="rerank depths to choose from on held-out training queries (default: 10 20 30)")
+    r.add_argument("--rerank-epoch-curve", action="store_true",
+                   help="also report the evaluated split's nDCG@10 after every reranker training epoch (costs a pass each)")
 
     s = sub.add_parser("speed-bm25", help="BM25 stage vs plain Pyserini vs rank-bm25 on >= 100k passages")
     s.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             latency_queries=args.latency_queries, threads=args.threads, k=args.k,
             dense_factory=args.dense_factory, dense_k=args.dense_k, dense_epochs=args.dense_epochs,
             dense_both_epochs=args.dense_both_epochs, rerank_epochs=args.rerank_epochs,
-            rerank_depths=tuple(args.rerank_depths),
+            rerank_depths=tuple(args.rerank_depths), rerank_epoch_curve=args.rerank_epoch_curve,
         )
         records = run(args.dataset, args.pipeline, opts)
         print(summary_table(records))

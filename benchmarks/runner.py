@@ -57,10 +57,11 @@ class RunOptions:
     dense_factory: str = "Flat"
     dense_k: int = 100
     dense_epochs: int = 8
-    dense_both_epochs: int = 2
+    dense_both_epochs: int | None = None  # None: default_settings (supervised 4, corpus 2)
     rerank_epochs: int = 2
     rerank_depths: tuple[int, ...] = (10, 20, 30)
     rerank_fit_queries: int = 120
+    rerank_epoch_curve: bool = False
 
 
 Builder = Callable[[Dataset, RunOptions], Built]
@@ -208,12 +209,48 @@ def _trained_reranker(ds: Dataset, opts: RunOptions, mode: str, bm25) -> tuple[o
     if (root / "retrieval_config.json").is_file():
         return (CrossEncoderReranker.load(root), read_json(root / "train_result.json", "training result"),
                 held, {"texts": {q: texts[q] for q in held}, "qrels": held_qrels})
-    result = train_reranker(reranker, ds.corpus, examples, [bm25], settings)
+    states: dict[int, dict] = {}
+    result = train_reranker(reranker, ds.corpus, examples, [bm25], settings,
+                            on_epoch=lambda epoch, state: states.__setitem__(epoch, state))
     reranker.save(root, overwrite=True)
+    from safetensors.torch import save_file
+
+    (root / "epochs").mkdir()
+    for epoch, state in states.items():  # every epoch's adapter, for the dev-vs-epochs report
+        save_file({k: v.contiguous() for k, v in state.items()}, str(root / "epochs" / f"epoch-{epoch}.safetensors"))
     info = {"split": opts.train_split if train else "none (pseudo-queries from the corpus)", "cached_at": str(root),
             **result.to_dict()}
     write_json(root / "train_result.json", info)
     return reranker, info, held, {"texts": {q: texts[q] for q in held}, "qrels": held_qrels}
+
+
+def _epoch_curve(ds: Dataset, stage, bm25, train_info: dict) -> list[dict]:
+    """nDCG@10 on the evaluated split after each training epoch, at the depth and fusion weight chosen for
+    the kept epoch. A report only: nothing is chosen from it (the kept epoch is chosen on validation)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from retrieval.types import Ranking
+
+    reranker = stage.reranker
+    folder = Path(train_info["cached_at"]) / "epochs"
+    first = bm25.search(ds.queries, k=stage.k)
+    rows = []
+    kept = {k: v.clone() for k, v in get_peft_model_state_dict(reranker.model, adapter_name=reranker.active_adapter).items()}
+    try:
+        for h in train_info["history"]:
+            path = folder / f"epoch-{h['epoch']}.safetensors"
+            if not path.is_file():
+                continue
+            set_peft_model_state_dict(reranker.model, load_file(str(path)), adapter_name=reranker.active_adapter)
+            alone = stage.scores(ds.queries, first)
+            fused = stage.fusion([Ranking({q: dict(first.ranked(q)[: stage.k]) for q in ds.queries}), alone])
+            rows.append({"epoch": h["epoch"], "val_nDCG@10": h["val_nDCG@10"],
+                         "nDCG@10 alone": evaluate(alone, ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"],
+                         "nDCG@10 fused": evaluate(fused, ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"]})
+    finally:  # the kept epoch's weights back in place
+        set_peft_model_state_dict(reranker.model, kept, adapter_name=reranker.active_adapter)
+    return rows
 
 
 def _rerank_builder(mode: str) -> Builder:
@@ -230,9 +267,12 @@ def _rerank_builder(mode: str) -> Builder:
         depth, fusion, rows = fit_rerank(stage, fit_queries, bm25.search(fit_queries, k=max(opts.rerank_depths)),
                                          fit_data["qrels"], depths=opts.rerank_depths)
         stage.k, stage.fusion = depth, fusion
+        curve = _epoch_curve(ds, stage, bm25, train_info) if opts.rerank_epoch_curve else None
         extra = {"train": train_info, "fusion": {"fitted_on": f"{len(held)} held-out {'training' if mode == 'supervised' else 'pseudo'}-queries",
                                                  "depth": depth, **fusion.to_dict(),
                                                  "depths": [{k: v for k, v in r.items() if k != "grid"} for r in rows]}}
+        if curve:
+            extra["epoch_curve"] = curve
         settings = {"bm25_k": bm25.k, "rerank_k": depth, "fusion": fusion.to_dict(), "base_model": reranker.base_model,
                     "max_length": reranker.max_length, "precision": reranker.precision, "adapter": train_info["cached_at"]}
         return Built(Pipeline([bm25, stage], name="bm25>>ce"), bm25.build_seconds, not bm25_built, settings, extra)
@@ -424,6 +464,11 @@ def _report(r: dict) -> str:
     for s in r["stages"]:
         for part, m in s.get("parts", {}).items():
             parts += ["", f"Stage `{s['name']}` {part} (before fusion): nDCG@10 {m['nDCG@10']:.4f}, RR@10 {m['RR@10']:.4f}."]
+    if r.get("epoch_curve"):
+        parts += ["", f"## {r['split']} nDCG@10 after each training epoch (a report only: the kept epoch was chosen "
+                      "on validation, the depth and weight on held-out training queries)", "",
+                  _md_table(["epoch", "validation nDCG@10", f"{r['split']} nDCG@10 reranker alone", f"{r['split']} nDCG@10 fused"],
+                            [[c["epoch"], c["val_nDCG@10"], c["nDCG@10 alone"], c["nDCG@10 fused"]] for c in r["epoch_curve"]])]
     if r.get("fusion"):
         f = r["fusion"]
         names = "(BM25, reranker)" if "depth" in f else "(BM25, dense)"

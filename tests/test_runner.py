@@ -79,13 +79,19 @@ def test_rerank_pipelines_through_the_runner(datasets_root, tmp_path, monkeypatc
     out = tmp_path / "out"
     args = ["run", "--dataset", str(datasets_root / "adi"), "--split", "test", "--train-split", "test",
             "--pipeline", pipeline, "--output", str(out), "--index-dir", str(tmp_path / "idx"),
-            "--latency-queries", "3", "--rerank-epochs", "1", "--rerank-depths", "5", "10"]
+            "--latency-queries", "3", "--rerank-epochs", "2", "--rerank-depths", "5", "10", "--rerank-epoch-curve"]
     assert main(args) == 0
     record = json.loads((out / "adi" / pipeline / "metrics.json").read_text())
     assert [s["name"] for s in record["stages"]] == ["bm25", "rerank"]
     rerank = record["stages"][1]
     assert rerank["k"] == record["fusion"]["depth"] in (5, 10) and "nDCG@10" in rerank["parts"]["alone"]
-    assert len(record["train"]["history"]) == 2 and record["train"]["trainable_share"] > 0
+    assert len(record["train"]["history"]) == 3 and record["train"]["trainable_share"] > 0
+    assert [c["epoch"] for c in record["epoch_curve"]] == [1, 2]
+    best = record["train"]["best_epoch"]
+    if best:  # the kept epoch's own row reproduces the reported figure: the curve put the kept weights back
+        row = record["epoch_curve"][best - 1]
+        assert row["nDCG@10 fused"] == pytest.approx(record["metrics"]["nDCG@10"], abs=1e-6)
+        assert row["nDCG@10 alone"] == pytest.approx(rerank["parts"]["alone"]["nDCG@10"], abs=1e-6)
     assert len(record["fusion"]["depths"]) == 2
     report = (out / "adi" / pipeline / "report.md").read_text()
     assert "alone (before fusion)" in report and "nDCG@10 reranker alone" in report
