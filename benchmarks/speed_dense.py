@@ -131,13 +131,17 @@ def ann_part(args) -> dict:
                      "qps_single": one_at_a_time(idx), "build_s": idx.build_seconds})
 
     hnsw = FaissIndex.build(X, ids, factory="HNSW32", ef_construction=200)
-    for ef in (128, 256, 512):
+    for ef in (64, 128, 256, 512):
         hnsw.set_params(ef_search=ef)
         measure(hnsw, "HNSW32", f"efConstruction=200, efSearch={ef}")
     ivf = FaissIndex.build(X, ids, factory="IVF1024,Flat")
-    for nprobe in (8, 16, 32, 64):
+    for nprobe in (16, 32, 64, 128):
         ivf.set_params(nprobe=nprobe)
         measure(ivf, "IVF1024,Flat", f"nprobe={nprobe}")
+    ivf = FaissIndex.build(X, ids, factory="IVF4096,Flat")  # smaller lists: fewer vectors scanned per probe
+    for nprobe in (64, 128, 256):
+        ivf.set_params(nprobe=nprobe)
+        measure(ivf, "IVF4096,Flat", f"nprobe={nprobe}")
     ivfpq = FaissIndex.build(X, ids, factory="IVF1024,PQ48")
     for nprobe in (16, 64):
         ivfpq.set_params(nprobe=nprobe)
