@@ -121,6 +121,9 @@ def fit_adapter(peft_model, adapter_name: str, items: list, loss_fn: Callable, v
             val = validate()
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_nDCG@10": val,
                             "seconds": time.perf_counter() - t0})
+            if progress:
+                bar.write(f"{desc}: epoch {epoch}: loss {np.mean(losses):.4f}, validation nDCG@10 {start_val:.4f} "
+                          f"(start) -> {val:.4f}")
             current = state()
             if on_epoch is not None:
                 on_epoch(epoch, current)
