@@ -26,12 +26,13 @@ install: $(VENV)/.installed
 benchmark: install
 	$(PY) -m benchmarks run --dataset $(DATA)/scifact --split dev --train-split train \
 		--pipeline bm25 --pipeline bm25-rank --pipeline bm25-fit --pipeline dense --pipeline dense-lora-query \
-		--pipeline hybrid --pipeline hybrid-lora-query --output $(OUT)
+		--pipeline hybrid --pipeline hybrid-lora-query --pipeline 'bm25>>ce' --output $(OUT)
 
-# Speed: BM25 stage vs Pyserini vs rank-bm25; dense encode, ANN and LoRA-vs-full training.
+# Speed: BM25 stage vs Pyserini vs rank-bm25; dense encode, ANN and LoRA-vs-full training; reranker.
 speed: install
 	$(PY) -m benchmarks speed-bm25 --datasets-root $(DATA) --output $(OUT)/speed-bm25
 	$(PY) -m benchmarks speed-dense --datasets-root $(DATA) --output $(OUT)/speed-dense
+	$(PY) -m benchmarks speed-rerank --datasets-root $(DATA) --output $(OUT)/speed-rerank
 
 # Every test, the slow end-to-end ones included (CI runs this).
 test: install

@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dense-epochs", type=int, default=8, help="epochs for query-only dense LoRA (default: 8)")
     r.add_argument("--dense-both-epochs", type=int, default=None,
                    help="epochs for both-sides dense LoRA (default: 4 supervised, 2 corpus-only)")
-    r.add_argument("--rerank-epochs", type=int, default=2, help="epochs for the LoRA cross-encoder (default: 2)")
+    r.add_argument("--rerank-epochs", type=int, default=3, help="epochs for the LoRA cross-encoder (default: 3)")
     r.add_argument("--rerank-depths", type=int, nargs="+", default=[10, 20, 30],
                    help="rerank depths to choose from on held-out training queries (default: 10 20 30)")
     r.add_argument("--rerank-epoch-curve", action="store_true",

@@ -58,7 +58,7 @@ class RunOptions:
     dense_k: int = 100
     dense_epochs: int = 8
     dense_both_epochs: int | None = None  # None: default_settings (supervised 4, corpus 2)
-    rerank_epochs: int = 2
+    rerank_epochs: int = 3
     rerank_depths: tuple[int, ...] = (10, 20, 30)
     rerank_fit_queries: int = 120
     rerank_epoch_curve: bool = False
@@ -262,7 +262,8 @@ def _rerank_builder(mode: str) -> Builder:
         bm25, bm25_built = BM25.from_corpus(ds.corpus, cache_dir=opts.index_dir / "bm25" if opts.index_dir else None,
                                             k=opts.k, threads=opts.threads)
         reranker, train_info, held, fit_data = _trained_reranker(ds, opts, mode, bm25)
-        stage = Rerank(reranker, ds.corpus, k=max(opts.rerank_depths))
+        # keep_rest: BM25's candidates below the reranked top stay in the ranking, so recall is BM25's
+        stage = Rerank(reranker, ds.corpus, k=max(opts.rerank_depths), keep_rest=True)
         # Depth and fusion weight are chosen on training queries the reranker never took a gradient step on.
         fit_queries = Queries(fit_data["texts"])
         depth, fusion, rows = fit_rerank(stage, fit_queries, bm25.search(fit_queries, k=max(opts.rerank_depths)),

@@ -35,7 +35,7 @@ LOSSES = ("listwise", "pointwise")
 class RerankTrainSettings:
     mode: str = "supervised"
     loss: str = "listwise"
-    epochs: int = 2
+    epochs: int = 3
     lr: float = 1e-3                  # LoRA weights
     head_lr: float = 3e-3             # the new scoring head
     batch_size: int = 8               # training items (queries) per step; each brings 1 + negatives pairs
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, required=True, help="folder for the reranker (peft files + retrieval_config.json)")
     p.add_argument("--model", default=None, help="backbone or cross-encoder: HF id or folder (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--teacher", default=None, help="a cross-encoder (HF id or folder, or a saved reranker) to distil from")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--head-lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=8)
