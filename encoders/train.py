@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from retrieval.training import TrainResult, fit_adapter, peak_memory_mb, split_queries
+from retrieval.training import TrainResult, fit_adapter, peak_memory_mb, save_trained, split_queries
 from retrieval.types import Qrels, Queries, Ranking
 
 from .bi_encoder import BiEncoder, LoraSettings
@@ -264,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from benchmarks.datasets import load_dataset
-    from retrieval.util import write_json
 
     p = argparse.ArgumentParser(prog="python -m encoders.train", description=main.__doc__)
     p.add_argument("--dataset", type=Path, required=True, help="BEIR or MS MARCO folder")
@@ -302,11 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         first, _ = BM25.from_corpus(ds.corpus, cache_dir=args.index_dir / "bm25" if args.index_dir else None)
     encoder, result = train_dense(args.mode, ds.corpus, ds.queries, ds.qrels, settings, encoder, index, first)
-    encoder.save(args.output, overwrite=args.overwrite)
-    write_json(args.output / "train_result.json", {"dataset": str(args.dataset), "split": args.split, **result.to_dict()})
-    print(f"best epoch {result.best_epoch}: validation nDCG@10 {result.start_val:.4f} -> {result.best_val:.4f}; "
-          f"trainable {result.trainable_share:.2%}; {result.seconds:.0f} s; adapter in {args.output}")
-    return 0
+    return save_trained(encoder, result, args.output, args.dataset, args.split, args.overwrite, "adapter")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from encoders.train import TrainExample, pseudo_examples, supervised_examples
-from retrieval.training import TrainResult, fit_adapter, peak_memory_mb, split_queries
+from retrieval.training import TrainResult, fit_adapter, peak_memory_mb, save_trained, split_queries
 from retrieval.types import Qrels, Queries, Ranking
 
 from .cross_encoder import CrossEncoderReranker, RerankLoraSettings
@@ -208,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.datasets import load_dataset
     from retrieval.stages.bm25 import BM25
-    from retrieval.util import write_json
 
     p = argparse.ArgumentParser(prog="python -m rerankers.train", description=main.__doc__)
     p.add_argument("--dataset", type=Path, required=True, help="BEIR or MS MARCO folder")
@@ -251,11 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     bm25, _ = BM25.from_corpus(ds.corpus, cache_dir=args.index_dir / "bm25" if args.index_dir else None)
     examples = training_examples(args.mode, ds.corpus, ds.queries, ds.qrels, args.seed)
     result = train_reranker(reranker, ds.corpus, examples, [bm25], settings, teacher=teacher)
-    reranker.save(args.output, overwrite=args.overwrite)
-    write_json(args.output / "train_result.json", {"dataset": str(args.dataset), "split": args.split, **result.to_dict()})
-    print(f"best epoch {result.best_epoch}: validation nDCG@10 {result.start_val:.4f} -> {result.best_val:.4f}; "
-          f"trainable {result.trainable_share:.2%}; {result.seconds:.0f} s; reranker in {args.output}")
-    return 0
+    return save_trained(reranker, result, args.output, args.dataset, args.split, args.overwrite, "reranker")
 
 
 if __name__ == "__main__":

@@ -137,3 +137,16 @@ def fit_adapter(peft_model, adapter_name: str, items: list, loss_fn: Callable, v
         p.requires_grad_(False)
     return {"best_epoch": best_epoch, "best_val": best_val, "start_val": start_val, "history": history,
             "seconds": time.perf_counter() - t0}
+
+
+def save_trained(model, result: TrainResult, output, dataset, split: str, overwrite: bool, what: str) -> int:
+    """The training CLIs' last step: save the model, write ``train_result.json`` beside it, say what happened."""
+    from pathlib import Path
+
+    from .util import write_json
+
+    model.save(output, overwrite=overwrite)
+    write_json(Path(output) / "train_result.json", {"dataset": str(dataset), "split": split, **result.to_dict()})
+    print(f"best epoch {result.best_epoch}: validation nDCG@10 {result.start_val:.4f} -> {result.best_val:.4f}; "
+          f"trainable {result.trainable_share:.2%}; {result.seconds:.0f} s; {what} in {output}")
+    return 0
