@@ -257,6 +257,7 @@ def _epoch_curve(ds: Dataset, stage, bm25, train_info: dict) -> list[dict]:
 def _rerank_builder(mode: str) -> Builder:
     def build(ds: Dataset, opts: RunOptions) -> Built:
         from retrieval.stages.bm25 import BM25
+        from retrieval.stages.fusion import Fusion
         from retrieval.stages.rerank import Rerank, fit_rerank
 
         bm25, bm25_built = BM25.from_corpus(ds.corpus, cache_dir=opts.index_dir / "bm25" if opts.index_dir else None,
@@ -264,13 +265,21 @@ def _rerank_builder(mode: str) -> Builder:
         reranker, train_info, held, fit_data = _trained_reranker(ds, opts, mode, bm25)
         # keep_rest: BM25's candidates below the reranked top stay in the ranking, so recall is BM25's
         stage = Rerank(reranker, ds.corpus, k=max(opts.rerank_depths), keep_rest=True)
-        # Depth and fusion weight are chosen on training queries the reranker never took a gradient step on.
-        fit_queries = Queries(fit_data["texts"])
-        depth, fusion, rows = fit_rerank(stage, fit_queries, bm25.search(fit_queries, k=max(opts.rerank_depths)),
-                                         fit_data["qrels"], depths=opts.rerank_depths)
+        if mode == "supervised":
+            # Depth and fusion weight are chosen on training queries the reranker never took a gradient step on.
+            fit_queries = Queries(fit_data["texts"])
+            depth, fusion, rows = fit_rerank(stage, fit_queries, bm25.search(fit_queries, k=max(opts.rerank_depths)),
+                                             fit_data["qrels"], depths=opts.rerank_depths)
+            fitted_on = f"{len(held)} held-out training queries"
+        else:
+            # No labels: held-out pseudo-queries cannot choose here, because BM25 alone finds a title's own
+            # document at rank 1 (on Medline it scored 1.0 and the fit switched the reranker off). So the
+            # label-free rule fixed in advance: equal weights of the z-scored scores, depth 20.
+            depth, fusion, rows = 20, Fusion("weighted", (0.5, 0.5)), []
+            fitted_on = "no labels: equal weights and depth 20, fixed in advance"
         stage.k, stage.fusion = depth, fusion
         curve = _epoch_curve(ds, stage, bm25, train_info) if opts.rerank_epoch_curve else None
-        extra = {"train": train_info, "fusion": {"fitted_on": f"{len(held)} held-out {'training' if mode == 'supervised' else 'pseudo'}-queries",
+        extra = {"train": train_info, "fusion": {"fitted_on": fitted_on,
                                                  "depth": depth, **fusion.to_dict(),
                                                  "depths": [{k: v for k, v in r.items() if k != "grid"} for r in rows]}}
         if curve:

@@ -84,7 +84,11 @@ def test_rerank_pipelines_through_the_runner(datasets_root, tmp_path, monkeypatc
     record = json.loads((out / "adi" / pipeline / "metrics.json").read_text())
     assert [s["name"] for s in record["stages"]] == ["bm25", "rerank"]
     rerank = record["stages"][1]
-    assert rerank["k"] == record["fusion"]["depth"] in (5, 10) and "nDCG@10" in rerank["parts"]["alone"]
+    if pipeline == "bm25>>ce":  # depth and weight chosen on held-out training queries
+        assert rerank["k"] == record["fusion"]["depth"] in (5, 10) and len(record["fusion"]["depths"]) == 2
+    else:  # no labels: the rule fixed in advance
+        assert rerank["k"] == 20 and record["fusion"]["weights"] == [0.5, 0.5] and record["fusion"]["depths"] == []
+    assert "nDCG@10" in rerank["parts"]["alone"]
     assert len(record["train"]["history"]) == 3 and record["train"]["trainable_share"] > 0
     assert [c["epoch"] for c in record["epoch_curve"]] == [1, 2]
     best = record["train"]["best_epoch"]
@@ -92,9 +96,8 @@ def test_rerank_pipelines_through_the_runner(datasets_root, tmp_path, monkeypatc
         row = record["epoch_curve"][best - 1]
         assert row["nDCG@10 fused"] == pytest.approx(record["metrics"]["nDCG@10"], abs=1e-6)
         assert row["nDCG@10 alone"] == pytest.approx(rerank["parts"]["alone"]["nDCG@10"], abs=1e-6)
-    assert len(record["fusion"]["depths"]) == 2
     report = (out / "adi" / pipeline / "report.md").read_text()
-    assert "alone (before fusion)" in report and "nDCG@10 reranker alone" in report
+    assert "alone (before fusion)" in report
     # a second run reuses the trained adapter from the cache
     assert main(args) == 0
     again = json.loads((out / "adi" / pipeline / "metrics.json").read_text())
