@@ -276,7 +276,7 @@ def _rerank_builder(mode: str) -> Builder:
             # document at rank 1 (on Medline it scored 1.0 and the fit switched the reranker off). So the
             # label-free rule fixed in advance: equal weights of the z-scored scores, depth 20.
             depth, fusion, rows = 20, Fusion("weighted", (0.5, 0.5)), []
-            fitted_on = "no labels: equal weights and depth 20, fixed in advance"
+            fitted_on = "nothing (no labels): equal weights and depth 20, fixed in advance"
         stage.k, stage.fusion = depth, fusion
         curve = _epoch_curve(ds, stage, bm25, train_info) if opts.rerank_epoch_curve else None
         extra = {"train": train_info, "fusion": {"fitted_on": fitted_on,
