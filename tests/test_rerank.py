@@ -240,3 +240,19 @@ def test_train_cli(backbone, datasets_root, tmp_path):
     assert ce.active_adapter == "default" and (out / "train_result.json").is_file()
     with pytest.raises(SystemExit):
         main(["--dataset", str(datasets_root / "adi"), "--split", "test", "--output", str(out)])  # exists
+
+
+def test_negatives_pool_merges_first_stages_and_excludes_positives(adi, adi_lucene, adi_rank):
+    from rerankers.train import mine_pool
+
+    queries = {q: adi.queries[q] for q in list(adi.queries)[:5]}
+    exclude = {q: {d for d, g in adi.qrels.get(q, {}).items() if g > 0} for q in queries}
+    pool = mine_pool([adi_lucene, adi_rank], queries, exclude, depth=10)
+    lucene = adi_lucene.search(Queries(queries), k=10)
+    rank = adi_rank.search(Queries(queries), k=10)
+    for q in queries:
+        both = {d for d, _ in lucene.ranked(q)} | {d for d, _ in rank.ranked(q)}
+        assert set(pool[q]) == both - exclude[q] and len(pool[q]) == len(set(pool[q]))
+        first = [d for d, _ in lucene.ranked(q) if d not in exclude[q]]
+        if first:  # each stage's hardest negative comes first
+            assert pool[q][0] == first[0]
