@@ -135,11 +135,11 @@ def ann_part(args) -> dict:
         hnsw.set_params(ef_search=ef)
         measure(hnsw, "HNSW32", f"efConstruction=200, efSearch={ef}")
     ivf = FaissIndex.build(X, ids, factory="IVF1024,Flat")
-    for nprobe in (16, 32, 64, 128):
+    for nprobe in (16, 32, 64, 128, 256):
         ivf.set_params(nprobe=nprobe)
         measure(ivf, "IVF1024,Flat", f"nprobe={nprobe}")
     ivf = FaissIndex.build(X, ids, factory="IVF4096,Flat")  # smaller lists: fewer vectors scanned per probe
-    for nprobe in (64, 128, 256):
+    for nprobe in (64, 128, 256, 512):
         ivf.set_params(nprobe=nprobe)
         measure(ivf, "IVF4096,Flat", f"nprobe={nprobe}")
     ivfpq = FaissIndex.build(X, ids, factory="IVF1024,PQ48")
