@@ -177,9 +177,10 @@ def _reranker(max_length: int):
     return CrossEncoderReranker(max_length=max_length)
 
 
-def _trained_reranker(ds: Dataset, opts: RunOptions, mode: str, bm25) -> tuple[object, dict, list, dict]:
-    """A cross-encoder with a LoRA adapter trained for ``mode`` (cached by data and settings), and the
-    held-out training queries (text, qrels) it never trained on, for choosing depth and fusion weight."""
+def _trained_reranker(ds: Dataset, opts: RunOptions, mode: str, bm25) -> tuple[object, dict, dict | None]:
+    """A cross-encoder with a LoRA adapter trained for ``mode`` (cached by data and settings), and, for
+    ``supervised``, the held-out training queries it never trained on ({"texts", "qrels"}), for choosing
+    depth and fusion weight."""
     import hashlib
     import json
 
@@ -192,15 +193,10 @@ def _trained_reranker(ds: Dataset, opts: RunOptions, mode: str, bm25) -> tuple[o
     train = load_dataset(ds.path, opts.train_split) if mode == "supervised" else None
     examples = training_examples(mode, ds.corpus, train.queries if train else None, train.qrels if train else None,
                                  settings.seed)
-    _, held = split_examples(examples, settings)
-    held = held[: opts.rerank_fit_queries]
-    texts = {e.qid: e.query for e in examples}
-    held_qrels: dict[str, dict[str, int]] = {}
-    for e in examples:
-        if e.qid in held:
-            held_qrels.setdefault(e.qid, {}).update({d: 1 for d in e.positives})
-    if train:  # the real judgements (grades included) for judged queries
-        held_qrels = {q: dict(train.qrels[q]) for q in held}
+    fit_data = None
+    if train:
+        held = split_examples(examples, settings)[1][: opts.rerank_fit_queries]
+        fit_data = {"texts": {q: train.queries[q] for q in held}, "qrels": {q: dict(train.qrels[q]) for q in held}}
     reranker = _reranker(settings.max_length)
     key = hashlib.sha256(json.dumps({
         "mode": mode, "corpus": ds.corpus.fingerprint(), "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
@@ -208,21 +204,20 @@ def _trained_reranker(ds: Dataset, opts: RunOptions, mode: str, bm25) -> tuple[o
     }, sort_keys=True, default=str).encode()).hexdigest()[:16]
     root = (opts.index_dir or default_cache_dir()) / "adapters" / f"rerank-{mode}-{key}"
     if (root / "retrieval_config.json").is_file():
-        return (CrossEncoderReranker.load(root), read_json(root / "train_result.json", "training result"),
-                held, {"texts": {q: texts[q] for q in held}, "qrels": held_qrels})
+        return CrossEncoderReranker.load(root), read_json(root / "train_result.json", "training result"), fit_data
+    from safetensors.torch import save_file
+
     states: dict[int, dict] = {}
     result = train_reranker(reranker, ds.corpus, examples, [bm25], settings,
                             on_epoch=lambda epoch, state: states.__setitem__(epoch, state))
     reranker.save(root, overwrite=True)
-    from safetensors.torch import save_file
-
     (root / "epochs").mkdir()
     for epoch, state in states.items():  # every epoch's adapter, for the dev-vs-epochs report
         save_file({k: v.contiguous() for k, v in state.items()}, str(root / "epochs" / f"epoch-{epoch}.safetensors"))
     info = {"split": opts.train_split if train else "none (pseudo-queries from the corpus)", "cached_at": str(root),
             **result.to_dict()}
     write_json(root / "train_result.json", info)
-    return reranker, info, held, {"texts": {q: texts[q] for q in held}, "qrels": held_qrels}
+    return reranker, info, fit_data
 
 
 def _epoch_curve(ds: Dataset, stage, bm25, train_info: dict) -> list[dict]:
@@ -230,8 +225,6 @@ def _epoch_curve(ds: Dataset, stage, bm25, train_info: dict) -> list[dict]:
     the kept epoch. A report only: nothing is chosen from it (the kept epoch is chosen on validation)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
-
-    from retrieval.types import Ranking
 
     reranker = stage.reranker
     folder = Path(train_info["cached_at"]) / "epochs"
@@ -244,10 +237,9 @@ def _epoch_curve(ds: Dataset, stage, bm25, train_info: dict) -> list[dict]:
             if not path.is_file():
                 continue
             set_peft_model_state_dict(reranker.model, load_file(str(path)), adapter_name=reranker.active_adapter)
-            alone = stage.scores(ds.queries, first)
-            fused = stage.fusion([Ranking({q: dict(first.ranked(q)[: stage.k]) for q in ds.queries}), alone])
+            fused = stage.search(ds.queries, first)  # its stages["alone"] is the reranker before fusion
             rows.append({"epoch": h["epoch"], "val_nDCG@10": h["val_nDCG@10"],
-                         "nDCG@10 alone": evaluate(alone, ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"],
+                         "nDCG@10 alone": evaluate(fused.stages["alone"], ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"],
                          "nDCG@10 fused": evaluate(fused, ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"]})
     finally:  # the kept epoch's weights back in place
         set_peft_model_state_dict(reranker.model, kept, adapter_name=reranker.active_adapter)
@@ -262,15 +254,15 @@ def _rerank_builder(mode: str) -> Builder:
 
         bm25, bm25_built = BM25.from_corpus(ds.corpus, cache_dir=opts.index_dir / "bm25" if opts.index_dir else None,
                                             k=opts.k, threads=opts.threads)
-        reranker, train_info, held, fit_data = _trained_reranker(ds, opts, mode, bm25)
+        reranker, train_info, fit_data = _trained_reranker(ds, opts, mode, bm25)
         # keep_rest: BM25's candidates below the reranked top stay in the ranking, so recall is BM25's
         stage = Rerank(reranker, ds.corpus, k=max(opts.rerank_depths), keep_rest=True)
-        if mode == "supervised":
+        if fit_data is not None:
             # Depth and fusion weight are chosen on training queries the reranker never took a gradient step on.
             fit_queries = Queries(fit_data["texts"])
             depth, fusion, rows = fit_rerank(stage, fit_queries, bm25.search(fit_queries, k=max(opts.rerank_depths)),
                                              fit_data["qrels"], depths=opts.rerank_depths)
-            fitted_on = f"{len(held)} held-out training queries"
+            fitted_on = f"{len(fit_queries)} held-out training queries"
         else:
             # No labels: held-out pseudo-queries cannot choose here, because BM25 alone finds a title's own
             # document at rank 1 (on Medline it scored 1.0 and the fit switched the reranker off). So the
@@ -318,8 +310,8 @@ DESCRIPTIONS = {
     "hybrid-lora-query": "BM25 top-k >> query-only LoRA dense, weighted fusion fitted on held-out training queries",
     "bm25>>ce": "BM25 >> MiniLM cross-encoder with a LoRA adapter + new head trained on the training split (BM25 hard "
                 "negatives); depth and BM25/reranker fusion weight chosen on held-out training queries",
-    "bm25>>ce-corpus": "BM25 >> MiniLM LoRA cross-encoder trained on pseudo-queries from the corpus (no labels); depth "
-                       "and fusion weight chosen on held-out pseudo-queries",
+    "bm25>>ce-corpus": "BM25 >> MiniLM LoRA cross-encoder trained on pseudo-queries from the corpus (no labels); equal "
+                       "BM25/reranker weights and depth 20, fixed in advance",
 }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from encoders.train import TrainExample, pseudo_examples, supervised_examples
 from retrieval.training import TrainResult, fit_adapter, peak_memory_mb, save_trained, split_queries
-from retrieval.types import Qrels, Queries, Ranking
+from retrieval.types import Qrels, Queries
 
 from .cross_encoder import CrossEncoderReranker, RerankLoraSettings
 
@@ -98,6 +98,7 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
     import torch
 
     from benchmarks.metrics import evaluate
+    from retrieval.stages.rerank import Rerank
 
     settings = settings or RerankTrainSettings()
     if not examples:
@@ -125,9 +126,11 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
     # corpus mode: pseudo-query positives are passages without their title, so negatives are too
     doc_text = (lambda d: corpus[d].text) if settings.mode == "corpus" else (lambda d: corpus[d].contents)
 
+    val_queries = Queries({q: texts[q] for q in val_q})
+    val_stage = Rerank(reranker, corpus, k=settings.val_depth)  # the reranker alone over the pools
+
     def validate() -> float:
-        ranking = rerank_pool(reranker, {q: texts[q] for q in val_q}, pools, corpus)
-        return evaluate(ranking, val_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+        return evaluate(val_stage.scores(val_queries, pools), val_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
 
     def group(e: TrainExample, rng) -> list[str]:
         negs = negatives.get(e.qid) or []
@@ -178,16 +181,6 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
         reranker.max_length = saved_len
     return TrainResult(**out, trainable_share=share, peak_memory_mb=peak_memory_mb(), train_queries=len(used_q),
                        val_queries=len(val_q), settings=settings.to_dict())
-
-
-def rerank_pool(reranker, queries: dict[str, str], pool: Ranking, corpus, k: int | None = None) -> Ranking:
-    """The reranker's own scores for each query's candidates in ``pool`` (its top ``k`` if given)."""
-    pairs = [(q, d) for q in queries for d, _ in (pool.ranked(q)[:k] if k else pool.ranked(q))]
-    scores = reranker.score([queries[q] for q, _ in pairs], [corpus[d].contents for _, d in pairs])
-    out: dict[str, dict[str, float]] = {q: {} for q in queries}
-    for (q, d), s in zip(pairs, scores):
-        out[q][d] = float(s)
-    return Ranking(out)
 
 
 def training_examples(mode: str, corpus, queries: Queries | None = None, qrels: Qrels | None = None,

@@ -45,9 +45,12 @@ class Rerank(StageBase):
     def scores(self, queries: Queries, candidates: Ranking, k: int | None = None) -> Ranking:
         """The reranker's own scores for each query's top ``k`` candidates (no fusion)."""
         k = k or self.k
-        pairs = [(q, d) for q in queries for d, _ in candidates.ranked(q)[:k]]
+        return self._score({q: [d for d, _ in candidates.ranked(q)[:k]] for q in queries}, queries)
+
+    def _score(self, top: dict[str, list[str]], queries: Queries) -> Ranking:
+        pairs = [(q, d) for q, docs in top.items() for d in docs]
         values = self.reranker.score([queries[q] for q, _ in pairs], [self._text(d) for _, d in pairs])
-        out: dict[str, dict[str, float]] = {q: {} for q in queries}
+        out: dict[str, dict[str, float]] = {q: {} for q in top}
         for (q, d), s in zip(pairs, np.asarray(values, dtype=np.float64).tolist()):
             out[q][d] = s
         return Ranking(out)
@@ -59,19 +62,18 @@ class Rerank(StageBase):
         if candidates is None:
             raise ValueError(f"{self.name}: a reranker needs candidates from an earlier stage, "
                              f"e.g. BM25(...) >> Rerank(...)")
-        alone = self.scores(queries, candidates, k)
+        ranked = {q: candidates.ranked(q) for q in queries}  # sorted once per query
+        alone = self._score({q: [d for d, _ in r[:k]] for q, r in ranked.items()}, queries)
         if self.fusion is not None:
-            first = Ranking({q: dict(candidates.ranked(q)[:k]) for q in queries})
-            reranked = self.fusion([first, alone])
+            reranked = self.fusion([Ranking({q: dict(r[:k]) for q, r in ranked.items()}), alone])
         else:
             reranked = alone
         out = reranked.scores
         if self.keep_rest:
             out = {q: dict(s) for q, s in out.items()}
-            for q in queries:
-                rest = [d for d, _ in candidates.ranked(q)[k:]]
+            for q, r in ranked.items():
                 floor = min(out[q].values(), default=0.0)
-                for i, d in enumerate(rest, start=1):
+                for i, (d, _) in enumerate(r[k:], start=1):
                     out[q][d] = floor - i  # below every reranked document, in the incoming order
         return Ranking(out, stages={"alone": alone})
 
