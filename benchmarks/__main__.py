@@ -14,10 +14,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="evaluate pipelines on datasets: table, metrics.json, run.trec, report.md")
-    r.add_argument("--dataset", action="append", required=True, type=Path, help="BEIR or MS MARCO folder (repeatable)")
-    r.add_argument("--split", required=True, help="split to evaluate on, e.g. dev or test")
-    r.add_argument("--pipeline", action="append", required=True,
-                   help="repeatable; one of: " + "; ".join(f"{k} ({v})" for k, v in DESCRIPTIONS.items()))
+    r.add_argument("--config", type=Path, default=None,
+                   help="a TOML file naming datasets x conditions (and optionally expected scores with tolerances, "
+                        "checked after the run); see benchmarks/main.toml. Flags given as well override it")
+    r.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"),
+                   help="where the config's dataset names are looked up (default: ../shared/datasets)")
+    r.add_argument("--dataset", action="append", type=Path, help="BEIR or MS MARCO folder (repeatable)")
+    r.add_argument("--split", help="split to evaluate on, e.g. dev or test")
+    r.add_argument("--pipeline", action="append",
+                   help="repeatable; a saved pipeline folder (from `python -m retrieval train`) or one of: "
+                        + "; ".join(f"{k} ({v})" for k, v in DESCRIPTIONS.items()))
+    r.add_argument("--baseline", default=None,
+                   help="condition the others are tested against (paired t-test on per-query nDCG@10; default: bm25)")
     r.add_argument("--output", type=Path, default=Path("results"), help="output folder (default: results)")
     r.add_argument("--train-split", default="train", help="split used by pipelines that fit settings (default: train)")
     r.add_argument("--index-dir", type=Path, default=None,
@@ -34,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rerank-epochs", type=int, default=3, help="epochs for the LoRA cross-encoder (default: 3)")
     r.add_argument("--rerank-depths", type=int, nargs="+", default=[10, 20, 30],
                    help="rerank depths to choose from on held-out training queries (default: 10 20 30)")
+    r.add_argument("--dense-model", default=None, help="bi-encoder: HF id or folder (default: packaged all-MiniLM-L6-v2)")
+    r.add_argument("--rerank-model", default=None, help="cross-encoder backbone: HF id or folder (default: the same MiniLM)")
+    r.add_argument("--rerank-precision", choices=("auto", "float32", "bfloat16"), default="auto")
     r.add_argument("--rerank-epoch-curve", action="store_true",
                    help="also report the evaluated split's nDCG@10 after every reranker training epoch (costs a pass each)")
 
@@ -70,20 +81,39 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "run":
-        from .runner import RunOptions, run, summary_table
+        from .runner import RunOptions, load_config, run
 
+        config = load_config(args.config, args.datasets_root) if args.config else {}
+        datasets = args.dataset or config.get("datasets")
+        pipelines = args.pipeline or config.get("conditions")
+        split = args.split or config.get("split")
+        if not (datasets and pipelines and split):
+            parser.error("run needs --dataset, --split and --pipeline (or a --config that names them)")
+        if args.train_split == "train" and config.get("train_split"):
+            args.train_split = config["train_split"]
         opts = RunOptions(
-            split=args.split, train_split=args.train_split, output=args.output, index_dir=args.index_dir,
+            split=split, train_split=args.train_split, output=args.output, index_dir=args.index_dir,
             latency_queries=args.latency_queries, threads=args.threads, k=args.k,
             dense_factory=args.dense_factory, dense_k=args.dense_k, dense_epochs=args.dense_epochs,
             dense_both_epochs=args.dense_both_epochs, rerank_epochs=args.rerank_epochs,
             rerank_depths=tuple(args.rerank_depths), rerank_epoch_curve=args.rerank_epoch_curve,
+            dense_model=args.dense_model, rerank_model=args.rerank_model, rerank_precision=args.rerank_precision,
+            baseline=args.baseline or config.get("baseline", "bm25"),
         )
-        records = run(args.dataset, args.pipeline, opts)
-        print(summary_table(records))
-        print(f"\nwrote {args.output}/summary.json, summary.md and <dataset>/<pipeline>/metrics.json, run.trec, report.md")
+        run(datasets, pipelines, opts, expected=config.get("expected"))
+        print((args.output / "summary.md").read_text(encoding="utf-8"))
+        print(f"wrote {args.output}/summary.json, summary.md and <dataset>/<pipeline>/metrics.json, run.trec, report.md")
+        checks = __import__("json").loads((args.output / "expected.json").read_text()) if config.get("expected") else []
+        failed = [c for c in checks if c["status"] in ("below", "missing")]
+        if failed:
+            print("REGRESSION: " + "; ".join(f"{c['dataset']}/{c['condition']} {c['metric']} {c['observed']} < "
+                                            f"{c['expected']} - {c['tolerance']}" if c["observed"] is not None else
+                                            f"{c['dataset']}/{c['condition']} was not run" for c in failed),
+                  file=sys.stderr)
+            return 1
         return 0
     if args.command == "speed-bm25":
         from .speed_bm25 import main as speed_main

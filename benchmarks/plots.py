@@ -49,3 +49,52 @@ def fit_heatmap(fit: dict, path: str | Path, title: str = "") -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def stage_recall(records: list[dict], path: str | Path, title: str = "") -> Path:
+    """Recall at each stage's cutoff (R@k, k = the stage's depth), one line per condition."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for r in records:
+        xs = list(range(len(r["stages"])))
+        ys = [s["metrics"].get(f"R@{s['k']}", float("nan")) for s in r["stages"]]
+        ax.plot(xs, ys, marker="o", label=r["pipeline"])
+        for x, y, s in zip(xs, ys, r["stages"]):
+            ax.annotate(f"{s['name']}@{s['k']}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("stage (in pipeline order)")
+    ax.set_ylabel("recall at the stage's cutoff (R@k)")
+    ax.set_xticks(range(max(len(r["stages"]) for r in records)))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title or "Recall at each stage's cutoff")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def stage_latency(records: list[dict], path: str | Path, title: str = "") -> Path:
+    """Single-query latency (p50) of each stage, stacked per condition, with the p95 of the whole query."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.45 * len(records)))
+    colours = {}
+    for i, r in enumerate(records):
+        left = 0.0
+        for s in r["stages"]:
+            c = colours.setdefault(s["name"], f"C{len(colours)}")
+            width = s["latency_ms"]["p50"]
+            ax.barh(i, width, left=left, color=c, label=s["name"] if s["name"] not in ax.get_legend_handles_labels()[1] else None)
+            left += width
+        ax.plot([r["latency_ms"]["p95"]], [i], marker="|", markersize=14, color="black")
+        ax.text(left, i, f" {r['latency_ms']['p50']:.0f} ms", va="center", fontsize=7)
+    ax.set_yticks(range(len(records)), [r["pipeline"] for r in records])
+    ax.invert_yaxis()
+    ax.set_xlabel("latency per query, ms (bars: each stage's p50; |: whole query p95)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "Latency of each stage")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

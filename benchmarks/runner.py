@@ -62,6 +62,10 @@ class RunOptions:
     rerank_depths: tuple[int, ...] = (10, 20, 30)
     rerank_fit_queries: int = 120
     rerank_epoch_curve: bool = False
+    dense_model: str | None = None     # None: the packaged all-MiniLM-L6-v2
+    rerank_model: str | None = None
+    rerank_precision: str = "auto"
+    baseline: str | None = "bm25"      # the condition every other is tested against (paired t-test)
 
 
 Builder = Callable[[Dataset, RunOptions], Built]
@@ -84,74 +88,47 @@ def _bm25_builder(backend: str, fit: bool = False) -> Builder:
     return build
 
 
-def _encoder():
-    from encoders.bi_encoder import BiEncoder
-
-    return BiEncoder()
+def _cache(opts: RunOptions) -> Path | None:
+    return opts.index_dir
 
 
 def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[object, dict]:
-    """An encoder with a LoRA adapter trained for ``mode``, cached by data and settings.
+    """An encoder with a LoRA adapter trained for ``mode`` (``retrieval.train.dense_adapter``, cached):
 
     - ``query``: query-only adapter on the training split's judgements, base document vectors;
     - ``supervised``: both sides, training split's judgements, BM25 hard negatives;
-    - ``corpus``: both sides, pseudo-queries from the evaluated corpus (no judgements at all).
+    - ``corpus`` / ``corpus-query``: pseudo-queries from the evaluated corpus (no judgements at all).
     """
-    import hashlib
-    import json
+    from retrieval.train import bm25_stage, dense_adapter
 
-    from encoders.bi_encoder import BiEncoder
-    from encoders.train import default_settings, train_dense
-    from retrieval.stages.bm25 import BM25
-    from retrieval.util import default_cache_dir, read_json
-
-    enc = _encoder()
-    settings = default_settings(mode, {"query": opts.dense_epochs, "corpus-query": None}.get(mode, opts.dense_both_epochs))
     train = load_dataset(ds.path, opts.train_split) if mode in ("query", "supervised") else None
-    data = ({"queries": sorted(train.queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in train.qrels.items())}
-            if train else {"pseudo": "title/sentence pseudo-queries, seed 0"})
-    key = hashlib.sha256(json.dumps({
-        "mode": mode, "corpus": ds.corpus.fingerprint(), **data,
-        "encoder": enc.fingerprint("document"), "settings": settings.to_dict(),
-    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    root = (opts.index_dir or default_cache_dir()) / "adapters" / f"dense-{mode}-{key}"
-    if (root / "retrieval_config.json").is_file():
-        return BiEncoder.load(root), read_json(root / "train_result.json", "training result")
-    bm25 = None
-    if mode in ("supervised", "corpus"):
-        bm25, _ = BM25.from_corpus(ds.corpus, cache_dir=opts.index_dir / "bm25" if opts.index_dir else None,
-                                   threads=opts.threads)
-    enc, result = train_dense(mode, ds.corpus, train.queries if train else None, train.qrels if train else None,
-                              settings, enc, index, bm25)
-    enc.save(root, overwrite=True)
-    info = {"split": opts.train_split if train else "none (pseudo-queries from the corpus)", "cached_at": str(root),
-            **result.to_dict()}
-    write_json(root / "train_result.json", info)
-    return enc, info
+    bm25 = bm25_stage(ds.corpus, _cache(opts), threads=opts.threads)[0] if mode in ("supervised", "corpus") else None
+    epochs = {"query": opts.dense_epochs, "corpus-query": None}.get(mode, opts.dense_both_epochs)
+    return dense_adapter(mode, ds.corpus, train.queries if train else None, train.qrels if train else None, index,
+                         epochs, _cache(opts), bm25, opts.train_split, opts.dense_model)
 
 
 def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
     def build(ds: Dataset, opts: RunOptions) -> Built:
-        from retrieval.stages.bm25 import BM25
-        from retrieval.stages.dense import Dense, document_index
-        from retrieval.stages.fusion import fit_weight
+        from encoders.bi_encoder import BiEncoder
         from encoders.train import split_queries
+        from retrieval.stages.dense import Dense
+        from retrieval.stages.fusion import fit_weight
+        from retrieval.train import base_index, bm25_stage
 
-        enc = _encoder()
-        cache = opts.index_dir / "dense" if opts.index_dir else None
-        index, built_now, path = document_index(enc, ds.corpus, opts.dense_factory, cache_dir=cache)
+        enc = BiEncoder(opts.dense_model)
+        index, built_now, path = base_index(enc, ds.corpus, opts.dense_factory, _cache(opts))
         extra: dict = {}
         if adapter is not None:
             enc, extra["train"] = _trained_encoder(ds, opts, adapter, index)
             if adapter in ("supervised", "corpus"):  # documents are encoded with the adapter too: their own index
-                index, built_now, path = document_index(enc, ds.corpus, opts.dense_factory, cache_dir=cache)
+                index, built_now, path = base_index(enc, ds.corpus, opts.dense_factory, _cache(opts))
         settings = {"factory": opts.dense_factory, "index": str(path), "adapter": adapter,
                     "base_model": enc.base_model, "max_length": enc.max_length}
         if not hybrid:
             dense = Dense(enc, index, mode="retrieve", k=opts.k)
             return Built(Pipeline([dense], name="dense"), index.build_seconds, not built_now, settings, extra)
-        bm25, bm25_built = BM25.from_corpus(ds.corpus, cache_dir=opts.index_dir / "bm25" if opts.index_dir else None,
-                                            k=opts.k, threads=opts.threads)
+        bm25, bm25_built = bm25_stage(ds.corpus, _cache(opts), k=opts.k, threads=opts.threads)
         # The fusion weight is chosen on training queries the adapter never took a gradient step on:
         # all of the training split for a zero-shot encoder, the held-out validation slice otherwise.
         train = load_dataset(ds.path, opts.train_split)
@@ -171,64 +148,48 @@ def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
     return build
 
 
-def _reranker(max_length: int):
-    from rerankers.cross_encoder import CrossEncoderReranker
-
-    return CrossEncoderReranker(max_length=max_length)
+_BUILT: dict[tuple, object] = {}  # full pipelines built in this process, shared by `full` and `bm25>>ce`
 
 
-def _trained_reranker(ds: Dataset, opts: RunOptions, mode: str, bm25) -> tuple[object, dict, dict | None]:
-    """A cross-encoder with a LoRA adapter trained for ``mode`` (cached by data and settings), and, for
-    ``supervised``, the held-out training queries it never trained on ({"texts", "qrels"}), for choosing
-    depth and fusion weight."""
-    import hashlib
-    import json
+def _settings(opts: RunOptions, corpus_only: bool):
+    from retrieval.train import PipelineSettings
 
-    from rerankers.cross_encoder import CrossEncoderReranker
-    from rerankers.train import RerankTrainSettings, split_examples, train_reranker, training_examples
-    from retrieval.util import default_cache_dir, read_json
-
-    # corpus mode: at most 800 pseudo-queries per epoch (~7 minutes an epoch on 2 CPU cores)
-    settings = RerankTrainSettings(mode=mode, epochs=opts.rerank_epochs, max_items=800 if mode == "corpus" else None)
-    train = load_dataset(ds.path, opts.train_split) if mode == "supervised" else None
-    examples = training_examples(mode, ds.corpus, train.queries if train else None, train.qrels if train else None,
-                                 settings.seed)
-    fit_data = None
-    if train:
-        held = split_examples(examples, settings)[1][: opts.rerank_fit_queries]
-        fit_data = {"texts": {q: train.queries[q] for q in held}, "qrels": {q: dict(train.qrels[q]) for q in held}}
-    reranker = _reranker(settings.max_length)
-    key = hashlib.sha256(json.dumps({
-        "mode": mode, "corpus": ds.corpus.fingerprint(), "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
-        "base": reranker.base_fingerprint(), "settings": settings.to_dict(),
-    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    root = (opts.index_dir or default_cache_dir()) / "adapters" / f"rerank-{mode}-{key}"
-    if (root / "retrieval_config.json").is_file():
-        return CrossEncoderReranker.load(root), read_json(root / "train_result.json", "training result"), fit_data
-    from safetensors.torch import save_file
-
-    states: dict[int, dict] = {}
-    result = train_reranker(reranker, ds.corpus, examples, [bm25], settings,
-                            on_epoch=lambda epoch, state: states.__setitem__(epoch, state))
-    reranker.save(root, overwrite=True)
-    (root / "epochs").mkdir()
-    for epoch, state in states.items():  # every epoch's adapter, for the dev-vs-epochs report
-        save_file({k: v.contiguous() for k, v in state.items()}, str(root / "epochs" / f"epoch-{epoch}.safetensors"))
-    info = {"split": opts.train_split if train else "none (pseudo-queries from the corpus)", "cached_at": str(root),
-            **result.to_dict()}
-    write_json(root / "train_result.json", info)
-    return reranker, info, fit_data
+    return PipelineSettings(corpus_only=corpus_only, bm25_k=opts.k, dense_factory=opts.dense_factory,
+                            dense_k=opts.dense_k, neighbours=opts.dense_k,
+                            dense_epochs=opts.dense_epochs if not corpus_only else None,
+                            rerank_epochs=opts.rerank_epochs, rerank_depths=opts.rerank_depths,
+                            fit_queries=opts.rerank_fit_queries, dense_model=opts.dense_model,
+                            rerank_model=opts.rerank_model, rerank_precision=opts.rerank_precision)
 
 
-def _epoch_curve(ds: Dataset, stage, bm25, train_info: dict) -> list[dict]:
+def _pipeline_for(ds: Dataset, opts: RunOptions, corpus_only: bool):
+    """BM25 >> hybrid LoRA dense >> LoRA reranker, trained on the training split (or, corpus-only, on
+    pseudo-queries from the corpus); ``retrieval.train.build_pipeline`` with its adapter cache."""
+    from retrieval.train import build_pipeline
+
+    settings = _settings(opts, corpus_only)
+    key = (str(ds.path), ds.corpus.fingerprint(), opts.train_split, str(opts.index_dir), str(settings.to_dict()))
+    if key not in _BUILT:
+        log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+        if corpus_only:
+            _BUILT[key] = build_pipeline(ds.corpus, settings=settings, cache_dir=_cache(opts), threads=opts.threads, log=log)
+        else:
+            train = load_dataset(ds.path, opts.train_split)
+            _BUILT[key] = build_pipeline(ds.corpus, train.queries, train.qrels, settings, cache_dir=_cache(opts),
+                                         threads=opts.threads, split=opts.train_split, log=log)
+    return _BUILT[key]
+
+
+def _epoch_curve(ds: Dataset, stage, first, train_info: dict) -> list[dict]:
     """nDCG@10 on the evaluated split after each training epoch, at the depth and fusion weight chosen for
-    the kept epoch. A report only: nothing is chosen from it (the kept epoch is chosen on validation)."""
+    the kept epoch; ``first`` is the stage (or pipeline) before the reranker. A report only: nothing is chosen
+    from it (the kept epoch is chosen on validation)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     reranker = stage.reranker
     folder = Path(train_info["cached_at"]) / "epochs"
-    first = bm25.search(ds.queries, k=stage.k)
+    candidates = first.search(ds.queries)
     rows = []
     kept = {k: v.clone() for k, v in get_peft_model_state_dict(reranker.model, adapter_name=reranker.active_adapter).items()}
     try:
@@ -237,7 +198,7 @@ def _epoch_curve(ds: Dataset, stage, bm25, train_info: dict) -> list[dict]:
             if not path.is_file():
                 continue
             set_peft_model_state_dict(reranker.model, load_file(str(path)), adapter_name=reranker.active_adapter)
-            fused = stage.search(ds.queries, first)  # its stages["alone"] is the reranker before fusion
+            fused = stage.search(ds.queries, candidates)  # its stages["alone"] is the reranker before fusion
             rows.append({"epoch": h["epoch"], "val_nDCG@10": h["val_nDCG@10"],
                          "nDCG@10 alone": evaluate(fused.stages["alone"], ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"],
                          "nDCG@10 fused": evaluate(fused, ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"]})
@@ -246,23 +207,31 @@ def _epoch_curve(ds: Dataset, stage, bm25, train_info: dict) -> list[dict]:
     return rows
 
 
-def _rerank_builder(mode: str) -> Builder:
+def _fusion_extra(info: dict) -> dict:
+    f = info["fusion"]
+    return {"fitted_on": f["fitted_on"], "depth": info["depth"], **{k: f[k] for k in ("method", "weights", "rrf_k", "norm")},
+            "depths": f.get("depths", [])}
+
+
+def _rerank_builder(corpus_only: bool) -> Builder:
+    """BM25 >> the full pipeline's reranker (the dense stage left out), depth and weight fitted for BM25's
+    candidates on the same held-out training queries (corpus-only: the rule fixed in advance)."""
+
     def build(ds: Dataset, opts: RunOptions) -> Built:
-        from retrieval.stages.bm25 import BM25
         from retrieval.stages.fusion import Fusion
         from retrieval.stages.rerank import Rerank, fit_rerank
 
-        bm25, bm25_built = BM25.from_corpus(ds.corpus, cache_dir=opts.index_dir / "bm25" if opts.index_dir else None,
-                                            k=opts.k, threads=opts.threads)
-        reranker, train_info, fit_data = _trained_reranker(ds, opts, mode, bm25)
+        full = _pipeline_for(ds, opts, corpus_only)
+        bm25, _, full_rerank = full.pipeline.stages
+        train_info = full.info["stages"]["rerank"]["train"]
         # keep_rest: BM25's candidates below the reranked top stay in the ranking, so recall is BM25's
-        stage = Rerank(reranker, ds.corpus, k=max(opts.rerank_depths), keep_rest=True)
-        if fit_data is not None:
-            # Depth and fusion weight are chosen on training queries the reranker never took a gradient step on.
-            fit_queries = Queries(fit_data["texts"])
-            depth, fusion, rows = fit_rerank(stage, fit_queries, bm25.search(fit_queries, k=max(opts.rerank_depths)),
-                                             fit_data["qrels"], depths=opts.rerank_depths)
-            fitted_on = f"{len(fit_queries)} held-out training queries"
+        stage = Rerank(full_rerank.reranker, ds.corpus, k=max(opts.rerank_depths), keep_rest=True)
+        if not corpus_only:
+            train = load_dataset(ds.path, opts.train_split)
+            fit_q = train.queries.subset(full.info["held_out"])
+            depth, fusion, rows = fit_rerank(stage, fit_q, bm25.search(fit_q, k=max(opts.rerank_depths)),
+                                             {q: train.qrels[q] for q in fit_q}, depths=opts.rerank_depths)
+            fitted_on = full.info["stages"]["rerank"]["fusion"]["fitted_on"]
         else:
             # No labels: held-out pseudo-queries cannot choose here, because BM25 alone finds a title's own
             # document at rank 1 (on Medline it scored 1.0 and the fit switched the reranker off). So the
@@ -271,16 +240,90 @@ def _rerank_builder(mode: str) -> Builder:
             fitted_on = "nothing (no labels): equal weights and depth 20, fixed in advance"
         stage.k, stage.fusion = depth, fusion
         curve = _epoch_curve(ds, stage, bm25, train_info) if opts.rerank_epoch_curve else None
-        extra = {"train": train_info, "fusion": {"fitted_on": fitted_on,
-                                                 "depth": depth, **fusion.to_dict(),
-                                                 "depths": [{k: v for k, v in r.items() if k != "grid"} for r in rows]}}
+        extra = {"train": train_info, "train_seconds": train_info["seconds"],
+                 "fusion": _fusion_extra({"depth": depth, "fusion": {"fitted_on": fitted_on, **fusion.to_dict(),
+                                          "depths": [{k: v for k, v in r.items() if k != "grid"} for r in rows]}})}
         if curve:
             extra["epoch_curve"] = curve
-        settings = {"bm25_k": bm25.k, "rerank_k": depth, "fusion": fusion.to_dict(), "base_model": reranker.base_model,
-                    "max_length": reranker.max_length, "precision": reranker.precision, "adapter": train_info["cached_at"]}
-        return Built(Pipeline([bm25, stage], name="bm25>>ce"), bm25.build_seconds, not bm25_built, settings, extra)
+        ce = stage.reranker
+        settings = {"bm25_k": bm25.k, "rerank_k": depth, "fusion": fusion.to_dict(), "base_model": ce.base_model,
+                    "max_length": ce.max_length, "precision": ce.precision, "adapter": train_info["cached_at"]}
+        return Built(Pipeline([bm25, stage], name="bm25>>ce"), bm25.build_seconds, True, settings, extra)
 
     return build
+
+
+def _full_builder(corpus_only: bool) -> Builder:
+    """The full pipeline, saved to ``OUTDIR/<dataset>/<condition>/pipeline`` and evaluated as loaded back from
+    that folder (so the folder a user keeps is the one measured)."""
+
+    def build(ds: Dataset, opts: RunOptions) -> Built:
+        from retrieval.saved import load_pipeline, save_pipeline
+
+        full = _pipeline_for(ds, opts, corpus_only)
+        name = "full-corpus" if corpus_only else "full"
+        folder = opts.output / ds.name / name / "pipeline"
+        save_pipeline(full.pipeline, folder, ds.corpus, full.info, overwrite=True)
+        pipe, _, _ = load_pipeline(folder, threads=opts.threads, corpus=ds.corpus)
+        pipe.name = name
+        return _saved_built(pipe, full.info, folder, ds, opts)
+
+    return build
+
+
+def _saved_built(pipe: Pipeline, info: dict, folder: Path, ds: Dataset, opts: RunOptions) -> Built:
+    stages = info.get("stages", {})
+    extra: dict = {"pipeline_dir": str(folder), "train_seconds": info.get("train_seconds")}
+    rerank = stages.get("rerank")
+    if rerank:
+        extra["train"] = rerank["train"]
+        extra["fusion"] = _fusion_extra(rerank)
+        if opts.rerank_epoch_curve:
+            extra["epoch_curve"] = _epoch_curve(ds, pipe.stages[-1], Pipeline(pipe.stages[:-1]), rerank["train"])
+    if stages.get("dense"):
+        extra["dense"] = {"train": stages["dense"]["train"], "fusion": stages["dense"]["fusion"]}
+    if stages.get("bm25", {}).get("fit"):
+        extra["bm25_fit"] = stages["bm25"]["fit"]
+    settings = {"stages": repr(pipe), "corpus_only": info.get("settings", {}).get("corpus_only"),
+                "bm25": {k: stages.get("bm25", {}).get(k) for k in ("k1", "b")},
+                "dense_fusion": stages.get("dense", {}).get("fusion", {}).get("weights"),
+                "rerank_fusion": (rerank or {}).get("fusion", {}).get("weights"), "rerank_k": (rerank or {}).get("depth")}
+    index_seconds = sum(getattr(s, "build_seconds", 0.0) or getattr(getattr(s, "index", None), "build_seconds", 0.0)
+                        for s in pipe.stages)
+    return Built(pipe, index_seconds, True, settings, extra)
+
+
+def _saved_pipeline_builder(folder: Path) -> Builder:
+    """A pipeline folder from ``python -m retrieval train``, evaluated as saved."""
+
+    def build(ds: Dataset, opts: RunOptions) -> Built:
+        from retrieval.saved import PipelineMismatch, load_pipeline, pipeline_config
+
+        config = pipeline_config(folder)
+        if config["corpus"]["fingerprint"] != ds.corpus.fingerprint():
+            raise PipelineMismatch(f"{folder} indexes another corpus ({config['corpus']['documents']} documents) than "
+                                   f"{ds.path} ({len(ds.corpus)}); evaluate it on the dataset it was trained for")
+        pipe, _, config = load_pipeline(folder, threads=opts.threads, corpus=ds.corpus)
+        return _saved_built(pipe, config.get("info", {}), folder, ds, opts)
+
+    return build
+
+
+def builder_for(name: str) -> Builder:
+    if name in PIPELINES:
+        return PIPELINES[name]
+    from retrieval.saved import is_pipeline_dir
+
+    if is_pipeline_dir(name):
+        return _saved_pipeline_builder(Path(name))
+    if Path(name).exists():
+        raise ValueError(f"{name}: a folder without pipeline.json; a saved pipeline comes from `python -m retrieval train`")
+    raise ValueError(f"unknown pipeline {name!r}; available: {', '.join(PIPELINES)}, or a saved pipeline folder")
+
+
+def condition_name(name: str) -> str:
+    """The name a condition is reported under (a saved pipeline folder: its folder name)."""
+    return name if name in PIPELINES else Path(name).resolve().name
 
 
 PIPELINES: dict[str, Builder] = {
@@ -294,8 +337,10 @@ PIPELINES: dict[str, Builder] = {
     "dense-corpus-query": _dense_builder("corpus-query", hybrid=False),
     "hybrid": _dense_builder(None, hybrid=True),
     "hybrid-lora-query": _dense_builder("query", hybrid=True),
-    "bm25>>ce": _rerank_builder("supervised"),
-    "bm25>>ce-corpus": _rerank_builder("corpus"),
+    "bm25>>ce": _rerank_builder(False),
+    "bm25>>ce-corpus": _rerank_builder(True),
+    "full": _full_builder(False),
+    "full-corpus": _full_builder(True),
 }
 DESCRIPTIONS = {
     "bm25": "Lucene BM25 via Pyserini, k1=0.9 b=0.4, title + text",
@@ -308,10 +353,15 @@ DESCRIPTIONS = {
     "dense-corpus-query": "MiniLM with a query-only LoRA adapter trained on pseudo-queries from the corpus (no labels, no re-encoding)",
     "hybrid": "BM25 top-k >> zero-shot dense: candidates + ANN neighbours, weighted fusion fitted on train",
     "hybrid-lora-query": "BM25 top-k >> query-only LoRA dense, weighted fusion fitted on held-out training queries",
-    "bm25>>ce": "BM25 >> MiniLM cross-encoder with a LoRA adapter + new head trained on the training split (BM25 hard "
-                "negatives); depth and BM25/reranker fusion weight chosen on held-out training queries",
-    "bm25>>ce-corpus": "BM25 >> MiniLM LoRA cross-encoder trained on pseudo-queries from the corpus (no labels); equal "
+    "bm25>>ce": "BM25 >> the full pipeline's LoRA cross-encoder (MiniLM + new head, trained on the training split with "
+                "hard negatives from BM25 and the LoRA dense stage); depth and BM25/reranker weight chosen on held-out "
+                "training queries",
+    "bm25>>ce-corpus": "BM25 >> the corpus-only pipeline's LoRA cross-encoder (pseudo-queries, no labels); equal "
                        "BM25/reranker weights and depth 20, fixed in advance",
+    "full": "BM25 (k1/b fitted) >> hybrid dense with a query-side LoRA adapter >> LoRA cross-encoder; every weight and "
+            "depth chosen on held-out training queries; evaluated as saved to and loaded from its folder",
+    "full-corpus": "the full pipeline trained with no labels (pseudo-queries from the corpus); equal fusion weights and "
+                   "rerank depth 20, fixed in advance",
 }
 
 
@@ -341,10 +391,24 @@ def measure_latency(pipeline: Pipeline, queries: Queries, n: int, seed: int = 0)
     return per_stage, total
 
 
-def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions) -> dict:
-    if pipeline_name not in PIPELINES:
-        raise ValueError(f"unknown pipeline {pipeline_name!r}; available: {', '.join(PIPELINES)}")
-    built = PIPELINES[pipeline_name](ds, opts)
+def stage_index_bytes(stage) -> int:
+    """Bytes of the stage's index: the BM25 index folder, or the FAISS index plus its stored vectors."""
+    from retrieval.saved import folder_bytes
+
+    if getattr(stage, "index_dir", None) is not None:
+        return folder_bytes(stage.index_dir)
+    index = getattr(stage, "index", None)
+    if index is not None and hasattr(index, "vectors"):
+        import faiss
+
+        return int(faiss.serialize_index(index.index).nbytes + index.vectors.nbytes)
+    return 0
+
+
+def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions, per_query: dict | None = None) -> dict:
+    """Build, time and evaluate one condition; ``per_query`` (if given) receives its per-query scores."""
+    built = builder_for(pipeline_name)(ds, opts)
+    pipeline_name = condition_name(pipeline_name)
     pipe = built.pipeline
 
     # Latency first: its warm-up query also warms the batch pass (JIT, caches, lazy model loads).
@@ -365,6 +429,7 @@ def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions) -> dict:
             "latency_ms": _percentiles(per_stage_lat[stage.name]),
             "batch_seconds": trace.seconds,
             "candidates_out": trace.candidates_out,
+            "index_bytes": stage_index_bytes(stage),
         })
         parts = {name.split("/", 1)[1]: evaluate(r, ds.qrels, names).aggregate
                  for name, r in ranking.stages.items() if name.startswith(f"{stage.name}/")}
@@ -384,12 +449,14 @@ def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions) -> dict:
         "stages": stages,
         "index_seconds": built.index_seconds,
         "index_reused": built.index_reused,
+        "index_bytes": sum(st["index_bytes"] for st in stages),
+        "train_seconds": built.extra.get("train_seconds", (built.extra.get("train") or {}).get("seconds")),
         "latency_ms": _percentiles(total_lat),
         "latency_queries": len(total_lat),
         "qps": len(ds.queries) / batch_seconds if batch_seconds > 0 else None,
         "batch_seconds": batch_seconds,
         "settings": built.settings,
-        **built.extra,
+        **{k: v for k, v in built.extra.items() if k != "train_seconds"},
         "dataset_path": str(ds.path),
         "docs": len(ds.corpus),
         "library_version": library_version(),
@@ -407,6 +474,8 @@ def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions) -> dict:
     write_json(out_dir / "metrics.json", record)
     (out_dir / "report.md").write_text(_report(record), encoding="utf-8")
     write_json(out_dir / "per_query.json", ev.per_query)
+    if per_query is not None:
+        per_query.update(ev.per_query)
     return record
 
 
@@ -447,6 +516,17 @@ def _report(r: dict) -> str:
         "",
         f"Settings: `{r['settings']}`",
     ]
+    if r.get("index_bytes") is not None or r.get("train_seconds") is not None:
+        parts += ["", f"Index size: {(r.get('index_bytes') or 0) / 2**20:.1f} MB; training time: "
+                      f"{_fmt(r.get('train_seconds'))} s" + (" (adapters cached: the time they took when trained)"
+                                                             if r.get("train_seconds") else "") + "."]
+    if r.get("significance"):
+        g = r["significance"]
+        parts += ["", f"Against `{g['baseline']}` on the same {g['queries']} queries: {g['metric']} {g['delta']:+.4f}, "
+                      f"paired t-test t={g['t']:.2f}, p={g['p_value']:.3g} ({g['wins']} queries better, "
+                      f"{g['losses']} worse)."]
+    if r.get("dataset_plots"):
+        parts += ["", *[f"![{Path(p).stem}]({p})" for p in r["dataset_plots"]]]
     if r.get("fit"):
         f = r["fit"]
         best = f.get("best") or {}
@@ -485,27 +565,143 @@ def _report(r: dict) -> str:
 
 
 def summary_table(records: Sequence[dict]) -> str:
-    headers = ["dataset", "split", "pipeline", *TABLE_METRICS, "p50 ms", "p95 ms", "q/s", "index s"]
-    rows = [
-        [r["dataset"], r["split"], r["pipeline"], *[r["metrics"].get(m) for m in TABLE_METRICS],
-         r["latency_ms"]["p50"], r["latency_ms"]["p95"], r["qps"], r["index_seconds"]]
-        for r in records
-    ]
+    headers = ["dataset", "split", "pipeline", *TABLE_METRICS, "p50 ms", "p95 ms", "q/s", "index MB", "train s",
+               "vs baseline"]
+    rows = []
+    for r in records:
+        sig = r.get("significance")
+        vs = f"{sig['delta']:+.4f} (p={sig['p_value']:.3g})" if sig else ("baseline" if r.get("is_baseline") else "-")
+        rows.append([r["dataset"], r["split"], r["pipeline"], *[r["metrics"].get(m) for m in TABLE_METRICS],
+                     r["latency_ms"]["p50"], r["latency_ms"]["p95"], r["qps"],
+                     r["index_bytes"] / 2**20 if r.get("index_bytes") is not None else None,
+                     r.get("train_seconds"), vs])
     return _md_table(headers, rows)
 
 
-def run(datasets: Sequence[str | Path], pipelines: Sequence[str], opts: RunOptions) -> list[dict]:
-    unknown = [p for p in pipelines if p not in PIPELINES]
+def significance(per_query: dict[str, dict[str, dict[str, float]]], baseline: str,
+                 metric: str = "nDCG@10") -> dict[str, dict]:
+    """Paired t-test (scipy ``ttest_rel``) of each condition's per-query ``metric`` against ``baseline``."""
+    from scipy.stats import ttest_rel
+
+    base = per_query[baseline]
+    qids = sorted(base)
+    out = {}
+    for name, pq in per_query.items():
+        if name == baseline:
+            continue
+        a = np.array([pq.get(q, {}).get(metric, 0.0) for q in qids])
+        b = np.array([base[q][metric] for q in qids])
+        if np.allclose(a, b):
+            t, p = 0.0, 1.0
+        else:
+            res = ttest_rel(a, b)
+            t, p = float(res.statistic), float(res.pvalue)
+        out[name] = {"baseline": baseline, "metric": metric, "delta": float(a.mean() - b.mean()), "t": t, "p_value": p,
+                     "queries": len(qids), "wins": int((a > b).sum()), "losses": int((a < b).sum())}
+    return out
+
+
+def check_expected(records: Sequence[dict], expected: dict) -> list[dict]:
+    """Compare figures with ``expected[dataset][condition] = {"nDCG@10": value, "tolerance": t}``.
+
+    A figure below value - tolerance is a regression ("below"); above value + tolerance, "above" (the
+    expectation is out of date); otherwise "ok". A condition expected but not run is "missing".
+    """
+    rows = []
+    seen = {(r["dataset"], r["pipeline"]): r for r in records}
+    for dataset, conditions in expected.items():
+        for condition, spec in conditions.items():
+            spec = dict(spec)
+            tolerance = float(spec.pop("tolerance", 0.005))
+            for metric, value in spec.items():
+                r = seen.get((dataset, condition))
+                got = None if r is None else r["metrics"].get(metric)
+                status = ("missing" if got is None else "below" if got < value - tolerance
+                          else "above" if got > value + tolerance else "ok")
+                rows.append({"dataset": dataset, "condition": condition, "metric": metric, "expected": value,
+                             "tolerance": tolerance, "observed": got, "status": status})
+    return rows
+
+
+def _dataset_plots(records: list[dict], out_dir: Path) -> list[str]:
+    from .plots import stage_latency, stage_recall
+
+    name, split = records[0]["dataset"], records[0]["split"]
+    return [stage_recall(records, out_dir / "stage_recall.png", f"{name} ({split}): recall at each stage's cutoff").name,
+            stage_latency(records, out_dir / "stage_latency.png", f"{name} ({split}): latency of each stage").name]
+
+
+def load_config(path: Path, datasets_root: Path) -> dict:
+    """Read a TOML benchmark config: ``datasets`` (names under ``datasets_root``, or paths), ``conditions``,
+    ``split``, ``train_split``, ``baseline`` and ``[expected.<dataset>]`` tables of
+    ``<condition> = {"nDCG@10" = value, tolerance = t}``. Unknown keys are an error, not ignored."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            config = tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: benchmark config not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from None
+    known = {"datasets", "conditions", "split", "train_split", "baseline", "expected", "description"}
+    unknown = set(config) - known
     if unknown:
-        raise ValueError(f"unknown pipeline(s) {unknown}; available: {', '.join(PIPELINES)}")
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; expected some of {sorted(known)}")
+    for key in ("datasets", "conditions"):
+        if key in config and not (isinstance(config[key], list) and all(isinstance(v, str) for v in config[key])):
+            raise ValueError(f"{path}: {key} must be a list of strings")
+    config["datasets"] = [Path(d) if ("/" in d or Path(d).is_dir()) else datasets_root / d for d in config.get("datasets", [])]
+    names = {p.name for p in config["datasets"]}
+    for dataset, conditions in config.get("expected", {}).items():
+        if dataset not in names:
+            raise ValueError(f"{path}: expected figures for {dataset!r}, which is not among the datasets {sorted(names)}")
+        for condition, spec in conditions.items():
+            if not isinstance(spec, dict) or not all(isinstance(v, (int, float)) for v in spec.values()):
+                raise ValueError(f"{path}: expected.{dataset}.{condition} must be a table of numbers, "
+                                 f'e.g. {{ "nDCG@10" = 0.71, tolerance = 0.005 }}')
+    return config
+
+
+def run(datasets: Sequence[str | Path], pipelines: Sequence[str], opts: RunOptions,
+        expected: dict | None = None) -> list[dict]:
+    for name in pipelines:
+        builder_for(name)  # unknown names fail before anything is built
     records = []
     for path in datasets:
         ds = load_dataset(path, opts.split)
+        per_query: dict[str, dict] = {}
+        ds_records = []
         for name in pipelines:
             print(f"[{ds.name}/{opts.split}] {name} ...", file=sys.stderr, flush=True)
-            records.append(run_one(ds, name, opts))
+            per_query[condition_name(name)] = {}
+            ds_records.append(run_one(ds, name, opts, per_query[condition_name(name)]))
+        if opts.baseline in per_query:
+            tests = significance(per_query, opts.baseline)
+            for r in ds_records:
+                r["is_baseline"] = r["pipeline"] == opts.baseline
+                if r["pipeline"] in tests:
+                    r["significance"] = tests[r["pipeline"]]
+        out_dir = opts.output / ds.name
+        plots = _dataset_plots(ds_records, out_dir)
+        for r in ds_records:
+            r["dataset_plots"] = [f"../{p}" for p in plots]
+            write_json(out_dir / r["pipeline"] / "metrics.json", r)
+            (out_dir / r["pipeline"] / "report.md").write_text(_report(r), encoding="utf-8")
+        records += ds_records
     opts.output.mkdir(parents=True, exist_ok=True)
     write_json(opts.output / "summary.json", records)
     table = summary_table(records)
-    (opts.output / "summary.md").write_text(table + "\n", encoding="utf-8")
+    text = table + "\n"
+    if opts.baseline:
+        text += (f"\nvs baseline: nDCG@10 difference from `{opts.baseline}` on the same queries, paired t-test p-value. "
+                 f"Plots per dataset: <dataset>/stage_recall.png, <dataset>/stage_latency.png.\n")
+    if expected:
+        checks = check_expected(records, expected)
+        write_json(opts.output / "expected.json", checks)
+        text += "\n## Expected figures (regression check)\n\n" + _md_table(
+            ["dataset", "condition", "metric", "expected", "tolerance", "observed", "status"],
+            [[c["dataset"], c["condition"], c["metric"], c["expected"], c["tolerance"], c["observed"], c["status"]]
+             for c in checks]) + "\n"
+    (opts.output / "summary.md").write_text(text, encoding="utf-8")
     return records

@@ -1,0 +1,105 @@
+"""``python -m retrieval train ...``: train the full pipeline and save it to one folder.
+
+    python -m retrieval train --dataset ../shared/datasets/scifact --split train --dev-split dev --output PIPEDIR
+    python -m retrieval train --dataset ../shared/datasets/medline --split test --corpus-only --output PIPEDIR
+
+Each stage also trains alone: ``python -m encoders.train`` (dense adapter), ``python -m rerankers.train``
+(reranker), and BM25's k1/b through ``BM25.fit``. A saved folder loads with ``retrieval.load_pipeline`` and
+is evaluated, stage by stage, with ``python -m benchmarks run --dataset DIR --split test --pipeline PIPEDIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m retrieval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train BM25 >> hybrid LoRA dense >> LoRA reranker and save the pipeline folder")
+    t.add_argument("--dataset", type=Path, required=True, help="BEIR or MS MARCO folder")
+    t.add_argument("--split", default="train",
+                   help="split whose judgements train the pipeline (with --corpus-only: only its corpus is read)")
+    t.add_argument("--dev-split", default=None,
+                   help="after training, report nDCG@10 of the pipeline and each stage on this split (nothing is chosen on it)")
+    t.add_argument("--output", type=Path, required=True, help="the pipeline folder to write")
+    t.add_argument("--corpus-only", action="store_true", help="no judgements: pseudo-queries from the corpus train both adapters")
+    t.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    t.add_argument("--cache-dir", type=Path, default=None,
+                   help="where indexes and trained adapters are cached (default: $RETRIEVAL_CACHE or ~/.cache/retrieval)")
+    t.add_argument("--bm25-k", type=int, default=1000, help="BM25 candidates handed to the dense stage (default: 1000)")
+    t.add_argument("--no-bm25-fit", action="store_true", help="keep k1=0.9, b=0.4 instead of fitting them on the training queries")
+    t.add_argument("--dense-k", type=int, default=100, help="candidates the dense stage hands to the reranker (default: 100)")
+    t.add_argument("--neighbours", type=int, default=100, help="ANN neighbours the dense stage adds (default: 100)")
+    t.add_argument("--dense-factory", default="Flat", help="FAISS factory string (default: Flat)")
+    t.add_argument("--dense-epochs", type=int, default=None, help="query-side adapter epochs (default: 8; corpus-only 4)")
+    t.add_argument("--rerank-epochs", type=int, default=3, help="reranker epochs (default: 3)")
+    t.add_argument("--rerank-depths", type=int, nargs="+", default=[10, 20, 30],
+                   help="rerank depths to choose from on held-out training queries (default: 10 20 30)")
+    t.add_argument("--rerank-max-items", type=int, default=None, help="cap on reranker training pairs (corpus-only: 800)")
+    t.add_argument("--dense-model", default=None, help="bi-encoder: HF id or folder (default: packaged all-MiniLM-L6-v2)")
+    t.add_argument("--rerank-model", default=None, help="cross-encoder backbone: HF id or folder (default: the same MiniLM)")
+    t.add_argument("--rerank-precision", choices=("auto", "float32", "bfloat16"), default="auto")
+    t.add_argument("--threads", type=int, default=None, help="BM25 search threads (default: all cores)")
+    t.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def train(args) -> int:
+    from benchmarks.datasets import load_dataset
+
+    from .saved import load_pipeline, save_pipeline
+    from .train import PipelineSettings, build_pipeline
+
+    if args.output.exists() and not args.overwrite:
+        print(f"error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    try:
+        settings = PipelineSettings(
+            corpus_only=args.corpus_only, bm25_k=args.bm25_k, bm25_fit=not args.no_bm25_fit, dense_factory=args.dense_factory,
+            dense_k=args.dense_k, neighbours=args.neighbours, dense_epochs=args.dense_epochs,
+            rerank_epochs=args.rerank_epochs, rerank_depths=tuple(args.rerank_depths),
+            rerank_max_items=args.rerank_max_items, dense_model=args.dense_model, rerank_model=args.rerank_model,
+            rerank_precision=args.rerank_precision, seed=args.seed)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ds = load_dataset(args.dataset, args.split)
+    built = build_pipeline(ds.corpus, None if args.corpus_only else ds.queries, None if args.corpus_only else ds.qrels,
+                           settings, cache_dir=args.cache_dir, threads=args.threads, split=args.split,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    info = {**built.info, "dataset": str(args.dataset), "command": " ".join(["python -m retrieval", *sys.argv[1:]])}
+    save_pipeline(built.pipeline, args.output, built.corpus, info, overwrite=args.overwrite)
+    print(f"saved {built.pipeline!r} to {args.output}")
+    s = info["stages"]
+    print(f"BM25 k1={s['bm25']['k1']} b={s['bm25']['b']}; dense fusion weights {s['dense']['fusion']['weights']}; "
+          f"rerank depth {s['rerank']['depth']}, weights {s['rerank']['fusion']['weights']} "
+          f"(chosen on {s['rerank']['fusion']['fitted_on']}); training {info['train_seconds']:.0f} s")
+    if args.dev_split:
+        from benchmarks.metrics import evaluate
+        from .util import write_json
+
+        dev = load_dataset(args.dataset, args.dev_split)
+        pipe, _, _ = load_pipeline(args.output, threads=args.threads)
+        ranking = pipe.search(dev.queries, keep_stages=True)
+        rows = {name: evaluate(r, dev.qrels, ["nDCG@10"]).aggregate["nDCG@10"] for name, r in ranking.stages.items()}
+        write_json(args.output / f"{args.dev_split}_nDCG@10.json", {"split": args.dev_split, "queries": len(dev.queries),
+                                                                    "nDCG@10": rows})
+        print(f"{args.dev_split} nDCG@10 ({len(dev.queries)} queries; a report, nothing was chosen on it):")
+        for name, v in rows.items():
+            print(f"  after {name:<14} {v:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "train":
+        return train(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

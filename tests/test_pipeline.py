@@ -1,0 +1,191 @@
+"""The full pipeline: trained from one call, saved to one folder, loaded (also in a fresh process) with the
+same rankings, parts checked on load; the runner's `full`, saved-folder, significance, plots and config.
+
+Tiny random models (built from the packaged tokenizer) on ADI: plumbing and exactness, not quality.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main as bench_main
+from retrieval.saved import PipelineMismatch, load_pipeline, save_pipeline
+from retrieval.train import PipelineSettings, build_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_model_dir):
+    from test_rerank import _backbone
+
+    return {"dense": str(tiny_model_dir), "rerank": str(_backbone(tmp_path_factory.mktemp("ce") / "hf", seed=0))}
+
+
+def _settings(models, **kw) -> PipelineSettings:
+    base = dict(dense_model=models["dense"], rerank_model=models["rerank"], rerank_precision="float32",
+                dense_epochs=1, rerank_epochs=1, rerank_depths=(5, 10), dense_k=20, neighbours=20, bm25_k=50,
+                fit_queries=10)
+    return PipelineSettings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def built(adi, models, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models), cache_dir=cache, log=lambda m: None), cache
+
+
+def _rankings_equal(a, b):
+    assert a.scores.keys() == b.scores.keys()
+    for q in a.scores:
+        assert a.ranked(q) == b.ranked(q)
+
+
+def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi):
+    b, _ = built
+    bm25, dense, rerank = b.pipeline.stages
+    assert [s.name for s in b.pipeline.stages] == ["bm25", "dense", "rerank"]
+    assert (bm25.k, dense.k, dense.mode, rerank.k) == (50, 20, "hybrid", rerank.k) and rerank.k in (5, 10)
+    info = b.info
+    held = set(info["held_out"])
+    assert held and held <= set(adi.queries)
+    # the held-out queries took no gradient step in either adapter
+    dense_val, rerank_train = info["stages"]["dense"]["train"], info["stages"]["rerank"]["train"]
+    assert dense_val["val_queries"] >= len(held) and rerank_train["val_queries"] >= 1
+    assert info["stages"]["rerank"]["train"]["negatives_from"]["dense"] == dense.encoder.fingerprint("query")
+    assert len(info["stages"]["rerank"]["fusion"]["depths"]) == 2
+    ranking = b.pipeline.search(adi.queries, keep_stages=True)
+    assert {"bm25", "dense", "rerank", "rerank/alone"} <= set(ranking.stages)
+    assert [t.name for t in ranking.trace] == ["bm25", "dense", "rerank"]
+    assert all(len(d) <= 20 for d in ranking.scores.values())  # rerank keeps the dense stage's 20 (keep_rest)
+
+
+def test_saved_pipeline_loads_with_identical_rankings_in_a_fresh_process(built, adi, tmp_path):
+    b, _ = built
+    folder = save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, b.info)
+    expected = b.pipeline.search(adi.queries)
+    pipe, corpus, config = load_pipeline(folder)
+    _rankings_equal(pipe.search(adi.queries), expected)
+    assert config["info"]["held_out"] == b.info["held_out"] and corpus.fingerprint() == adi.corpus.fingerprint()
+    qfile = tmp_path / "queries.json"
+    qfile.write_text(json.dumps(dict(adi.queries)))
+    code = ("import json,sys; from retrieval.saved import load_pipeline; p,_,_=load_pipeline(sys.argv[1]); "
+            "r=p.search(json.load(open(sys.argv[2]))); json.dump({q: r.ranked(q) for q in r.scores}, sys.stdout)")
+    out = subprocess.run([sys.executable, "-c", code, str(folder), str(qfile)], cwd=REPO, capture_output=True,
+                         text=True, check=True)
+    fresh = json.loads(out.stdout)
+    assert fresh.keys() == expected.scores.keys()
+    for q, ranked in fresh.items():
+        assert [(d, s) for d, s in ranked] == expected.ranked(q)  # same documents, order and scores (JSON floats round-trip)
+    with pytest.raises(FileExistsError):
+        save_pipeline(b.pipeline, folder, b.corpus)
+
+
+def test_load_checks_that_the_parts_fit(built, adi, tmp_path):
+    b, _ = built
+    folder = save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, b.info)
+    # a changed corpus
+    bad = tmp_path / "corpus-changed"
+    shutil.copytree(folder, bad)
+    lines = (bad / "corpus.jsonl").read_text().splitlines()
+    (bad / "corpus.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(PipelineMismatch, match="not the corpus"):
+        load_pipeline(bad)
+    # a FAISS index built with another encoder (the base model's vectors under a query-side adapter are fine,
+    # so swap in an index whose recorded encoder differs)
+    bad = tmp_path / "index-swapped"
+    shutil.copytree(folder, bad)
+    cfg_path = bad / "stages" / "dense" / "index" / "index_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["encoder_fingerprint"] = "another-model:0000"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(PipelineMismatch, match="dense"):
+        load_pipeline(bad)
+    # a reranker whose adapter is not the one the pipeline was built with
+    bad = tmp_path / "reranker-swapped"
+    shutil.copytree(folder, bad)
+    pcfg = json.loads((bad / "pipeline.json").read_text())
+    pcfg["stages"][2]["reranker"] = "something-else"
+    (bad / "pipeline.json").write_text(json.dumps(pcfg))
+    with pytest.raises(PipelineMismatch, match="rerank"):
+        load_pipeline(bad)
+    # a damaged index file
+    bad = tmp_path / "index-damaged"
+    shutil.copytree(folder, bad)
+    with open(bad / "stages" / "dense" / "index" / "vectors.npy", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ValueError, match="checksum"):
+        load_pipeline(bad)
+
+
+def test_settings_reject_bad_values(models):
+    with pytest.raises(ValueError, match="exceeds the dense stage's k"):
+        _settings(models, rerank_depths=(50,), dense_k=20)
+    with pytest.raises(ValueError, match="bm25_k"):
+        _settings(models, bm25_k=0)
+
+
+def test_corpus_only_pipeline_needs_no_judgements(adi, models, tmp_path):
+    b = build_pipeline(adi.corpus, settings=_settings(models, corpus_only=True, rerank_max_items=40,
+                                                      corpus_rerank_depth=10), cache_dir=tmp_path, log=lambda m: None)
+    _, dense, rerank = b.pipeline.stages
+    assert dense.fusion.weights == (0.5, 0.5) and rerank.fusion.weights == (0.5, 0.5) and rerank.k == 10
+    assert b.info["held_out"] == [] and b.info["split"].startswith("none")
+    with pytest.raises(ValueError, match="corpus_only"):
+        build_pipeline(adi.corpus, settings=_settings(models), cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tmp_path):
+    """`python -m retrieval train`, then the runner on `full`, `bm25>>ce`, the saved folder and a config with
+    expected figures; significance against bm25 and the plots."""
+    from retrieval.__main__ import main as retrieval_main
+
+    cache, pipe = tmp_path / "cache", tmp_path / "pipe"
+    flags = ["--dense-model", models["dense"], "--rerank-model", models["rerank"], "--rerank-precision", "float32",
+             "--dense-epochs", "1", "--rerank-epochs", "1", "--rerank-depths", "5", "10"]
+    assert retrieval_main(["train", "--dataset", str(datasets_root / "adi"), "--split", "test", "--dev-split", "test",
+                           "--output", str(pipe), "--cache-dir", str(cache), "--bm25-k", "50", "--dense-k", "20",
+                           "--neighbours", "20", *flags]) == 0
+    assert (pipe / "pipeline.json").is_file() and (pipe / "test_nDCG@10.json").is_file()
+    assert retrieval_main(["train", "--dataset", str(datasets_root / "adi"), "--split", "test", "--output", str(pipe),
+                           *flags]) == 2  # exists, no --overwrite
+
+    out = tmp_path / "out"
+    config = tmp_path / "bench.toml"
+    config.write_text(f'split = "test"\ntrain_split = "test"\nbaseline = "bm25"\ndatasets = ["adi"]\n'
+                      f'conditions = ["bm25", "bm25>>ce", "full", "{pipe}"]\n\n[expected.adi]\n'
+                      f'bm25 = {{ "nDCG@10" = 0.0, tolerance = 0.001 }}\n')  # far below: reported as "above", passes
+    args = ["run", "--config", str(config), "--datasets-root", str(datasets_root), "--output", str(out),
+            "--index-dir", str(cache), "--latency-queries", "3", "--k", "50", "--dense-k", "20", *flags]
+    assert bench_main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    by = {r["pipeline"]: r for r in summary}
+    assert set(by) == {"bm25", "bm25>>ce", "full", "pipe"}
+    for name in ("bm25>>ce", "full", "pipe"):
+        sig = by[name]["significance"]
+        assert sig["baseline"] == "bm25" and 0.0 <= sig["p_value"] <= 1.0 and sig["queries"] == by["bm25"]["queries"]
+        assert by[name]["train_seconds"] > 0
+    assert [s["name"] for s in by["full"]["stages"]] == ["bm25", "dense", "rerank"]
+    assert by["full"]["index_bytes"] > by["bm25"]["index_bytes"] > 0
+    # the saved folder evaluated as-is gives what `full` (same data, same cached adapters) gives
+    assert by["pipe"]["metrics"] == pytest.approx(by["full"]["metrics"])
+    assert (out / "adi" / "full" / "pipeline" / "pipeline.json").is_file()
+    for png in ("stage_recall.png", "stage_latency.png"):
+        assert (out / "adi" / png).stat().st_size > 1000
+    assert json.loads((out / "expected.json").read_text())[0]["status"] == "above"
+    # an expectation that is not met fails the run
+    config.write_text(config.read_text().replace('"nDCG@10" = 0.0', '"nDCG@10" = 0.99'))
+    assert bench_main(args) == 1
+    assert json.loads((out / "expected.json").read_text())[0]["status"] == "below"
+    # a dataset the saved pipeline was not built for is refused
+    with pytest.raises(PipelineMismatch, match="another corpus"):
+        bench_main(["run", "--dataset", str(datasets_root / "cranfield"), "--split", "test", "--pipeline", str(pipe),
+                    "--output", str(tmp_path / "out2"), "--latency-queries", "2"])
