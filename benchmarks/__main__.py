@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dense-model", default=None, help="bi-encoder: HF id or folder (default: packaged all-MiniLM-L6-v2)")
     r.add_argument("--rerank-model", default=None, help="cross-encoder backbone: HF id or folder (default: the same MiniLM)")
     r.add_argument("--rerank-precision", choices=("auto", "float32", "bfloat16"), default="auto")
+    r.add_argument("--rerank-negatives", nargs="+", choices=("bm25", "dense"), default=["bm25"],
+                   help="first stages the reranker's hard negatives come from (default: bm25)")
     r.add_argument("--rerank-epoch-curve", action="store_true",
                    help="also report the evaluated split's nDCG@10 after every reranker training epoch (costs a pass each)")
 
@@ -77,6 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--depth-queries", type=int, default=10, help="queries timed at each depth (default: 10)")
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--output", type=Path, default=Path("results/speed-rerank"))
+
+    t = sub.add_parser("tune-cutoffs", help="choose each stage's depth for the best nDCG@10 within a latency budget")
+    t.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder (BM25 >> Dense >> Rerank)")
+    t.add_argument("--dataset", type=Path, required=True)
+    t.add_argument("--split", required=True, help="split the chosen cutoffs are evaluated on (never tuned on)")
+    t.add_argument("--tune-split", default="train",
+                   help="split tuned on (default: train; with the pipeline's training split, only the queries it held out)")
+    t.add_argument("--budget-ms", type=float, required=True, help="per-query latency budget in milliseconds")
+    t.add_argument("--bm25-ks", type=int, nargs="+", default=[100, 300, 1000])
+    t.add_argument("--depths", type=int, nargs="+", default=[5, 10, 20, 30, 50], help="rerank depths (0 = none is always tried)")
+    t.add_argument("--latency-queries", type=int, default=20, help="queries timed one at a time per stage and depth")
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--output", type=Path, default=Path("results/cutoffs"))
     return p
 
 
@@ -101,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             dense_both_epochs=args.dense_both_epochs, rerank_epochs=args.rerank_epochs,
             rerank_depths=tuple(args.rerank_depths), rerank_epoch_curve=args.rerank_epoch_curve,
             dense_model=args.dense_model, rerank_model=args.rerank_model, rerank_precision=args.rerank_precision,
-            baseline=args.baseline or config.get("baseline", "bm25"),
+            rerank_negatives=tuple(args.rerank_negatives), baseline=args.baseline or config.get("baseline", "bm25"),
         )
         run(datasets, pipelines, opts, expected=config.get("expected"))
         print((args.output / "summary.md").read_text(encoding="utf-8"))
@@ -115,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return 0
+    if args.command == "tune-cutoffs":
+        from .cutoffs import main as cutoffs_main
+
+        return cutoffs_main(args)
     if args.command == "speed-bm25":
         from .speed_bm25 import main as speed_main
 

@@ -65,6 +65,7 @@ class RunOptions:
     dense_model: str | None = None     # None: the packaged all-MiniLM-L6-v2
     rerank_model: str | None = None
     rerank_precision: str = "auto"
+    rerank_negatives: tuple[str, ...] = ("bm25",)
     baseline: str | None = "bm25"      # the condition every other is tested against (paired t-test)
 
 
@@ -159,7 +160,8 @@ def _settings(opts: RunOptions, corpus_only: bool):
                             dense_epochs=opts.dense_epochs if not corpus_only else None,
                             rerank_epochs=opts.rerank_epochs, rerank_depths=opts.rerank_depths,
                             fit_queries=opts.rerank_fit_queries, dense_model=opts.dense_model,
-                            rerank_model=opts.rerank_model, rerank_precision=opts.rerank_precision)
+                            rerank_model=opts.rerank_model, rerank_precision=opts.rerank_precision,
+                            rerank_negatives=opts.rerank_negatives)
 
 
 def _pipeline_for(ds: Dataset, opts: RunOptions, corpus_only: bool):

@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--rerank-epochs", type=int, default=3, help="reranker epochs (default: 3)")
     t.add_argument("--rerank-depths", type=int, nargs="+", default=[10, 20, 30],
                    help="rerank depths to choose from on held-out training queries (default: 10 20 30)")
+    t.add_argument("--rerank-negatives", nargs="+", choices=("bm25", "dense"), default=["bm25"],
+                   help="first stages the reranker's hard negatives come from (default: bm25)")
     t.add_argument("--rerank-max-items", type=int, default=None, help="cap on reranker training pairs (corpus-only: 800)")
     t.add_argument("--dense-model", default=None, help="bi-encoder: HF id or folder (default: packaged all-MiniLM-L6-v2)")
     t.add_argument("--rerank-model", default=None, help="cross-encoder backbone: HF id or folder (default: the same MiniLM)")
@@ -62,7 +64,7 @@ def train(args) -> int:
             corpus_only=args.corpus_only, bm25_k=args.bm25_k, bm25_fit=not args.no_bm25_fit, dense_factory=args.dense_factory,
             dense_k=args.dense_k, neighbours=args.neighbours, dense_epochs=args.dense_epochs,
             rerank_epochs=args.rerank_epochs, rerank_depths=tuple(args.rerank_depths),
-            rerank_max_items=args.rerank_max_items, dense_model=args.dense_model, rerank_model=args.rerank_model,
+            rerank_max_items=args.rerank_max_items, rerank_negatives=tuple(args.rerank_negatives), dense_model=args.dense_model, rerank_model=args.rerank_model,
             rerank_precision=args.rerank_precision, seed=args.seed)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

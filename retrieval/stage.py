@@ -59,11 +59,20 @@ class StageBase:
     def __rshift__(self, other: Stage) -> "Pipeline":
         return Pipeline([self, other])
 
-    def search_one(self, query: str, k: int | None = None) -> list[tuple[str, float]]:
+    def search_one(self, query: str, k: int | None = None) -> "Hits":
+        """One query string -> its ranked (doc_id, score) list; ``.trace`` holds each stage's time and counts."""
         if not isinstance(query, str):
             raise TypeError(f"search_one takes a query string, got {type(query).__name__}")
         ranking = self.search(Queries({"q": query}), k=k)  # type: ignore[attr-defined]
-        return ranking.ranked("q")
+        return Hits(ranking.ranked("q"), ranking.trace)
+
+
+class Hits(list):
+    """A ranked list of (doc_id, score) from ``search_one``, with the per-stage trace of the call."""
+
+    def __init__(self, hits, trace=None):
+        super().__init__(hits)
+        self.trace: list[StageTrace] = list(trace or [])
 
 
 class Pipeline(StageBase):

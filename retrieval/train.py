@@ -46,6 +46,8 @@ class PipelineSettings:
     rerank_epochs: int = 3
     rerank_depths: tuple[int, ...] = (10, 20, 30)
     rerank_max_items: int | None = None  # None: all judged pairs; corpus_only: 800 pseudo-queries
+    rerank_negatives: tuple[str, ...] = ("bm25",)  # first stages the reranker's hard negatives come from:
+                                       # "bm25" and/or "dense" (the trained dense stage)
     fit_queries: int = 120             # held-out training queries used to choose weights and depth
     corpus_rerank_depth: int = 20      # corpus_only: the rule fixed in advance
     dense_model: str | None = None     # bi-encoder: HF id or folder (default: the packaged all-MiniLM-L6-v2)
@@ -57,6 +59,9 @@ class PipelineSettings:
         self.dense_model = str(self.dense_model) if self.dense_model else None
         self.rerank_model = str(self.rerank_model) if self.rerank_model else None
         self.rerank_depths = tuple(int(d) for d in self.rerank_depths)
+        self.rerank_negatives = tuple(self.rerank_negatives)
+        if not self.rerank_negatives or set(self.rerank_negatives) - {"bm25", "dense"}:
+            raise ValueError(f"rerank_negatives must name 'bm25' and/or 'dense', got {self.rerank_negatives}")
         for name in ("bm25_k", "dense_k", "neighbours", "rerank_epochs", "fit_queries", "corpus_rerank_depth"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -70,6 +75,7 @@ class PipelineSettings:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["rerank_depths"] = list(self.rerank_depths)
+        d["rerank_negatives"] = list(self.rerank_negatives)
         return d
 
 
@@ -137,9 +143,12 @@ def reranker(corpus: Corpus, examples, first_stages, settings, negatives_from: d
     from rerankers.train import train_reranker
 
     model = CrossEncoderReranker(model, max_length=settings.max_length, precision=precision)
-    key = _key({"mode": settings.mode, "corpus": corpus.fingerprint(),
-                "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
-                "base": model.base_fingerprint(), "settings": settings.to_dict(), "negatives_from": negatives_from})
+    payload = {"mode": settings.mode, "corpus": corpus.fingerprint(),
+               "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
+               "base": model.base_fingerprint(), "settings": settings.to_dict()}
+    if negatives_from != {"bm25": "default"}:  # plain BM25 keeps the key adapters trained before this option had
+        payload["negatives_from"] = negatives_from
+    key = _key(payload)
     root = _cache_root(cache_dir) / "adapters" / f"rerank-{settings.mode}-{key}"
     if (root / "retrieval_config.json").is_file():
         return CrossEncoderReranker.load(root, precision=precision), read_json(root / "train_result.json", "training result")
@@ -223,12 +232,17 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     dense = Dense(encoder, index, mode="hybrid", k=settings.dense_k, neighbours=settings.neighbours)
 
     # 3. reranker: negatives from BM25 and the trained dense stage
-    log("[3/3] reranker: LoRA cross-encoder, hard negatives from BM25 and the trained dense stage")
+    log(f"[3/3] reranker: LoRA cross-encoder, hard negatives from {' and '.join(settings.rerank_negatives)}")
     rs = rerank_settings(settings.corpus_only, settings.rerank_epochs, settings.rerank_max_items, settings.seed)
     examples = rerank_examples(corpus, queries, qrels, settings.seed)
-    retrieve = Dense(encoder, index, mode="retrieve", k=rs.negatives_depth, name="dense-retrieve")
-    negatives_from = {"bm25": {"k1": bm25.k1, "b": bm25.b}, "dense": encoder.fingerprint("query")}
-    ce, rerank_train = reranker(corpus, examples, [bm25, retrieve], rs, negatives_from, cache_dir, split,
+    miners, negatives_from = [], {}
+    if "bm25" in settings.rerank_negatives:
+        miners.append(bm25)
+        negatives_from["bm25"] = {"k1": bm25.k1, "b": bm25.b} if (bm25.k1, bm25.b) != (0.9, 0.4) else "default"
+    if "dense" in settings.rerank_negatives:
+        miners.append(Dense(encoder, index, mode="retrieve", k=rs.negatives_depth, name="dense-retrieve"))
+        negatives_from["dense"] = encoder.fingerprint("query")
+    ce, rerank_train = reranker(corpus, examples, miners, rs, negatives_from, cache_dir, split,
                                  settings.rerank_model, settings.rerank_precision)
     rerank = Rerank(ce, corpus, k=max(settings.rerank_depths), keep_rest=True)
 

@@ -31,7 +31,7 @@ def models(tmp_path_factory, tiny_model_dir):
 def _settings(models, **kw) -> PipelineSettings:
     base = dict(dense_model=models["dense"], rerank_model=models["rerank"], rerank_precision="float32",
                 dense_epochs=1, rerank_epochs=1, rerank_depths=(5, 10), dense_k=20, neighbours=20, bm25_k=50,
-                fit_queries=10)
+                fit_queries=10, rerank_negatives=("bm25", "dense"))
     return PipelineSettings(**{**base, **kw})
 
 
@@ -189,3 +189,27 @@ def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tm
     with pytest.raises(PipelineMismatch, match="another corpus"):
         bench_main(["run", "--dataset", str(datasets_root / "cranfield"), "--split", "test", "--pipeline", str(pipe),
                     "--output", str(tmp_path / "out2"), "--latency-queries", "2"])
+
+
+def test_cutoff_tuning_respects_the_budget(built, adi):
+    from benchmarks.cutoffs import tune
+
+    b, _ = built
+    pipe = b.pipeline
+    before = (pipe.stages[0].k, pipe.stages[2].k)
+    qids = b.info["held_out"]
+    q, qrels = adi.queries.subset(qids), {x: adi.qrels[x] for x in qids}
+    free = tune(pipe, q, qrels, budget_ms=1e9, bm25_ks=(20, 50), depths=(0, 5, 10), latency_queries=3)
+    assert len(free["grid"]) == 6 and (pipe.stages[0].k, pipe.stages[2].k) == before  # the pipeline is left as it was
+    assert free["chosen"]["nDCG@10"] == max(r["nDCG@10"] for r in free["grid"])
+    # each (query, document) pair went through the reranker once, however many settings contain it
+    assert 0 < free["pairs_scored"] <= len(qids) * 10 * 2
+    lat = free["stage_latency_ms"]
+    for r in free["grid"]:
+        assert r["latency_ms"] == pytest.approx(lat["bm25"][r["bm25_k"]] + lat["dense"][r["bm25_k"]] + lat["rerank"][r["rerank_k"]])
+    cheapest = min(r["latency_ms"] for r in free["grid"])
+    tight = tune(pipe, q, qrels, budget_ms=cheapest * 1.0001 + 1e-9, bm25_ks=(20, 50), depths=(0, 5, 10), latency_queries=3)
+    assert tight["chosen"] is None or tight["chosen"]["latency_ms"] <= cheapest * 1.0001 + 1e-9
+    assert any(r["pareto"] for r in free["grid"])
+    with pytest.raises(ValueError, match="budget"):
+        tune(pipe, q, qrels, budget_ms=0)

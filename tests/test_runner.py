@@ -66,20 +66,17 @@ def test_scifact_fit_holds_or_improves_dev(datasets_root, tmp_path):
 
 
 @pytest.mark.parametrize("pipeline", ["bm25>>ce", "bm25>>ce-corpus"])
-def test_rerank_pipelines_through_the_runner(datasets_root, tmp_path, monkeypatch, pipeline):
-    """Plumbing of the reranker conditions with a tiny random cross-encoder (quality is the benchmark's job)."""
+def test_rerank_pipelines_through_the_runner(datasets_root, tmp_path, tiny_model_dir, pipeline):
+    """Plumbing of the reranker conditions with tiny random models (quality is the benchmark's job)."""
     from test_rerank import _backbone
 
-    from benchmarks import runner
-    from rerankers.cross_encoder import CrossEncoderReranker
-
     backbone = _backbone(tmp_path / "hf", seed=0)
-    monkeypatch.setattr(runner, "_reranker", lambda n: CrossEncoderReranker(backbone, max_length=n, device="cpu",
-                                                                            precision="float32"))
     out = tmp_path / "out"
     args = ["run", "--dataset", str(datasets_root / "adi"), "--split", "test", "--train-split", "test",
             "--pipeline", pipeline, "--output", str(out), "--index-dir", str(tmp_path / "idx"),
-            "--latency-queries", "3", "--rerank-epochs", "2", "--rerank-depths", "5", "10", "--rerank-epoch-curve"]
+            "--latency-queries", "3", "--rerank-epochs", "2", "--rerank-depths", "5", "10", "--rerank-epoch-curve",
+            "--dense-model", str(tiny_model_dir), "--dense-epochs", "1", "--rerank-model", str(backbone),
+            "--rerank-precision", "float32"]
     assert main(args) == 0
     record = json.loads((out / "adi" / pipeline / "metrics.json").read_text())
     assert [s["name"] for s in record["stages"]] == ["bm25", "rerank"]

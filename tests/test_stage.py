@@ -53,4 +53,6 @@ def test_pipeline_input_checks():
     with pytest.raises(ValueError, match="k must be a positive integer"):
         pipe.search({"q": "x"}, k=-1)
     assert pipe.search({}).scores == {}
-    assert pipe.search_one("x", k=1) == [("d4", -6.0)]
+    hits = pipe.search_one("x", k=1)
+    assert hits == [("d4", -6.0)]
+    assert [t.name for t in hits.trace] == [s.name for s in pipe.stages] and hits.trace[-1].candidates_out == 1
