@@ -118,7 +118,7 @@ def tune(pipe: Pipeline, queries: Queries, qrels: Qrels, budget_ms: float, bm25_
 
 
 def plot(result: dict, path: str | Path, title: str = "") -> Path:
-    from .plots import _pyplot
+    from .plots import _pyplot, save
 
     plt = _pyplot()
     metric = result["metric"]
@@ -140,12 +140,7 @@ def plot(result: dict, path: str | Path, title: str = "") -> Path:
     ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(title or "Cutoffs: quality vs latency (labels: rerank depth)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path, title or "Cutoffs: quality vs latency (labels: rerank depth)")
 
 
 def main(args) -> int:

@@ -14,6 +14,17 @@ def _pyplot():
     return plt
 
 
+def save(fig, ax, path: str | Path, title: str) -> Path:
+    """Title, tight layout, write the PNG, free the figure."""
+    plt = _pyplot()
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def fit_heatmap(fit: dict, path: str | Path, title: str = "") -> Path:
     """Heat map of a BM25 fit grid (k1 x b -> metric), marking the start and the chosen setting."""
     plt = _pyplot()
@@ -43,12 +54,7 @@ def fit_heatmap(fit: dict, path: str | Path, title: str = "") -> Path:
     ax.scatter([bs.index(fit["b"])], [k1s.index(fit["k1"])], marker="x", s=120, c="orange", label="chosen")
     ax.legend(loc="upper left", bbox_to_anchor=(1.25, 1.0), fontsize=8)
     fig.colorbar(im, ax=ax, label=f"{metric} on {fit.get('split', 'train')}")
-    ax.set_title(title or f"BM25 fit: {metric} by k1 and b")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path, title or f"BM25 fit: {metric} by k1 and b")
 
 
 def stage_recall(records: list[dict], path: str | Path, title: str = "") -> Path:
@@ -66,12 +72,7 @@ def stage_recall(records: list[dict], path: str | Path, title: str = "") -> Path
     ax.set_xticks(range(max(len(r["stages"]) for r in records)))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    ax.set_title(title or "Recall at each stage's cutoff")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path, title or "Recall at each stage's cutoff")
 
 
 def stage_latency(records: list[dict], path: str | Path, title: str = "") -> Path:
@@ -92,9 +93,4 @@ def stage_latency(records: list[dict], path: str | Path, title: str = "") -> Pat
     ax.invert_yaxis()
     ax.set_xlabel("latency per query, ms (bars: each stage's p50; |: whole query p95)")
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(title or "Latency of each stage")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path, title or "Latency of each stage")
