@@ -118,10 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             dense_model=args.dense_model, rerank_model=args.rerank_model, rerank_precision=args.rerank_precision,
             rerank_negatives=tuple(args.rerank_negatives), baseline=args.baseline or config.get("baseline", "bm25"),
         )
-        run(datasets, pipelines, opts, expected=config.get("expected"))
+        _, checks = run(datasets, pipelines, opts, expected=config.get("expected"))
         print((args.output / "summary.md").read_text(encoding="utf-8"))
         print(f"wrote {args.output}/summary.json, summary.md and <dataset>/<pipeline>/metrics.json, run.trec, report.md")
-        checks = __import__("json").loads((args.output / "expected.json").read_text()) if config.get("expected") else []
         failed = [c for c in checks if c["status"] in ("below", "missing")]
         if failed:
             print("REGRESSION: " + "; ".join(f"{c['dataset']}/{c['condition']} {c['metric']} {c['observed']} < "

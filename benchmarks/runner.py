@@ -89,10 +89,6 @@ def _bm25_builder(backend: str, fit: bool = False) -> Builder:
     return build
 
 
-def _cache(opts: RunOptions) -> Path | None:
-    return opts.index_dir
-
-
 def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[object, dict]:
     """An encoder with a LoRA adapter trained for ``mode`` (``retrieval.train.dense_adapter``, cached):
 
@@ -103,10 +99,10 @@ def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[o
     from retrieval.train import bm25_stage, dense_adapter
 
     train = load_dataset(ds.path, opts.train_split) if mode in ("query", "supervised") else None
-    bm25 = bm25_stage(ds.corpus, _cache(opts), threads=opts.threads)[0] if mode in ("supervised", "corpus") else None
+    bm25 = bm25_stage(ds.corpus, opts.index_dir, threads=opts.threads)[0] if mode in ("supervised", "corpus") else None
     epochs = {"query": opts.dense_epochs, "corpus-query": None}.get(mode, opts.dense_both_epochs)
     return dense_adapter(mode, ds.corpus, train.queries if train else None, train.qrels if train else None, index,
-                         epochs, _cache(opts), bm25, opts.train_split, opts.dense_model)
+                         epochs, opts.index_dir, bm25, opts.train_split, opts.dense_model)
 
 
 def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
@@ -118,18 +114,18 @@ def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
         from retrieval.train import base_index, bm25_stage
 
         enc = BiEncoder(opts.dense_model)
-        index, built_now, path = base_index(enc, ds.corpus, opts.dense_factory, _cache(opts))
+        index, built_now, path = base_index(enc, ds.corpus, opts.dense_factory, opts.index_dir)
         extra: dict = {}
         if adapter is not None:
             enc, extra["train"] = _trained_encoder(ds, opts, adapter, index)
             if adapter in ("supervised", "corpus"):  # documents are encoded with the adapter too: their own index
-                index, built_now, path = base_index(enc, ds.corpus, opts.dense_factory, _cache(opts))
+                index, built_now, path = base_index(enc, ds.corpus, opts.dense_factory, opts.index_dir)
         settings = {"factory": opts.dense_factory, "index": str(path), "adapter": adapter,
                     "base_model": enc.base_model, "max_length": enc.max_length}
         if not hybrid:
             dense = Dense(enc, index, mode="retrieve", k=opts.k)
             return Built(Pipeline([dense], name="dense"), index.build_seconds, not built_now, settings, extra)
-        bm25, bm25_built = bm25_stage(ds.corpus, _cache(opts), k=opts.k, threads=opts.threads)
+        bm25, bm25_built = bm25_stage(ds.corpus, opts.index_dir, k=opts.k, threads=opts.threads)
         # The fusion weight is chosen on training queries the adapter never took a gradient step on:
         # all of the training split for a zero-shot encoder, the held-out validation slice otherwise.
         train = load_dataset(ds.path, opts.train_split)
@@ -174,10 +170,10 @@ def _pipeline_for(ds: Dataset, opts: RunOptions, corpus_only: bool):
     if key not in _BUILT:
         log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
         if corpus_only:
-            _BUILT[key] = build_pipeline(ds.corpus, settings=settings, cache_dir=_cache(opts), threads=opts.threads, log=log)
+            _BUILT[key] = build_pipeline(ds.corpus, settings=settings, cache_dir=opts.index_dir, threads=opts.threads, log=log)
         else:
             train = load_dataset(ds.path, opts.train_split)
-            _BUILT[key] = build_pipeline(ds.corpus, train.queries, train.qrels, settings, cache_dir=_cache(opts),
+            _BUILT[key] = build_pipeline(ds.corpus, train.queries, train.qrels, settings, cache_dir=opts.index_dir,
                                          threads=opts.threads, split=opts.train_split, log=log)
     return _BUILT[key]
 
@@ -356,8 +352,8 @@ DESCRIPTIONS = {
     "hybrid": "BM25 top-k >> zero-shot dense: candidates + ANN neighbours, weighted fusion fitted on train",
     "hybrid-lora-query": "BM25 top-k >> query-only LoRA dense, weighted fusion fitted on held-out training queries",
     "bm25>>ce": "BM25 >> the full pipeline's LoRA cross-encoder (MiniLM + new head, trained on the training split with "
-                "hard negatives from BM25 and the LoRA dense stage); depth and BM25/reranker weight chosen on held-out "
-                "training queries",
+                "BM25 hard negatives by default, see --rerank-negatives); depth and BM25/reranker weight chosen on "
+                "held-out training queries",
     "bm25>>ce-corpus": "BM25 >> the corpus-only pipeline's LoRA cross-encoder (pseudo-queries, no labels); equal "
                        "BM25/reranker weights and depth 20, fixed in advance",
     "full": "BM25 (k1/b fitted) >> hybrid dense with a query-side LoRA adapter >> LoRA cross-encoder; every weight and "
@@ -408,7 +404,9 @@ def stage_index_bytes(stage) -> int:
 
 
 def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions, per_query: dict | None = None) -> dict:
-    """Build, time and evaluate one condition; ``per_query`` (if given) receives its per-query scores."""
+    """Build, time and evaluate one condition; writes its run.trec and per_query.json and returns its record
+    (``run`` adds the significance test and plots, then writes metrics.json and report.md).
+    ``per_query`` (if given) receives its per-query scores."""
     built = builder_for(pipeline_name)(ds, opts)
     pipeline_name = condition_name(pipeline_name)
     pipe = built.pipeline
@@ -473,8 +471,6 @@ def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions, per_query: dict |
         record["plots"] = [fit_heatmap(built.extra["fit"], out_dir / "fit_grid.png",
                                        f"{ds.name}: BM25 {built.extra['fit']['metric']} on "
                                        f"{built.extra['fit']['split']} by k1 and b").name]
-    write_json(out_dir / "metrics.json", record)
-    (out_dir / "report.md").write_text(_report(record), encoding="utf-8")
     write_json(out_dir / "per_query.json", ev.per_query)
     if per_query is not None:
         per_query.update(ev.per_query)
@@ -666,7 +662,8 @@ def load_config(path: Path, datasets_root: Path) -> dict:
 
 
 def run(datasets: Sequence[str | Path], pipelines: Sequence[str], opts: RunOptions,
-        expected: dict | None = None) -> list[dict]:
+        expected: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """Every condition on every dataset; returns (records, expected-figure checks)."""
     for name in pipelines:
         builder_for(name)  # unknown names fail before anything is built
     records = []
@@ -698,12 +695,12 @@ def run(datasets: Sequence[str | Path], pipelines: Sequence[str], opts: RunOptio
     if opts.baseline:
         text += (f"\nvs baseline: nDCG@10 difference from `{opts.baseline}` on the same queries, paired t-test p-value. "
                  f"Plots per dataset: <dataset>/stage_recall.png, <dataset>/stage_latency.png.\n")
+    checks = check_expected(records, expected) if expected else []
     if expected:
-        checks = check_expected(records, expected)
         write_json(opts.output / "expected.json", checks)
         text += "\n## Expected figures (regression check)\n\n" + _md_table(
             ["dataset", "condition", "metric", "expected", "tolerance", "observed", "status"],
             [[c["dataset"], c["condition"], c["metric"], c["expected"], c["tolerance"], c["observed"], c["status"]]
              for c in checks]) + "\n"
     (opts.output / "summary.md").write_text(text, encoding="utf-8")
-    return records
+    return records, checks

@@ -253,9 +253,10 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
         fitted_on = "nothing (no labels): equal weights and the fixed depth, chosen in advance"
         dense_grid, depth_rows, held = [], [], []
     else:
-        # the slice both adapters held out (the dense trainer splits its judged queries the same way)
+        # the slice both adapters held out: the dense trainer's split of its judged queries, with its settings
+        ds = dense_train["settings"]
         dense_val = set(split_queries([q for q in queries if q in qrels and any(
-            g > 0 and d in index for d, g in qrels[q].items())], 0.15, 0)[1])
+            g > 0 and d in index for d, g in qrels[q].items())], ds["val_fraction"], ds["seed"])[1])
         held = [q for q in held_out(examples, rs, len(examples)) if q in dense_val][: settings.fit_queries]
         if not held:
             raise ValueError("no training query is held out of both adapters' training; cannot choose weights")
