@@ -1,4 +1,5 @@
-"""``python -m retrieval train ...``: train the full pipeline and save it to one folder.
+"""``python -m retrieval train ...``: train the full pipeline and save it to one folder;
+``python -m retrieval serve --root DIR``: serve the saved pipelines under DIR over HTTP, one domain each.
 
     python -m retrieval train --dataset ../shared/datasets/scifact --split train --dev-split dev --output PIPEDIR
     python -m retrieval train --dataset ../shared/datasets/medline --split test --corpus-only --output PIPEDIR
@@ -47,7 +48,44 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--rerank-precision", choices=("auto", "float32", "bfloat16"), default="auto")
     t.add_argument("--threads", type=int, default=None, help="BM25 search threads (default: all cores)")
     t.add_argument("--seed", type=int, default=0)
+
+    from .service.settings import ServiceSettings
+
+    d = ServiceSettings()
+    v = sub.add_parser("serve", help="HTTP search service over the domains (saved pipeline folders) under --root")
+    v.add_argument("--root", type=Path, required=True, help="folder whose sub-folders are saved pipelines, one per domain")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--api-key-file", type=Path, default=None,
+                   help="file with the API key(s) for writes, one per line (default: $RETRIEVAL_API_KEY; none: writes disabled)")
+    v.add_argument("--work-dir", type=Path, default=None, help="working copies of the BM25 indexes (default: ROOT/.work)")
+    v.add_argument("--workers", type=int, default=d.workers, help=f"threads running searches and writes (default: {d.workers})")
+    v.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help=f"requests that may wait for a worker; more are answered 429 (default: {d.max_queue})")
+    for name in ("max_query_chars", "max_k", "max_batch_docs", "max_doc_chars", "max_id_chars", "max_body_bytes"):
+        v.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=f"limit (default: {getattr(d, name)})")
+    v.add_argument("--threads", type=int, default=None, help="Lucene search threads per domain (default: all cores)")
+    v.add_argument("--device", default=None, help="torch device for the shared models (default: cuda if present, else cpu)")
+    v.add_argument("--no-sync", action="store_true", help="do not fsync the journal (faster writes; a power cut may lose them)")
+    v.add_argument("--log-level", default="info")
     return p
+
+
+def serve(args) -> int:
+    from .service.app import serve
+    from .service.settings import ServiceSettings
+
+    try:
+        settings = ServiceSettings(
+            workers=args.workers, max_queue=args.max_queue, max_query_chars=args.max_query_chars, max_k=args.max_k,
+            max_batch_docs=args.max_batch_docs, max_doc_chars=args.max_doc_chars, max_id_chars=args.max_id_chars,
+            max_body_bytes=args.max_body_bytes, threads=args.threads, device=args.device, sync=not args.no_sync)
+        serve(args.root, host=args.host, port=args.port, settings=settings, key_file=args.api_key_file,
+              work_dir=args.work_dir, log_level=args.log_level)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def train(args) -> int:
@@ -100,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train":
         return train(args)
+    if args.command == "serve":
+        return serve(args)
     return 2
 
 

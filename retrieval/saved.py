@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .stage import Pipeline
 from .types import Corpus
-from .util import atomic_dir, library_version, read_json, write_json
+from .util import atomic_dir, library_version, read_json, sha256_file, write_json
 
 FORMAT = 1
 CONFIG_NAME = "pipeline.json"
@@ -32,6 +32,10 @@ CONFIG_NAME = "pipeline.json"
 
 class PipelineMismatch(ValueError):
     """The parts of a saved pipeline do not fit together (another corpus, encoder or base model)."""
+
+
+class DamagedPipeline(ValueError):
+    """A file of a saved pipeline is missing or does not match the checksum recorded when it was saved."""
 
 
 def _fusion_dict(fusion) -> dict | None:
@@ -96,6 +100,7 @@ def save_pipeline(pipeline: Pipeline, path: str | os.PathLike, corpus: Corpus, i
             "kind": "pipeline", "format": FORMAT, "name": pipeline.name, "stages": stages,
             "corpus": {"fingerprint": fingerprint, "documents": len(corpus)},
             "library_version": library_version(), "info": info or {},
+            "checksums": manifest(tmp),
         })
     return Path(path)
 
@@ -107,6 +112,25 @@ def _check_ids(ids, corpus: Corpus, name: str) -> None:
         raise PipelineMismatch(f"{name}: the FAISS index holds {len(stored)} documents, the corpus {len(corpus)}"
                                + (f" (e.g. {missing[0]!r} is not in the corpus)" if missing else "")
                                + "; the index was built from another corpus")
+
+
+def manifest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (``pipeline.json`` aside), by relative path."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p != folder / CONFIG_NAME}
+
+
+def verify(path: str | os.PathLike, config: dict | None = None) -> None:
+    """Raise ``DamagedPipeline`` if a file of a saved pipeline is missing or differs from its checksum."""
+    path = Path(path)
+    config = config or pipeline_config(path)
+    for name, digest in config.get("checksums", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise DamagedPipeline(f"{path}: {name} is missing; the pipeline folder is incomplete")
+        if sha256_file(f) != digest:
+            raise DamagedPipeline(f"{path}: {name} does not match its checksum; the pipeline is damaged "
+                                  f"(restore it from a copy or train it again)")
 
 
 def pipeline_config(path: str | os.PathLike) -> dict:
@@ -124,8 +148,15 @@ def is_pipeline_dir(path: str | os.PathLike) -> bool:
 
 
 def load_pipeline(path: str | os.PathLike, device: str | None = None, threads: int | None = None,
-                  corpus: Corpus | None = None) -> tuple[Pipeline, Corpus, dict]:
-    """Load a saved pipeline: (pipeline, its corpus, pipeline.json). Checks that the parts fit together."""
+                  corpus: Corpus | None = None, models=None, adapter_prefix: str | None = None,
+                  check_files: bool = True) -> tuple[Pipeline, Corpus, dict]:
+    """Load a saved pipeline: (pipeline, its corpus, pipeline.json). Checks that the parts fit together.
+
+    ``check_files`` compares every file with the checksum recorded when the folder was saved
+    (``DamagedPipeline`` names the file). With ``models`` (a ``retrieval.adapters.SharedModels``) the
+    encoder and reranker are views over base models shared with other pipelines, their adapters loaded
+    under ``adapter_prefix``.
+    """
     from benchmarks.datasets import load_corpus
     from encoders.bi_encoder import BiEncoder
     from rerankers.cross_encoder import CrossEncoderReranker
@@ -137,6 +168,10 @@ def load_pipeline(path: str | os.PathLike, device: str | None = None, threads: i
 
     path = Path(path)
     config = pipeline_config(path)
+    if check_files:
+        verify(path, config)
+    if models is not None and not adapter_prefix:
+        raise ValueError("load_pipeline: shared models need an adapter_prefix (e.g. the domain's name)")
     corpus = corpus if corpus is not None else load_corpus(path / "corpus.jsonl")
     if corpus.fingerprint() != config["corpus"]["fingerprint"]:
         raise PipelineMismatch(f"{path}: corpus.jsonl is not the corpus the pipeline was built from "
@@ -150,7 +185,8 @@ def load_pipeline(path: str | os.PathLike, device: str | None = None, threads: i
                 raise PipelineMismatch(f"{name}: the BM25 index in {folder} was built from another corpus "
                                        f"({stage.corpus_fingerprint[:12]}, the pipeline's is {corpus.fingerprint()[:12]})")
         elif kind == "dense":
-            encoder = BiEncoder.load(folder / "encoder", device=device)
+            encoder = (models.encoder(folder / "encoder", f"{adapter_prefix}_{name}") if models is not None
+                       else BiEncoder.load(folder / "encoder", device=device))
             for side in ("query", "document"):
                 if encoder.fingerprint(side) != entry[f"encoder_{side}"]:
                     raise PipelineMismatch(f"{name}: the encoder in {folder / 'encoder'} encodes {side}s as "
@@ -164,7 +200,8 @@ def load_pipeline(path: str | os.PathLike, device: str | None = None, threads: i
             stage = Dense(encoder, index, mode=entry["mode"], k=entry["k"], fusion=_fusion(entry.get("fusion")),
                           neighbours=entry["neighbours"], name=name)
         elif kind == "rerank":
-            reranker = CrossEncoderReranker.load(folder / "reranker", device=device)
+            reranker = (models.reranker(folder / "reranker", f"{adapter_prefix}_{name}") if models is not None
+                        else CrossEncoderReranker.load(folder / "reranker", device=device))
             if reranker.fingerprint() != entry["reranker"]:
                 raise PipelineMismatch(f"{name}: the reranker in {folder / 'reranker'} is {reranker.fingerprint()}, "
                                        f"the pipeline was built with {entry['reranker']}")

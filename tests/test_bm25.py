@@ -123,3 +123,29 @@ def test_scifact_dev_matches_plain_pyserini_and_reference(datasets_root, tmp_pat
     # ../shared/datasets/README.md: plain Pyserini BM25 (k1=0.9, b=0.4) gives 0.7096 / 0.896 here.
     assert ours["nDCG@10"] == pytest.approx(0.7096, abs=0.002)
     assert ours["R@100"] == pytest.approx(0.896, abs=0.002)
+
+
+@pytest.mark.parametrize("backend", ["lucene", "rank_bm25"])
+def test_update_in_place_equals_a_rebuild(adi, tmp_path, backend):
+    """Adding documents to an index gives the scores of an index built from scratch over the same documents;
+    a deleted or replaced document's old text is no longer found."""
+    ids = list(adi.corpus)
+    head = Corpus(adi.corpus[d] for d in ids[:-10])
+    live = BM25.build(head, tmp_path / "live", backend=backend, k=20)
+    rebuilt = BM25.build(adi.corpus, tmp_path / "rebuilt", backend=backend, k=20)
+    live.update(add=[adi.corpus[d] for d in ids[-10:]])
+    queries = Queries({q: adi.queries[q] for q in list(adi.queries)[:10]})
+    got, want = live.search(queries), rebuilt.search(queries)
+    for q in queries:
+        assert [d for d, _ in got.ranked(q)] == [d for d, _ in want.ranked(q)]
+        assert [s for _, s in got.ranked(q)] == pytest.approx([s for _, s in want.ranked(q)], rel=1e-6)
+    live.update(add=[Document(ids[0], "zanzibar quagga")], delete=[ids[1]])
+    assert live.search_one("zanzibar quagga")[0][0] == ids[0]
+    old_title = adi.corpus[ids[1]].contents
+    assert ids[1] not in dict(live.search_one(old_title, k=100))
+    assert ids[0] not in dict(live.search_one(adi.corpus[ids[0]].contents, k=100))
+    live.close()
+    again = BM25(tmp_path / "live", k=20)  # the changes are on disk
+    assert again.search_one("zanzibar quagga")[0][0] == ids[0]
+    with pytest.raises(TypeError, match="Document"):
+        again.update(add=["not a document"])

@@ -11,7 +11,6 @@ Loading against another encoder, or a damaged folder, is an error. FAISS row num
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..util import atomic_dir, library_version, read_json, write_json
+from ..util import atomic_dir, library_version, read_json, sha256_file, write_json
 
 CONFIG_NAME = "index_config.json"
 
@@ -33,14 +32,6 @@ def _faiss():
             "never both"
         ) from None
     return faiss
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class IndexMismatch(ValueError):
@@ -210,7 +201,7 @@ class FaissIndex:
                 "encoder_fingerprint": self.encoder_fingerprint,
                 "encoder": self.encoder_info,
                 "build_seconds": self.build_seconds,
-                "checksums": {name: _sha256(tmp / name) for name in files},
+                "checksums": {name: sha256_file(tmp / name) for name in files},
                 "library_version": library_version(),
             })
         return path
@@ -225,7 +216,7 @@ class FaissIndex:
             for name, digest in config["checksums"].items():
                 if not (path / name).is_file():
                     raise FileNotFoundError(f"{path}: {name} is missing; the index folder is incomplete")
-                if _sha256(path / name) != digest:
+                if sha256_file(path / name) != digest:
                     raise ValueError(f"{path}: {name} does not match its checksum; the index is damaged, rebuild it")
         if encoder_fingerprint is not None and config["encoder_fingerprint"] != encoder_fingerprint:
             raise IndexMismatch(

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..stage import StageBase, as_queries, check_candidates, check_k
-from ..types import Corpus, Qrels, Queries, Ranking
+from ..types import Corpus, Document, Qrels, Queries, Ranking
 from ..util import atomic_dir, default_cache_dir, library_version, read_json, write_json
 
 CONFIG_NAME = "bm25_config.json"
@@ -108,6 +108,46 @@ class _Lucene:
             lock.unlink()
         return {"analyzer": "Anserini default English (Porter, Lucene stop words)", "store_raw": store_raw}
 
+    def _open_writer(self):
+        """Lucene's IndexWriter on the index, with the analyzer and field options IndexCollection used."""
+        if getattr(self, "_writer", None) is None:
+            from jnius import autoclass
+
+            config = autoclass("org.apache.lucene.index.IndexWriterConfig")(
+                autoclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance())
+            config.setOpenMode(autoclass("org.apache.lucene.index.IndexWriterConfig$OpenMode").APPEND)
+            directory = autoclass("org.apache.lucene.store.FSDirectory").open(
+                autoclass("java.nio.file.Paths").get(str(self.path)))
+            args = autoclass("io.anserini.index.IndexCollection$Args")()
+            args.storePositions = True  # as build() indexes: the field options must match
+            self._writer = autoclass("org.apache.lucene.index.IndexWriter")(directory, config)
+            self._generator = autoclass("io.anserini.index.generator.DefaultLuceneDocumentGenerator")(args)
+            self._json = autoclass("com.fasterxml.jackson.databind.ObjectMapper")()
+            self._jdoc = autoclass("io.anserini.collection.JsonCollection$Document")
+            self._term = autoclass("org.apache.lucene.index.Term")
+            self._term_query = autoclass("org.apache.lucene.search.TermQuery")
+        return self._writer
+
+    def update(self, add: Sequence[tuple[str, str]], delete: Sequence[str]) -> None:
+        """Add or replace (id, contents) documents and delete ids, then commit and reopen the searchers."""
+        with self._lock:
+            writer = self._open_writer()
+            for doc_id in delete:
+                writer.deleteDocuments(self._term_query(self._term("id", doc_id)))
+            for doc_id, contents in add:
+                node = self._json.readTree(json.dumps({"id": doc_id, "contents": contents}))
+                writer.updateDocument(self._term("id", doc_id), self._generator.createDocument(self._jdoc(node)))
+            writer.commit()  # durable and visible to readers opened from now on
+            old, self._searchers = self._searchers, {}
+        for searcher in old.values():
+            searcher.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if getattr(self, "_writer", None) is not None:
+                self._writer.close()
+                self._writer = None
+
     def search(self, qids: list[str], texts: list[str], k: int, k1: float, b: float) -> dict[str, dict[str, float]]:
         searcher = self._searcher(k1, b)
         if len(qids) == 1:
@@ -151,8 +191,31 @@ class _RankBM25:
         if len(tokens) != len(self.doc_ids):
             raise ValueError(f"{path}: tokens.jsonl and docids.txt disagree in length; rebuild the index")
         # Empty documents make rank-bm25 divide by zero in its length statistics only when all are empty.
+        self.path, self.tokens, self._cls = path, tokens, BM25Okapi
         self.model = BM25Okapi(tokens)
         self._lock = threading.Lock()
+
+    def update(self, add: Sequence[tuple[str, str]], delete: Sequence[str]) -> None:
+        """Add or replace and delete documents. rank-bm25 has no incremental update: its statistics are
+        recomputed from the stored token lists (no document is tokenised again), and the files rewritten."""
+        with self._lock:
+            rows = {d: i for i, d in enumerate(self.doc_ids)}
+            gone = {rows[d] for d in delete if d in rows} | {rows[d] for d, _ in add if d in rows}
+            ids = [d for i, d in enumerate(self.doc_ids) if i not in gone] + [d for d, _ in add]
+            tokens = [t for i, t in enumerate(self.tokens) if i not in gone] + [analyze(c) for _, c in add]
+            if not ids:
+                raise ValueError("the rank_bm25 backend cannot hold an empty index; keep at least one document")
+            for name, lines in (("docids.txt", ids), ("tokens.jsonl", [json.dumps(t) for t in tokens])):
+                tmp = self.path / f"{name}.tmp-update"
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.writelines(line + "\n" for line in lines)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path / name)
+            self.doc_ids, self.tokens, self.model = ids, tokens, self._cls(tokens)
+
+    def close(self) -> None:
+        pass
 
     @staticmethod
     def build(corpus: Corpus, out: Path, threads: int, store_raw: bool = False) -> dict:
@@ -322,6 +385,28 @@ class BM25(StageBase):
             return Ranking({})
         qids = list(queries)
         return Ranking(self._engine.search(qids, [queries[q] for q in qids], k, self.k1, self.b))
+
+    # ------------------------------------------------------------------ updating
+    def update(self, add: Sequence[Document] = (), delete: Sequence[str] = (),
+               corpus_fingerprint: str | None = None) -> None:
+        """Add or replace ``add`` and delete the ids in ``delete``, in place, without rebuilding the index.
+
+        Lucene: documents go through Lucene's IndexWriter with the analyzer and field options of the build
+        (scores equal those of an index built from scratch over the same documents, until deletions, which
+        Lucene's statistics count until segments merge), then a commit. ``corpus_fingerprint``, when given,
+        is recorded in the index's config as the corpus it now holds.
+        """
+        for doc in add:
+            if not isinstance(doc, Document):
+                raise TypeError(f"{self.name}: update takes Document objects, got {type(doc).__name__}")
+        self._engine.update([(d.id, d.contents) for d in add], [str(i) for i in delete])
+        if corpus_fingerprint is not None:
+            self.config.update(corpus_fingerprint=corpus_fingerprint)
+            write_json(self.index_dir / CONFIG_NAME, self.config)
+
+    def close(self) -> None:
+        """Release the index writer (and Lucene's write lock), if ``update`` opened one."""
+        self._engine.close()
 
     # ------------------------------------------------------------------ tuning
     def fit(

@@ -1,0 +1,328 @@
+"""The HTTP service: FastAPI over the domains under one root folder.
+
+    python -m retrieval serve --root DOMAINS --host 127.0.0.1 --port 8080
+
+Every sub-folder of the root that holds a saved pipeline (``pipeline.json``) is a domain. Base models are
+loaded once and shared; each domain's adapters are switched per request (``retrieval.adapters``).
+Searches are open; writes need the API key (``$RETRIEVAL_API_KEY`` or ``--api-key-file``), compared in
+constant time. Work runs on a fixed pool of threads behind a bounded queue: when the queue is full the
+answer is 429 at once. Every limit has its own 4xx naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+
+from ..types import Document
+from .domain import NAME, Domain, DomainError
+from .schemas import DocumentsRequest, SearchRequest
+from .settings import ServiceSettings
+
+KEY_ENV = "RETRIEVAL_API_KEY"
+PAGE = Path(__file__).with_name("page.html")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str, limit: dict | None = None, headers: dict | None = None):
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.limit, self.headers = status, code, detail, limit, headers
+
+
+def _limit(name: str, value: int, got: int, what: str, status: int = 422) -> ApiError:
+    return ApiError(status, f"{name}_exceeded", f"{what} is {got}; the limit is {value} ({name})",
+                    limit={"name": name, "value": value, "got": got})
+
+
+def load_keys(key_file: str | os.PathLike | None = None) -> list[bytes]:
+    """API keys from ``key_file`` (one per line) or ``$RETRIEVAL_API_KEY``; none means writes are disabled."""
+    keys: list[str] = []
+    if key_file is not None:
+        path = Path(key_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: API key file not found")
+        keys = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not keys:
+            raise ValueError(f"{path}: the API key file holds no key")
+    elif os.environ.get(KEY_ENV, "").strip():
+        keys = [os.environ[KEY_ENV].strip()]
+    short = [k for k in keys if len(k) < 16]
+    if short:
+        raise ValueError("an API key must be at least 16 characters long")
+    return [k.encode() for k in keys]
+
+
+class Gate:
+    """At most ``workers`` requests run and ``max_queue`` wait; any more are refused (429) at once."""
+
+    def __init__(self, workers: int, max_queue: int):
+        self.capacity = workers + max_queue
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retrieval-worker")
+        self.admitted = 0
+        self._lock = threading.Lock()
+
+    async def run(self, fn, *args):
+        with self._lock:
+            if self.admitted >= self.capacity:
+                raise ApiError(429, "overloaded", f"the service is at capacity ({self.capacity} requests running "
+                               f"or queued); retry shortly", limit={"name": "max_queue", "value": self.capacity},
+                               headers={"Retry-After": "1"})
+            self.admitted += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            with self._lock:
+                self.admitted -= 1
+
+
+class Service:
+    """The domains, shared models, keys, limits and metrics behind the HTTP app."""
+
+    def __init__(self, root: str | os.PathLike, settings: ServiceSettings | None = None,
+                 keys: list[bytes] | None = None, work_dir: str | os.PathLike | None = None):
+        from ..adapters import SharedModels
+        from .metrics import Metrics
+
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: the domains root folder does not exist")
+        self.settings = settings or ServiceSettings()
+        self.keys = list(keys or [])
+        self.work_dir = Path(work_dir) if work_dir else self.root / ".work"
+        self.models = SharedModels(device=self.settings.device)
+        self.metrics = Metrics()
+        self.gate = Gate(self.settings.workers, self.settings.max_queue)
+        self.domains: dict[str, Domain] = {}
+        self.started = time.time()
+
+    def open(self) -> "Service":
+        from ..saved import is_pipeline_dir
+
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if not is_pipeline_dir(folder):
+                continue
+            if not NAME.match(folder.name):
+                self.metrics.log(f"skipping {folder}: not a valid domain name")
+                continue
+            domain = Domain(folder.name, folder, self.work_dir).open(self.models, self.settings.threads, self.settings.sync)
+            self.domains[domain.name] = domain
+            self.metrics.documents.labels(domain.name).set(len(domain.docs))
+            self.metrics.log(f"domain {domain.name}: {domain.status}"
+                             + (f" ({len(domain.docs)} documents, {domain.replayed} journal records replayed, "
+                                f"{domain.open_seconds:.1f} s)" if domain.status == "ready" else f": {domain.error}"))
+        if not self.domains:
+            self.metrics.log(f"no domains under {self.root}: a domain is a folder written by save_pipeline "
+                             f"or `python -m retrieval train --output ROOT/NAME`")
+        return self
+
+    def close(self) -> None:
+        self.gate.pool.shutdown(wait=True)
+        for d in self.domains.values():
+            d.close()
+
+    def domain(self, name: str) -> Domain:
+        d = self.domains.get(name)
+        if d is None:
+            raise ApiError(404, "no_such_domain", f"no domain {name!r}; domains: {sorted(self.domains) or 'none'}")
+        return d
+
+    def authorize(self, headers) -> None:
+        if not self.keys:
+            raise ApiError(403, "writes_disabled", f"writes are disabled: the service has no API key "
+                           f"(set ${KEY_ENV} or --api-key-file)")
+        given = headers.get("x-api-key") or ""
+        auth = headers.get("authorization") or ""
+        if not given and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not given:
+            raise ApiError(401, "unauthorized", "this endpoint needs the API key (header X-API-Key or "
+                           "Authorization: Bearer KEY)", headers={"WWW-Authenticate": "Bearer"})
+        ok = False
+        for key in self.keys:  # every key is compared, in constant time, whichever matches
+            ok |= hmac.compare_digest(given.encode(), key)
+        if not ok:
+            raise ApiError(401, "unauthorized", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+
+    # ------------------------------------------------------------------ checks
+    def check_search(self, query, k, stages) -> None:
+        s = self.settings
+        if not query.strip():
+            raise ApiError(422, "empty_query", "the query is empty")
+        if len(query) > s.max_query_chars:
+            raise _limit("max_query_chars", s.max_query_chars, len(query), "the query's length in characters")
+        if k < 1:
+            raise ApiError(422, "bad_k", f"k must be at least 1, got {k}")
+        if k > s.max_k:
+            raise _limit("max_k", s.max_k, k, "k")
+
+    def check_documents(self, docs) -> list[Document]:
+        s = self.settings
+        if not docs:
+            raise ApiError(422, "empty_batch", "the batch holds no documents")
+        if len(docs) > s.max_batch_docs:
+            raise _limit("max_batch_docs", s.max_batch_docs, len(docs), "the number of documents in the batch")
+        out = []
+        for i, d in enumerate(docs):
+            if not d.id or d.id != d.id.strip() or any(c in d.id for c in "\n\r\t"):
+                raise ApiError(422, "bad_id", f"documents[{i}]: the id {d.id!r} is empty or holds white space at "
+                               f"its ends or a line break")
+            if len(d.id) > s.max_id_chars:
+                raise _limit("max_id_chars", s.max_id_chars, len(d.id), f"documents[{i}]: the id's length")
+            size = len(d.title) + len(d.text)
+            if size > s.max_doc_chars:
+                raise _limit("max_doc_chars", s.max_doc_chars, size, f"documents[{i}] ({d.id!r}): title + text length")
+            if not (d.title + d.text).strip():
+                raise ApiError(422, "empty_document", f"documents[{i}] ({d.id!r}) has neither title nor text")
+            out.append(Document(id=d.id, title=d.title, text=d.text))
+        return out
+
+
+def create_app(service: Service):
+    """The FastAPI app over ``service`` (opened at startup, closed at shutdown)."""
+    from .. import __version__
+
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await asyncio.get_running_loop().run_in_executor(service.gate.pool, service.open)
+        yield
+        service.close()
+
+    app = FastAPI(title="retrieval", version=__version__, lifespan=lifespan,
+                  description="Multi-domain search: BM25 >> LoRA dense >> LoRA reranker, one pipeline per domain.")
+    metrics = service.metrics
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        body = {"error": e.code, "detail": e.detail}
+        if e.limit:
+            body["limit"] = e.limit
+        return JSONResponse(body, status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(request, e: DomainError):
+        return JSONResponse({"error": e.code, "detail": e.detail}, status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        errors = e.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        return JSONResponse({"error": "invalid_request", "detail": f"{where}: {first.get('msg', 'invalid')}",
+                             "errors": [{"loc": list(x.get("loc", ())), "msg": x.get("msg")} for x in errors]},
+                            status_code=422)
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        limit = service.settings.max_body_bytes
+        length = request.headers.get("content-length")
+        t0 = time.perf_counter()
+        if length is not None and length.isdigit() and int(length) > limit:
+            response = await _api_error(request, _limit("max_body_bytes", limit, int(length), "the request body in bytes", 413))
+        elif length is None and request.method in ("POST", "PUT", "PATCH") and "chunked" in request.headers.get("transfer-encoding", ""):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    break
+            if len(body) > limit:
+                response = await _api_error(request, _limit("max_body_bytes", limit, len(body), "the request body in bytes (at least)", 413))
+            else:
+                request._body = body
+                response = await call_next(request)
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.observe(request.method, getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - t0)
+        return response
+
+    # ------------------------------------------------------------------ endpoints
+    @app.post("/v1/domains/{domain}/search", summary="Search one domain")
+    async def search(domain: str, body: SearchRequest):
+        d = service.domain(domain)
+        service.check_search(body.query, body.k, body.stages)
+        result = await service.gate.run(d.search, body.query, body.k, body.stages)
+        n = service.settings.snippet_chars
+        hits = []
+        for rank, (doc_id, score) in enumerate(result.hits, start=1):
+            doc = d.docs.get(doc_id)
+            text = doc.text if doc else ""
+            hits.append({"rank": rank, "id": doc_id, "score": score, "title": doc.title if doc else "",
+                         "snippet": text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " …"})
+        stages = [{"name": t.name, "k": t.k, "ms": round(t.seconds * 1000, 3), "candidates_in": t.candidates_in,
+                   "candidates_out": t.candidates_out} for t in result.trace]
+        for t in result.trace:
+            metrics.stage_seconds.labels(domain, t.name).observe(t.seconds)
+        return {"domain": domain, "query": body.query, "k": body.k, "took_ms": round(result.seconds * 1000, 3),
+                "stages": stages, "hits": hits}
+
+    @app.post("/v1/domains/{domain}/documents", summary="Add or replace a batch of documents (API key)")
+    async def add_documents(domain: str, body: DocumentsRequest, request: Request):
+        service.authorize(request.headers)
+        d = service.domain(domain)
+        docs = service.check_documents(body.documents)
+        out = await service.gate.run(d.upsert, docs)
+        metrics.documents.labels(domain).set(len(d.docs))
+        metrics.writes.labels(domain, "upsert").inc(len(docs))
+        return out
+
+    @app.delete("/v1/domains/{domain}/documents/{doc_id}", summary="Delete a document (API key)")
+    async def delete_document(domain: str, doc_id: str, request: Request):
+        service.authorize(request.headers)
+        d = service.domain(domain)
+        out = await service.gate.run(d.delete, doc_id)
+        metrics.documents.labels(domain).set(len(d.docs))
+        metrics.writes.labels(domain, "delete").inc()
+        return out
+
+    @app.get("/v1/domains/{domain}/documents/{doc_id}", summary="One document as stored")
+    async def get_document(domain: str, doc_id: str):
+        doc = service.domain(domain).document(doc_id)
+        return {"id": doc.id, "title": doc.title, "text": doc.text}
+
+    @app.get("/v1/domains", summary="The domains, their stages, sizes and status")
+    async def domains():
+        return {"domains": [d.describe() for d in service.domains.values()],
+                "shared_models": service.models.base_models}
+
+    @app.get("/healthz", summary="200 when every domain is ready; 503 naming the ones that are not")
+    async def healthz():
+        bad = {n: d.error or d.status for n, d in service.domains.items() if d.status != "ready"}
+        body = {"status": "ok" if not bad else "degraded", "domains": {n: d.status for n, d in service.domains.items()},
+                "uptime_s": round(time.time() - service.started, 1)}
+        if bad:
+            body["problems"] = bad
+        return JSONResponse(body, status_code=200 if not bad else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus():
+        metrics.queue.set(service.gate.admitted)
+        data, content_type = metrics.render()
+        return PlainTextResponse(data, media_type=content_type)
+
+    @app.get("/", summary="A search page for trying a domain by hand", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    return app
+
+
+def serve(root, host: str = "127.0.0.1", port: int = 8080, settings: ServiceSettings | None = None,
+          key_file=None, work_dir=None, log_level: str = "info") -> None:
+    import uvicorn
+
+    service = Service(root, settings, keys=load_keys(key_file), work_dir=work_dir)
+    if not service.keys:
+        service.metrics.log(f"no API key (${KEY_ENV} or --api-key-file): writes are disabled")
+    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=10)

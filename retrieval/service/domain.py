@@ -1,0 +1,282 @@
+"""One domain of the search service: a saved pipeline folder, its live indexes, and its journal.
+
+On open, the saved folder is checked (every file against its checksum, every part against the others),
+the BM25 index is copied to a working folder, and the journal's acknowledged writes are replayed on top:
+the live state is always *saved folder + journal*, so a crash at any moment recovers to the last
+acknowledged write. A write is validated, its documents encoded, then journaled (synced) and applied to
+the live BM25 and FAISS indexes and the document store before it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..types import Document, Queries
+from .journal import Journal
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+JOURNAL = "journal.log"
+
+
+class DomainError(Exception):
+    """A request a domain cannot serve; ``status`` is the HTTP status, ``code`` a short machine name."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+class _RWLock:
+    """Many readers (searches) or one writer (an update of the live indexes)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    def read(self):
+        return _Held(self, False)
+
+    def write(self):
+        return _Held(self, True)
+
+
+class _Held:
+    def __init__(self, lock: _RWLock, write: bool):
+        self.lock, self.write = lock, write
+
+    def __enter__(self):
+        c = self.lock._cond
+        with c:
+            if self.write:
+                while self.lock._writer or self.lock._readers:
+                    c.wait()
+                self.lock._writer = True
+            else:
+                while self.lock._writer:
+                    c.wait()
+                self.lock._readers += 1
+
+    def __exit__(self, *exc):
+        c = self.lock._cond
+        with c:
+            if self.write:
+                self.lock._writer = False
+            else:
+                self.lock._readers -= 1
+            c.notify_all()
+
+
+@dataclass
+class SearchResult:
+    hits: list[tuple[str, float]]
+    trace: list
+    seconds: float
+
+
+class Domain:
+    """A pipeline that serves searches and takes incremental writes, durably."""
+
+    def __init__(self, name: str, folder: Path, work_dir: Path):
+        if not NAME.match(name):
+            raise ValueError(f"domain name {name!r}: use 1-64 lower-case letters, digits, '-' or '_'")
+        self.name, self.folder, self.work_dir = name, Path(folder), Path(work_dir)
+        self.status, self.error = "closed", None
+        self.pipeline = None
+        self.docs: dict[str, Document] = {}
+        self.journal: Journal | None = None
+        self.replayed = 0
+        self.cut_bytes = 0
+        self.open_seconds = 0.0
+        self._lock = _RWLock()
+
+    # ------------------------------------------------------------------ opening
+    def open(self, models, threads: int | None = None, sync: bool = True) -> "Domain":
+        """Load the saved pipeline over the shared models and replay the journal. On any failure the domain
+        is marked ``damaged`` with the reason and raises nothing: a damaged domain is reported, not served."""
+        t0 = time.perf_counter()
+        try:
+            self._open(models, threads, sync)
+            self.status, self.error = "ready", None
+        except Exception as e:  # noqa: BLE001 - any failure to open is reported per domain
+            self.status, self.error = "damaged", f"{type(e).__name__}: {e}"
+            self.pipeline = None
+        self.open_seconds = time.perf_counter() - t0
+        return self
+
+    def _open(self, models, threads, sync) -> None:
+        from ..saved import load_pipeline
+        from ..stages.bm25 import BM25
+        from ..stages.dense import Dense
+        from ..stages.rerank import Rerank
+
+        pipeline, corpus, config = load_pipeline(self.folder, threads=threads, models=models, adapter_prefix=self.name)
+        self.config = config
+        stages = list(pipeline.stages)
+        self.bm25 = self.dense = self.rerank = None
+        for i, stage in enumerate(stages):
+            if isinstance(stage, BM25):  # serve a working copy: the saved index is never written
+                work = self.work_dir / self.name / stage.name
+                if work.exists():
+                    shutil.rmtree(work)
+                work.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(stage.index_dir, work)
+                stages[i] = self.bm25 = BM25(work, k=stage.k, k1=stage.k1, b=stage.b, threads=threads, name=stage.name)
+            elif isinstance(stage, Dense):
+                self.dense = stage
+            elif isinstance(stage, Rerank):
+                self.rerank = stage
+        self.docs = dict(corpus.items())
+        if self.rerank is not None:
+            self.rerank.corpus = self.docs  # the live store: added documents are reranked by their text
+        from ..stage import Pipeline
+
+        self.pipeline = Pipeline(stages, name=pipeline.name)
+        self.journal = Journal(self.folder / JOURNAL, sync=sync)
+        records, self.cut_bytes = self.journal.open()
+        self._replay(records)
+        self.replayed = len(records)
+
+    def _replay(self, records: list[dict]) -> None:
+        """Apply the journal's net effect at once: one index commit and one encoding pass, not one per record."""
+        final: dict[str, Document | None] = {}
+        for record in records:
+            if record["op"] == "upsert":
+                final.update((d["id"], Document(**d)) for d in record["docs"])
+            elif record["op"] == "delete":
+                final.update((i, None) for i in record["ids"])
+            else:
+                raise ValueError(f"journal record {record.get('seq')}: unknown operation {record['op']!r}")
+        gone = [i for i, d in final.items() if d is None and i in self.docs]
+        if gone:
+            self._apply({"op": "delete", "ids": gone}, None)
+        docs = [d for d in final.values() if d is not None]
+        if docs:
+            self._apply({"op": "upsert", "docs": docs}, self._encode(docs))
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+        if getattr(self, "bm25", None) is not None:
+            self.bm25.close()
+        self.status = "closed"
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.pipeline.stages] if self.pipeline is not None else []
+
+    def describe(self) -> dict:
+        out = {"name": self.name, "status": self.status, "error": self.error, "documents": len(self.docs),
+               "stages": [{"name": s.name, "type": type(s).__name__, "k": s.k} for s in self.pipeline.stages]
+               if self.pipeline is not None else [],
+               "journal": {"records": self.journal.records if self.journal else 0,
+                           "last_seq": self.journal.last_seq if self.journal else 0,
+                           "replayed_at_start": self.replayed, "torn_bytes_cut": self.cut_bytes},
+               "open_seconds": round(self.open_seconds, 3)}
+        if self.dense is not None:
+            out["vector_index"] = {"factory": self.dense.index.factory, "vectors": len(self.dense.index)}
+        return out
+
+    def _ready(self) -> None:
+        if self.status != "ready":
+            raise DomainError(503, "domain_unavailable",
+                              f"domain {self.name!r} is {self.status}" + (f": {self.error}" if self.error else ""))
+
+    # ------------------------------------------------------------------ searching
+    def search(self, query: str, k: int, stages: Sequence[str] | None = None) -> SearchResult:
+        from ..stage import Pipeline
+
+        self._ready()
+        pipeline = self.pipeline
+        if stages:
+            names = self.stage_names
+            unknown = [s for s in stages if s not in names]
+            if unknown:
+                raise DomainError(422, "unknown_stage", f"stage {unknown[0]!r} is not in domain {self.name!r}; "
+                                                        f"its stages are {names}")
+            order = [names.index(s) for s in stages]
+            if order[0] != 0 or order != sorted(set(order)):
+                raise DomainError(422, "bad_stages", f"stages must start with {names[0]!r} and keep the pipeline's "
+                                                     f"order {names}; got {list(stages)}")
+            pipeline = Pipeline([pipeline.stages[i] for i in order])
+        t0 = time.perf_counter()
+        with self._lock.read():
+            ranking = pipeline.search(Queries({"q": query}))
+        return SearchResult(ranking.ranked("q")[:k], ranking.trace, time.perf_counter() - t0)
+
+    def document(self, doc_id: str) -> Document:
+        self._ready()
+        doc = self.docs.get(doc_id)
+        if doc is None:
+            raise DomainError(404, "no_such_document", f"document {doc_id!r} is not in domain {self.name!r}")
+        return doc
+
+    # ------------------------------------------------------------------ writing
+    def _encode(self, docs: list[Document]):
+        if self.dense is None or not docs:
+            return None
+        return self.dense.encoder.encode_documents(docs)
+
+    def upsert(self, docs: list[Document]) -> dict:
+        """Add or replace ``docs``: journaled (synced), then applied to every live index, then acknowledged."""
+        self._ready()
+        ids = [d.id for d in docs]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise DomainError(422, "duplicate_id", f"document id {dup!r} appears twice in the batch")
+        replaced = [i for i in ids if i in self.docs]
+        if replaced and self.dense is not None and self.dense.index.kind == "hnsw":
+            raise DomainError(409, "cannot_replace", f"domain {self.name!r} keeps its vectors in an HNSW index "
+                              f"({self.dense.index.factory}), which FAISS cannot delete from, so {replaced[0]!r} "
+                              f"cannot be replaced; build the domain with a Flat or IVF index")
+        vectors = self._encode(docs)  # outside the lock: searches go on while documents are encoded
+        with self._lock.write():
+            replaced = [i for i in ids if i in self.docs]
+            seq = self.journal.append({"op": "upsert", "docs": [
+                {"id": d.id, "title": d.title, "text": d.text} for d in docs]})
+            self._apply({"op": "upsert", "docs": docs}, vectors)
+        return {"seq": seq, "added": len(docs) - len(replaced), "replaced": len(replaced), "documents": len(self.docs)}
+
+    def delete(self, doc_id: str) -> dict:
+        self._ready()
+        if self.dense is not None and self.dense.index.kind == "hnsw":
+            raise DomainError(409, "cannot_delete", f"domain {self.name!r} keeps its vectors in an HNSW index "
+                              f"({self.dense.index.factory}), which FAISS cannot delete from; build the domain "
+                              f"with a Flat or IVF index")
+        with self._lock.write():
+            if doc_id not in self.docs:
+                raise DomainError(404, "no_such_document", f"document {doc_id!r} is not in domain {self.name!r}")
+            if len(self.docs) == 1:
+                raise DomainError(409, "last_document", f"{doc_id!r} is the last document of {self.name!r}; "
+                                  f"a domain keeps at least one")
+            seq = self.journal.append({"op": "delete", "ids": [doc_id]})
+            self._apply({"op": "delete", "ids": [doc_id]}, None)
+        return {"seq": seq, "deleted": 1, "documents": len(self.docs)}
+
+    def _apply(self, record: dict, vectors) -> None:
+        """Apply one journaled write to the live indexes (also used to replay the journal at start)."""
+        if record["op"] == "upsert":
+            docs = [d if isinstance(d, Document) else Document(**d) for d in record["docs"]]
+            if self.bm25 is not None:
+                self.bm25.update(add=docs)
+            if self.dense is not None:
+                self.dense.index.add(vectors, [d.id for d in docs])  # replaces ids already present
+            for d in docs:
+                self.docs[d.id] = d
+        elif record["op"] == "delete":
+            ids = [i for i in record["ids"] if i in self.docs]
+            if self.bm25 is not None:
+                self.bm25.update(delete=ids)
+            if self.dense is not None and ids:
+                self.dense.index.remove(ids)
+            for i in ids:
+                del self.docs[i]
+        else:
+            raise ValueError(f"journal record {record.get('seq')}: unknown operation {record['op']!r}")
