@@ -11,7 +11,7 @@ EXTRA ?= cpu
 DATA ?= ../shared/datasets
 OUT ?= results
 
-.PHONY: install benchmark tune speed test test-fast
+.PHONY: install benchmark tune speed serve load test test-fast
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,20 @@ speed: install
 	$(PY) -m benchmarks speed-bm25 --datasets-root $(DATA) --output $(OUT)/speed-bm25
 	$(PY) -m benchmarks speed-dense --datasets-root $(DATA) --output $(OUT)/speed-dense
 	$(PY) -m benchmarks speed-rerank --datasets-root $(DATA) --output $(OUT)/speed-rerank
+
+# The search service over the saved pipelines under $(ROOT) (writes need $$RETRIEVAL_API_KEY).
+ROOT ?= domains
+PORT ?= 8080
+serve: install
+	$(PY) -m retrieval serve --root $(ROOT) --port $(PORT)
+
+# After the main job: the service under load vs the same pipeline in-process (2,000 requests, 16 at a time,
+# BM25 >> dense; then 300 requests through all three stages).
+load: install
+	$(PY) -m benchmarks service-load --pipeline $(OUT)/scifact/full/pipeline --dataset $(DATA)/scifact --split dev \
+		--requests 2000 --concurrency 16 --stages bm25 dense --output $(OUT)/service-load/bm25-dense
+	$(PY) -m benchmarks service-load --pipeline $(OUT)/scifact/full/pipeline --dataset $(DATA)/scifact --split dev \
+		--requests 300 --concurrency 16 --output $(OUT)/service-load/full
 
 # Every test, the slow end-to-end ones included (CI runs this).
 test: install

@@ -1,4 +1,5 @@
-"""``python -m benchmarks run ...`` (quality) and ``python -m benchmarks speed-bm25|speed-dense|speed-rerank ...`` (speed)."""
+"""``python -m benchmarks run ...`` (quality), ``python -m benchmarks speed-bm25|speed-dense|speed-rerank ...`` (speed),
+``tune-cutoffs`` (depths within a latency budget) and ``service-load`` (the HTTP service vs in-process)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--latency-queries", type=int, default=20, help="queries timed one at a time per stage and depth")
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--output", type=Path, default=Path("results/cutoffs"))
+
+    lt = sub.add_parser("service-load", help="load test of the HTTP service vs the same pipeline in-process")
+    lt.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder, served as one domain")
+    lt.add_argument("--dataset", type=Path, required=True, help="its queries are sent, in turn")
+    lt.add_argument("--split", default="dev")
+    lt.add_argument("--domain", default="bench", help="the domain's name in the service (default: bench)")
+    lt.add_argument("--requests", type=int, default=2000, help="requests per side (default: 2000)")
+    lt.add_argument("--concurrency", type=int, default=16, help="client threads (default: 16)")
+    lt.add_argument("--workers", type=int, default=2, help="service worker threads (default: 2)")
+    lt.add_argument("--max-queue", type=int, default=64)
+    lt.add_argument("--stages", nargs="+", default=None, help="run only these stages (default: all)")
+    lt.add_argument("--k", type=int, default=10)
+    lt.add_argument("--warmup", type=int, default=20, help="untimed requests first, on each side (default: 20)")
+    lt.add_argument("--threads", type=int, default=None, help="Lucene search threads in-process")
+    lt.add_argument("--output", type=Path, default=Path("results/service-load"))
     return p
 
 
@@ -133,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         from .cutoffs import main as cutoffs_main
 
         return cutoffs_main(args)
+    if args.command == "service-load":
+        from .service_load import main as load_main
+
+        return load_main(args)
     if args.command == "speed-bm25":
         from .speed_bm25 import main as speed_main
 

@@ -99,9 +99,11 @@ class SharedModels:
             with model._lock:
                 if adapter_name not in _adapter_names(model):
                     continue
-                peft_model = model._transformer() if hasattr(model, "_transformer") else model.model
-                if len(_adapter_names(model)) == 1:  # peft keeps at least one adapter: keep it, unused
+                if len(_adapter_names(model)) == 1:
+                    # the last adapter stays, unused: peft cannot load another one after its last is deleted
+                    # (modules_to_save), and a reloaded domain gets fresh adapter names anyway
                     continue
+                peft_model = model._transformer() if hasattr(model, "_transformer") else model.model
                 peft_model.delete_adapter(adapter_name)
                 if hasattr(model, "_state"):
                     model._state.adapters.pop(adapter_name)

@@ -12,9 +12,6 @@ import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from retrieval.saved import save_pipeline
+from retrieval.service.process import ServerProcess
 from retrieval.train import PipelineSettings, build_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = "test-key-0123456789abcdef"
 AUTH = {"X-API-Key": KEY}
 
@@ -54,60 +51,8 @@ def _copy_root(root: Path, dest: Path, names=("alpha", "beta")) -> Path:
     return dest
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m retrieval serve`` in a child process on a free loopback port."""
-
-    def __init__(self, root: Path, *args: str, key: str | None = KEY):
-        self.root, self.args, self.port = root, args, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("RETRIEVAL_API_KEY", None)
-        if key:
-            env["RETRIEVAL_API_KEY"] = key
-        self.log = open(root / f"server-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "retrieval", "serve", "--root", str(root), "--port",
-                                      str(self.port), "--log-level", "warning", *args],
-                                     cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        import httpx
-
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-        deadline = time.time() + 180
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                self.client.get("/healthz")
-                break
-            except httpx.TransportError:
-                if time.time() > deadline:
-                    raise RuntimeError(f"the server did not start in 180 s:\n{self.output()}") from None
-                time.sleep(0.2)
-
-    def output(self) -> str:
-        self.log.flush()
-        return (self.root / f"server-{self.port}.log").read_text(errors="replace")[-4000:]
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.client.close()
-        self.log.close()
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.client.close()
-        self.log.close()
+def Server(root: Path, *args: str, key: str | None = KEY) -> ServerProcess:
+    return ServerProcess(root, *args, key=key)
 
 
 @pytest.fixture()
@@ -298,7 +243,8 @@ def _check_recovered(client, acked: dict[str, str], deleted: set[str]) -> None:
 def test_damaged_index_is_reported_and_not_served(root, tmp_path):
     home = _copy_root(root, tmp_path / "root")
     vectors = home / "beta" / "stages" / "dense" / "index" / "vectors.npy"
-    data = bytearray(vectors.read_bytes())
+    good = vectors.read_bytes()
+    data = bytearray(good)
     data[-5] ^= 0xFF
     vectors.write_bytes(bytes(data))
     s = Server(home)
@@ -309,6 +255,12 @@ def test_damaged_index_is_reported_and_not_served(root, tmp_path):
         r = s.client.post("/v1/domains/beta/search", json={"query": "indexing"})
         assert r.status_code == 503 and r.json()["error"] == "domain_unavailable" and "checksum" in r.json()["detail"]
         assert _search(s.client, "alpha", "indexing")["hits"]  # the other domain is still served
+        vectors.write_bytes(good)  # restored from a copy: reloading the domain (API key) serves it again
+        assert s.client.post("/v1/domains/beta/reload").status_code == 401
+        r = s.client.post("/v1/domains/beta/reload", headers=AUTH)
+        assert r.status_code == 200 and r.json()["status"] == "ready", r.text
+        assert s.client.get("/healthz").status_code == 200
+        assert _search(s.client, "beta", "indexing")["hits"]
     finally:
         s.stop()
 
@@ -379,6 +331,18 @@ def test_oversized_inputs_get_a_4xx_naming_the_limit(app_client, path, body, sta
     r = app_client.post(f"/v1/domains/alpha/{path}", json=body, headers=AUTH)
     assert r.status_code == status, r.text
     assert r.json()["limit"]["name"] == limit and limit in r.json()["detail"]
+
+
+def test_chunked_bodies_are_limited_too(app_client):
+    def chunks(n):
+        part = json.dumps({"query": "indexing " * n}).encode()
+        for i in range(0, len(part), 100):
+            yield part[i:i + 100]
+
+    r = app_client.post("/v1/domains/alpha/search", content=chunks(1000), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["limit"]["name"] == "max_body_bytes"
+    r = app_client.post("/v1/domains/alpha/search", content=chunks(3), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["query"].startswith("indexing")
 
 
 def test_bad_requests_are_named(app_client):
@@ -473,10 +437,10 @@ def test_domain_recovers_from_its_journal(root, tmp_path):
     d.upsert([Document("r1", "a zeppelin for recovery"), Document("r2", "another zeppelin")])
     d.delete("r2")
     before = d.search("zeppelin recovery", k=5).hits
-    d.close()
-    models.unload("alpha_dense"), models.unload("alpha_rerank")
-    again = Domain("alpha", home / "alpha", tmp_path / "work").open(SharedModels(device="cpu"))
-    assert again.status == "ready" and again.replayed == 2
+    d.close(models)
+    # reopened over the same base models, as a reload does: a new generation loads its adapters afresh
+    again = Domain("alpha", home / "alpha", tmp_path / "work", generation=1).open(models)
+    assert again.status == "ready" and again.replayed == 2, again.error
     assert "r1" in again.docs and "r2" not in again.docs
     after = again.search("zeppelin recovery", k=5).hits
     assert [d for d, _ in after] == [d for d, _ in before]

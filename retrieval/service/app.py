@@ -104,6 +104,7 @@ class Service:
         self.gate = Gate(self.settings.workers, self.settings.max_queue)
         self.domains: dict[str, Domain] = {}
         self.started = time.time()
+        self._reload_lock = threading.Lock()
 
     def open(self) -> "Service":
         from ..saved import is_pipeline_dir
@@ -129,6 +130,25 @@ class Service:
         self.gate.pool.shutdown(wait=True)
         for d in self.domains.values():
             d.close()
+
+    def reload(self, name: str) -> Domain:
+        """Open the domain's folder again (a restored or retrained folder, or a new one under the root) and
+        swap it in; the old one finishes what is in flight and releases its adapters."""
+        from ..saved import is_pipeline_dir
+
+        folder = self.root / name
+        if not NAME.match(name) or not is_pipeline_dir(folder):
+            raise ApiError(404, "no_such_domain", f"{folder} is not a saved pipeline folder under the root")
+        with self._reload_lock:
+            old = self.domains.get(name)
+            if old is not None:
+                old.close(self.models)  # its journal must be closed before the new domain replays it
+            new = Domain(name, folder, self.work_dir, generation=old.generation + 1 if old else 0)
+            new.open(self.models, self.settings.threads, self.settings.sync)
+            self.domains[name] = new
+            self.metrics.documents.labels(name).set(len(new.docs))
+            self.metrics.log(f"domain {name} reloaded: {new.status}" + (f": {new.error}" if new.error else ""))
+        return new
 
     def domain(self, name: str) -> Domain:
         d = self.domains.get(name)
@@ -224,27 +244,30 @@ def create_app(service: Service):
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):
+        t0, status = time.perf_counter(), 500
+        try:
+            response = await _body_limit(request, call_next)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            metrics.observe(request.method, getattr(route, "path", "unmatched"), status, time.perf_counter() - t0)
+
+    async def _body_limit(request: Request, call_next):
+        """413 for a body over ``max_body_bytes``: by its Content-Length, or, chunked, once it has passed it."""
         limit = service.settings.max_body_bytes
         length = request.headers.get("content-length")
-        t0 = time.perf_counter()
         if length is not None and length.isdigit() and int(length) > limit:
-            response = await _api_error(request, _limit("max_body_bytes", limit, int(length), "the request body in bytes", 413))
-        elif length is None and request.method in ("POST", "PUT", "PATCH") and "chunked" in request.headers.get("transfer-encoding", ""):
-            body = b""
+            return await _api_error(request, _limit("max_body_bytes", limit, int(length), "the request body in bytes", 413))
+        if length is None and "chunked" in request.headers.get("transfer-encoding", "").lower():
+            body = bytearray()
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limit:
-                    break
-            if len(body) > limit:
-                response = await _api_error(request, _limit("max_body_bytes", limit, len(body), "the request body in bytes (at least)", 413))
-            else:
-                request._body = body
-                response = await call_next(request)
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe(request.method, getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - t0)
-        return response
+                    return await _api_error(request, _limit("max_body_bytes", limit, len(body),
+                                                            "the request body in bytes (at least)", 413))
+            request._body = bytes(body)  # Starlette hands a body read here on to the endpoint
+        return await call_next(request)
 
     # ------------------------------------------------------------------ endpoints
     @app.post("/v1/domains/{domain}/search", summary="Search one domain")
@@ -284,6 +307,12 @@ def create_app(service: Service):
         metrics.documents.labels(domain).set(len(d.docs))
         metrics.writes.labels(domain, "delete").inc()
         return out
+
+    @app.post("/v1/domains/{domain}/reload", summary="Open the domain's folder again (API key)")
+    async def reload(domain: str, request: Request):
+        service.authorize(request.headers)
+        d = await service.gate.run(service.reload, domain)
+        return d.describe()
 
     @app.get("/v1/domains/{domain}/documents/{doc_id}", summary="One document as stored")
     async def get_document(domain: str, doc_id: str):

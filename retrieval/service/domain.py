@@ -13,6 +13,7 @@ import re
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,44 +34,42 @@ class DomainError(Exception):
 
 
 class _RWLock:
-    """Many readers (searches) or one writer (an update of the live indexes)."""
+    """Many readers (searches) or one writer (an update of the live indexes); a waiting writer goes first,
+    so a steady stream of searches cannot hold writes off."""
 
     def __init__(self):
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
+        self._writers_waiting = 0
 
+    @contextmanager
     def read(self):
-        return _Held(self, False)
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
 
+    @contextmanager
     def write(self):
-        return _Held(self, True)
-
-
-class _Held:
-    def __init__(self, lock: _RWLock, write: bool):
-        self.lock, self.write = lock, write
-
-    def __enter__(self):
-        c = self.lock._cond
-        with c:
-            if self.write:
-                while self.lock._writer or self.lock._readers:
-                    c.wait()
-                self.lock._writer = True
-            else:
-                while self.lock._writer:
-                    c.wait()
-                self.lock._readers += 1
-
-    def __exit__(self, *exc):
-        c = self.lock._cond
-        with c:
-            if self.write:
-                self.lock._writer = False
-            else:
-                self.lock._readers -= 1
-            c.notify_all()
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
 
 
 @dataclass
@@ -83,10 +82,12 @@ class SearchResult:
 class Domain:
     """A pipeline that serves searches and takes incremental writes, durably."""
 
-    def __init__(self, name: str, folder: Path, work_dir: Path):
+    def __init__(self, name: str, folder: Path, work_dir: Path, generation: int = 0):
         if not NAME.match(name):
             raise ValueError(f"domain name {name!r}: use 1-64 lower-case letters, digits, '-' or '_'")
         self.name, self.folder, self.work_dir = name, Path(folder), Path(work_dir)
+        self.generation = generation  # reloads get fresh adapter names and working folders
+        self.prefix = name if generation == 0 else f"{name}_r{generation}"
         self.status, self.error = "closed", None
         self.pipeline = None
         self.docs: dict[str, Document] = {}
@@ -116,15 +117,15 @@ class Domain:
         from ..stages.dense import Dense
         from ..stages.rerank import Rerank
 
-        pipeline, corpus, config = load_pipeline(self.folder, threads=threads, models=models, adapter_prefix=self.name)
+        pipeline, corpus, config = load_pipeline(self.folder, threads=threads, models=models, adapter_prefix=self.prefix)
         self.config = config
         stages = list(pipeline.stages)
         self.bm25 = self.dense = self.rerank = None
         for i, stage in enumerate(stages):
             if isinstance(stage, BM25):  # serve a working copy: the saved index is never written
-                work = self.work_dir / self.name / stage.name
-                if work.exists():
-                    shutil.rmtree(work)
+                work = self.work_dir / self.name / f"g{self.generation}" / stage.name
+                if self.generation == 0 and work.parent.parent.exists():
+                    shutil.rmtree(work.parent.parent)  # working copies of an earlier run of the service
                 work.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(stage.index_dir, work)
                 stages[i] = self.bm25 = BM25(work, k=stage.k, k1=stage.k1, b=stage.b, threads=threads, name=stage.name)
@@ -160,12 +161,18 @@ class Domain:
         if docs:
             self._apply({"op": "upsert", "docs": docs}, self._encode(docs))
 
-    def close(self) -> None:
-        if self.journal is not None:
-            self.journal.close()
-        if getattr(self, "bm25", None) is not None:
-            self.bm25.close()
-        self.status = "closed"
+    def close(self, models=None) -> None:
+        """Wait for searches and writes in flight, then release the journal, the index writer and (with the
+        shared ``models``) this domain's adapters."""
+        with self._lock.write():
+            self.status = "closed"
+            if self.journal is not None:
+                self.journal.close()
+            if getattr(self, "bm25", None) is not None:
+                self.bm25.close()
+            if models is not None:
+                for stage in self.stage_names:
+                    models.unload(f"{self.prefix}_{stage}")
 
     # ------------------------------------------------------------------ facts
     @property
@@ -241,7 +248,7 @@ class Domain:
             replaced = [i for i in ids if i in self.docs]
             seq = self.journal.append({"op": "upsert", "docs": [
                 {"id": d.id, "title": d.title, "text": d.text} for d in docs]})
-            self._apply({"op": "upsert", "docs": docs}, vectors)
+            self._apply_journaled({"op": "upsert", "docs": docs}, vectors)
         return {"seq": seq, "added": len(docs) - len(replaced), "replaced": len(replaced), "documents": len(self.docs)}
 
     def delete(self, doc_id: str) -> dict:
@@ -257,8 +264,19 @@ class Domain:
                 raise DomainError(409, "last_document", f"{doc_id!r} is the last document of {self.name!r}; "
                                   f"a domain keeps at least one")
             seq = self.journal.append({"op": "delete", "ids": [doc_id]})
-            self._apply({"op": "delete", "ids": [doc_id]}, None)
+            self._apply_journaled({"op": "delete", "ids": [doc_id]}, None)
         return {"seq": seq, "deleted": 1, "documents": len(self.docs)}
+
+    def _apply_journaled(self, record: dict, vectors) -> None:
+        """Apply a write that is in the journal already. If that fails the live indexes may hold part of it:
+        the domain stops serving (a restart replays the journal) rather than answer from a half-applied state."""
+        try:
+            self._apply(record, vectors)
+        except Exception as e:
+            self.status = "damaged"
+            self.error = (f"a journaled write failed to apply ({type(e).__name__}: {e}); reload or restart the "
+                          f"service to rebuild the live indexes from the saved folder and the journal")
+            raise DomainError(500, "write_failed", self.error) from e
 
     def _apply(self, record: dict, vectors) -> None:
         """Apply one journaled write to the live indexes (also used to replay the journal at start)."""
