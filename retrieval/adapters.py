@@ -126,10 +126,15 @@ class _View:
         self.model, self.adapter, self.saved_name = model, adapter, saved_name
         self._fingerprints: dict[str, str] = {}
 
+    @property
+    def active_adapter(self) -> str | None:
+        """The adapter's name in the saved folder (the shared model knows it under another)."""
+        return self.saved_name
+
     def _activate(self) -> None:  # the caller holds model._lock
         if self.adapter is None:
             self.model.disable_adapters()
-        elif self._active() != self.adapter:
+        elif self.model.active_adapter != self.adapter:
             self.model.set_adapter(self.adapter)
 
     def _saved(self, fingerprint: str) -> str:
@@ -144,13 +149,6 @@ class _View:
 
 class EncoderView(_View):
     """A ``BiEncoder`` as one domain sees it: the shared base with this domain's adapter."""
-
-    def _active(self):
-        return self.model.active_adapter
-
-    @property
-    def active_adapter(self) -> str | None:
-        return self.saved_name
 
     def encode_queries(self, texts, batch_size: int | None = None, show_progress: bool | None = None) -> np.ndarray:
         with self.model._lock:
@@ -172,13 +170,6 @@ class EncoderView(_View):
 
 class RerankerView(_View):
     """A ``CrossEncoderReranker`` as one domain sees it: the shared base with this domain's adapter."""
-
-    def _active(self):
-        return self.model.active_adapter
-
-    @property
-    def active_adapter(self) -> str | None:
-        return self.saved_name
 
     def score(self, queries, docs, batch_size: int | None = None, show_progress: bool | None = None) -> np.ndarray:
         with self.model._lock:

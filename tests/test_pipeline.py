@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main as bench_main
-from retrieval.saved import PipelineMismatch, load_pipeline, save_pipeline
+from retrieval.saved import DamagedPipeline, PipelineMismatch, load_pipeline, save_pipeline
 from retrieval.train import PipelineSettings, build_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,8 +95,10 @@ def test_load_checks_that_the_parts_fit(built, adi, tmp_path):
     shutil.copytree(folder, bad)
     lines = (bad / "corpus.jsonl").read_text().splitlines()
     (bad / "corpus.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(DamagedPipeline, match="corpus.jsonl does not match its checksum"):
+        load_pipeline(bad)  # every file is checked against the checksums recorded at save time ...
     with pytest.raises(PipelineMismatch, match="not the corpus"):
-        load_pipeline(bad)
+        load_pipeline(bad, check_files=False)  # ... and, without them, every part against the others
     # a FAISS index built with another encoder (the base model's vectors under a query-side adapter are fine,
     # so swap in an index whose recorded encoder differs)
     bad = tmp_path / "index-swapped"
@@ -106,7 +108,7 @@ def test_load_checks_that_the_parts_fit(built, adi, tmp_path):
     cfg["encoder_fingerprint"] = "another-model:0000"
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(PipelineMismatch, match="dense"):
-        load_pipeline(bad)
+        load_pipeline(bad, check_files=False)
     # a reranker whose adapter is not the one the pipeline was built with
     bad = tmp_path / "reranker-swapped"
     shutil.copytree(folder, bad)
@@ -121,7 +123,12 @@ def test_load_checks_that_the_parts_fit(built, adi, tmp_path):
     with open(bad / "stages" / "dense" / "index" / "vectors.npy", "r+b") as f:
         f.seek(200)
         f.write(b"\x00\x01\x02\x03")
-    with pytest.raises(ValueError, match="checksum"):
+    with pytest.raises(DamagedPipeline, match="vectors.npy does not match its checksum"):
+        load_pipeline(bad)
+    with pytest.raises(ValueError, match="checksum"):  # FAISS's own checksums catch it too
+        load_pipeline(bad, check_files=False)
+    (bad / "corpus.jsonl").unlink()
+    with pytest.raises(DamagedPipeline, match="corpus.jsonl is missing"):
         load_pipeline(bad)
 
 
