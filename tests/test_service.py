@@ -115,6 +115,9 @@ def test_search_add_delete_search_on_a_real_server(server, adi):
     assert {"/v1/domains/{domain}/search", "/v1/domains/{domain}/documents", "/v1/domains", "/healthz",
             "/metrics"} <= set(paths)
     assert c.get("/healthz").json()["status"] == "ok"
+    assert c.post("/v1/domains/alpha/compact").status_code == 401
+    r = c.post("/v1/domains/alpha/compact", headers=AUTH)
+    assert r.status_code == 200 and r.json()["compacted_records"] == 3, r.text
 
 
 def test_interleaved_domains_never_see_each_others_adapters(server, root, adi):
@@ -168,13 +171,14 @@ def test_overload_is_answered_429_not_queued(root, tmp_path):
 
 @pytest.mark.slow
 def test_acknowledged_writes_survive_sigkill_20_times(root, tmp_path):
-    """Kill the server at random moments during ingestion, 20 times: every acknowledged document is there
-    after each restart (GET and BM25 search by its own word), every acknowledged delete stays deleted."""
+    """Kill the server at random moments during ingestion (adds, deletes, compactions), 20 times: every
+    acknowledged document is there after each restart (GET and BM25 search by its own word), every
+    acknowledged delete stays deleted."""
     home = _copy_root(root, tmp_path / "root", ("alpha",))
     rng = random.Random(7)
     acked: dict[str, str] = {}  # id -> its unique word
     deleted: set[str] = set()
-    kills, torn = 0, 0
+    kills, torn, swaps, compactions = 0, 0, 0, []
     for cycle in range(20):
         t0 = time.perf_counter()
         s = Server(home)
@@ -182,6 +186,7 @@ def test_acknowledged_writes_survive_sigkill_20_times(root, tmp_path):
         try:
             _check_recovered(s.client, acked, deleted)
             torn += s.client.get("/v1/domains").json()["domains"][0]["journal"]["torn_bytes_cut"] > 0
+            swaps += "interrupted compaction" in s.output()
             print(f"cycle {cycle}: started in {started:.1f} s, {len(acked)} acknowledged documents checked "
                   f"in {time.perf_counter() - t0 - started:.1f} s", flush=True)
             stop = threading.Event()
@@ -199,6 +204,11 @@ def test_acknowledged_writes_survive_sigkill_20_times(root, tmp_path):
                     if r.status_code == 200:
                         for d in batch:
                             acked[d["id"]] = d["text"].split()[0]
+                    if n % 10 == 0:  # compactions too: a kill may land in the middle of one
+                        try:
+                            compactions.append(s.client.post("/v1/domains/alpha/compact", headers=AUTH).status_code)
+                        except Exception:  # noqa: BLE001
+                            return
                     if acked and n % 4 == 0:
                         victim = rng.choice(sorted(set(acked) - deleted))
                         try:
@@ -223,10 +233,11 @@ def test_acknowledged_writes_survive_sigkill_20_times(root, tmp_path):
         _check_recovered(s.client, acked, deleted)
         info = s.client.get("/v1/domains").json()["domains"][0]
         print(f"\ncrash test: {kills} SIGKILLs, {len(acked)} documents acknowledged, {len(deleted)} deletes "
-              f"acknowledged, all recovered; {torn} restarts cut a torn journal line; journal {info['journal']}")
+              f"acknowledged, all recovered; {compactions.count(200)} compactions acknowledged, {swaps} restarts "
+              f"cleaned up after, finished or undid an interrupted one, {torn} cut a torn journal line; journal {info['journal']}")
     finally:
         s.stop()
-    assert kills == 20 and len(acked) > 20
+    assert kills == 20 and len(acked) > 20 and set(compactions) <= {200}
 
 
 def _check_recovered(client, acked: dict[str, str], deleted: set[str]) -> None:
@@ -447,6 +458,45 @@ def test_domain_recovers_from_its_journal(root, tmp_path):
     assert again.search("zeppelin recovery", k=5, stages=["bm25"]).hits[0][0] == "r1"
     assert [x for _, x in after] == pytest.approx([x for _, x in before], rel=1e-5)
     again.close()
+
+
+def test_compaction_saves_the_live_state_and_empties_the_journal(root, tmp_path):
+    from retrieval.adapters import SharedModels
+    from retrieval.saved import load_pipeline, verify
+    from retrieval.service import Domain
+    from retrieval.service.domain import recover_swap
+    from retrieval.types import Document
+
+    home = _copy_root(root, tmp_path / "root", ("alpha",))
+    models = SharedModels(device="cpu")
+    d = Domain("alpha", home / "alpha", tmp_path / "work").open(models)
+    first = next(iter(d.docs))
+    d.upsert([Document("c1", "a compacted narwhal"), Document("c2", "a second narwhal")])
+    d.delete(first)
+    before = d.search("narwhal", k=10).hits
+    out = d.compact()
+    assert out["compacted_records"] == 2 and d.journal.records == 0 and not (home / "alpha" / "journal.log").stat().st_size
+    assert sorted(p.name for p in home.iterdir()) == ["alpha"]  # no temporary folders left
+    verify(home / "alpha")  # checksums of the new folder
+    pipe, corpus, _ = load_pipeline(home / "alpha", device="cpu")  # a plain saved pipeline again
+    assert len(corpus) == 83 and "c1" in corpus and first not in corpus
+    assert [h for h, _ in pipe.search_one("narwhal")[:10]] == [h for h, _ in before]
+    d.upsert([Document("c3", "after the compaction")])  # the new journal takes writes
+    d.close(models)
+    again = Domain("alpha", home / "alpha", tmp_path / "work", generation=1).open(models)
+    assert again.status == "ready" and again.replayed == 1 and len(again.docs) == 84, again.error
+    again.close(models)
+
+    # a crash between the two renames of the swap: the complete new folder takes the domain's place
+    os.rename(home / "alpha", home / ".alpha.compact-1")
+    assert recover_swap(home, "alpha").startswith("finished")
+    assert (home / "alpha" / "pipeline.json").is_file() and sorted(p.name for p in home.iterdir()) == ["alpha"]
+    # a crash before the new folder was complete: the old folder (and its journal) stands
+    shutil.copytree(home / "alpha", home / ".alpha.old-2")
+    (home / ".alpha.compact-3").mkdir()
+    shutil.rmtree(home / "alpha")
+    assert recover_swap(home, "alpha").startswith("undid")
+    assert sorted(p.name for p in home.iterdir()) == ["alpha"] and (home / "alpha" / "journal.log").is_file()
 
 
 # ------------------------------------------------------------------------------------- the page

@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from ..types import Document
-from .domain import NAME, Domain, DomainError
+from .domain import NAME, Domain, DomainError, recover_swap
 from .schemas import DocumentsRequest, SearchRequest
 from .settings import ServiceSettings
 
@@ -109,6 +109,10 @@ class Service:
     def open(self) -> "Service":
         from ..saved import is_pipeline_dir
 
+        for leftover in sorted(self.root.glob(".*.compact-*")) + sorted(self.root.glob(".*.old-*")):
+            done = recover_swap(self.root, leftover.name[1:].split(".")[0])
+            if done:
+                self.metrics.log(done)
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if not is_pipeline_dir(folder):
                 continue
@@ -313,6 +317,12 @@ def create_app(service: Service):
         service.authorize(request.headers)
         d = await service.gate.run(service.reload, domain)
         return d.describe()
+
+    @app.post("/v1/domains/{domain}/compact", summary="Save the live state as the domain's folder; empty the journal (API key)")
+    async def compact(domain: str, request: Request):
+        service.authorize(request.headers)
+        d = service.domain(domain)
+        return await service.gate.run(d.compact)
 
     @app.get("/v1/domains/{domain}/documents/{doc_id}", summary="One document as stored")
     async def get_document(domain: str, doc_id: str):
