@@ -4,9 +4,10 @@
 
 Every sub-folder of the root that holds a saved pipeline (``pipeline.json``) is a domain. Base models are
 loaded once and shared; each domain's adapters are switched per request (``retrieval.adapters``).
-Searches are open; writes need the API key (``$RETRIEVAL_API_KEY`` or ``--api-key-file``), compared in
-constant time. Work runs on a fixed pool of threads behind a bounded queue: when the queue is full the
-answer is 429 at once. Every limit has its own 4xx naming it.
+Searches and reads are open; writes and the admin endpoints (compact, reload) need the API key
+(``$RETRIEVAL_API_KEY`` or ``--api-key-file``), compared in constant time. Work runs on a fixed pool of
+threads behind a bounded queue: when the queue is full the answer is 429 at once. Every limit has its own
+4xx naming it.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class Service:
             raise ApiError(401, "unauthorized", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
 
     # ------------------------------------------------------------------ checks
-    def check_search(self, query, k, stages) -> None:
+    def check_search(self, query: str, k: int) -> None:
         s = self.settings
         if not query.strip():
             raise ApiError(422, "empty_query", "the query is empty")
@@ -214,7 +215,6 @@ class Service:
 def create_app(service: Service):
     """The FastAPI app over ``service`` (opened at startup, closed at shutdown)."""
     from .. import __version__
-
 
     @asynccontextmanager
     async def lifespan(app):
@@ -277,7 +277,7 @@ def create_app(service: Service):
     @app.post("/v1/domains/{domain}/search", summary="Search one domain")
     async def search(domain: str, body: SearchRequest):
         d = service.domain(domain)
-        service.check_search(body.query, body.k, body.stages)
+        service.check_search(body.query, body.k)
         result = await service.gate.run(d.search, body.query, body.k, body.stages)
         n = service.settings.snippet_chars
         hits = []
