@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         v.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=f"limit (default: {getattr(d, name)})")
     v.add_argument("--threads", type=int, default=None, help="Lucene search threads per domain (default: all cores)")
     v.add_argument("--device", default=None, help="torch device for the shared models (default: cuda if present, else cpu)")
+    v.add_argument("--compact-after", type=int, default=d.compact_after,
+                   help=f"journal records that trigger a compaction in the background (default: {d.compact_after}; 0: never)")
     v.add_argument("--no-sync", action="store_true", help="do not fsync the journal (faster writes; a power cut may lose them)")
     v.add_argument("--log-level", default="info")
     return p
@@ -79,7 +81,8 @@ def serve(args) -> int:
         settings = ServiceSettings(
             workers=args.workers, max_queue=args.max_queue, max_query_chars=args.max_query_chars, max_k=args.max_k,
             max_batch_docs=args.max_batch_docs, max_doc_chars=args.max_doc_chars, max_id_chars=args.max_id_chars,
-            max_body_bytes=args.max_body_bytes, threads=args.threads, device=args.device, sync=not args.no_sync)
+            max_body_bytes=args.max_body_bytes, threads=args.threads, device=args.device, sync=not args.no_sync,
+            compact_after=args.compact_after)
         serve(args.root, host=args.host, port=args.port, settings=settings, key_file=args.api_key_file,
               work_dir=args.work_dir, log_level=args.log_level)
     except (ValueError, FileNotFoundError) as e:

@@ -312,6 +312,26 @@ def test_writes_need_the_api_key(app_client, root, tmp_path):
         assert r.status_code == 403 and "RETRIEVAL_API_KEY" in r.json()["detail"]
 
 
+def test_journal_is_compacted_in_the_background(root, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from retrieval.service import Service, ServiceSettings, create_app
+
+    home = _copy_root(root, tmp_path / "root", ("alpha",))
+    service = Service(home, ServiceSettings(compact_after=3, device="cpu"), keys=[KEY.encode()])
+    with TestClient(create_app(service)) as client:
+        for i in range(4):
+            r = client.post("/v1/domains/alpha/documents", json={"documents": [{"id": f"bg{i}", "text": "t"}]},
+                            headers=AUTH)
+            assert r.status_code == 200
+        deadline = time.time() + 30
+        while service.domains["alpha"].compacting or service.domains["alpha"].journal.records >= 3:
+            assert time.time() < deadline, "no compaction after the journal reached 3 records"
+            time.sleep(0.1)
+        assert service.domains["alpha"].config["info"]["compacted"]["journal_records"] >= 3
+        assert client.get("/v1/domains").json()["domains"][0]["documents"] == 86
+
+
 def test_load_keys(tmp_path, monkeypatch):
     from retrieval.service import load_keys
 

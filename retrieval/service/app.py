@@ -155,6 +155,27 @@ class Service:
             self.metrics.log(f"domain {name} reloaded: {new.status}" + (f": {new.error}" if new.error else ""))
         return new
 
+    def maybe_compact(self, d: Domain) -> None:
+        """Once the journal holds ``compact_after`` records, compact the domain on a worker thread (the write
+        that crossed the line is already answered); one compaction per domain at a time."""
+        limit = self.settings.compact_after
+        if not limit or d.journal is None or d.journal.records < limit or d.compacting:
+            return
+        d.compacting = True
+
+        def run():
+            try:
+                out = d.compact()
+                self.metrics.log(f"domain {d.name}: compacted {out['compacted_records']} journal records "
+                                 f"in {out['seconds']:.1f} s")
+            except Exception as e:  # noqa: BLE001 - reported; the journal still holds every write
+                self.metrics.log(f"domain {d.name}: compaction failed ({type(e).__name__}: {e}); the journal "
+                                 f"keeps every write")
+            finally:
+                d.compacting = False
+
+        self.gate.pool.submit(run)
+
     def domain(self, name: str) -> Domain:
         d = self.domains.get(name)
         if d is None:
@@ -301,6 +322,7 @@ def create_app(service: Service):
         out = await service.gate.run(d.upsert, docs)
         metrics.documents.labels(domain).set(len(d.docs))
         metrics.writes.labels(domain, "upsert").inc(len(docs))
+        service.maybe_compact(d)
         return out
 
     @app.delete("/v1/domains/{domain}/documents/{doc_id}", summary="Delete a document (API key)")
@@ -310,6 +332,7 @@ def create_app(service: Service):
         out = await service.gate.run(d.delete, doc_id)
         metrics.documents.labels(domain).set(len(d.docs))
         metrics.writes.labels(domain, "delete").inc()
+        service.maybe_compact(d)
         return out
 
     @app.post("/v1/domains/{domain}/reload", summary="Open the domain's folder again (API key)")

@@ -123,6 +123,7 @@ class Domain:
         self.replayed = 0
         self.cut_bytes = 0
         self.open_seconds = 0.0
+        self.compacting = False
         self._lock = _RWLock()
 
     # ------------------------------------------------------------------ opening

@@ -21,9 +21,10 @@ class ServiceSettings:
     threads: int | None = None  # Lucene search threads per domain
     device: str | None = None
     sync: bool = True           # fsync the journal before acknowledging a write
+    compact_after: int = 10_000  # journal records that trigger a compaction in the background (0: only on request)
 
     def __post_init__(self):
         for name, value in asdict(self).items():
-            if name.startswith("max_") or name in ("workers", "snippet_chars"):
-                if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "max_queue" else 1):
+            if name.startswith("max_") or name in ("workers", "snippet_chars", "compact_after"):
+                if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name in ("max_queue", "compact_after") else 1):
                     raise ValueError(f"service setting {name} must be a positive integer, got {value!r}")
