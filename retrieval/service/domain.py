@@ -124,7 +124,8 @@ class Domain:
         self.cut_bytes = 0
         self.open_seconds = 0.0
         self.compacting = False
-        self._lock = _RWLock()
+        self._lock = _RWLock()  # searches read the live indexes; applying a write changes them
+        self._writes = threading.Lock()  # journal order: one write or compaction at a time
 
     # ------------------------------------------------------------------ opening
     def open(self, models, threads: int | None = None, sync: bool = True) -> "Domain":
@@ -193,7 +194,7 @@ class Domain:
     def close(self, models=None) -> None:
         """Wait for searches and writes in flight, then release the journal, the index writer and (with the
         shared ``models``) this domain's adapters."""
-        with self._lock.write():
+        with self._writes, self._lock.write():
             self.status = "closed"
             if self.journal is not None:
                 self.journal.close()
@@ -273,11 +274,13 @@ class Domain:
                               f"({self.dense.index.factory}), which FAISS cannot delete from, so {replaced[0]!r} "
                               f"cannot be replaced; build the domain with a Flat or IVF index")
         vectors = self._encode(docs)  # outside the lock: searches go on while documents are encoded
-        with self._lock.write():
+        with self._writes:  # one write (or compaction) at a time, in journal order
+            self._ready()
             replaced = [i for i in ids if i in self.docs]
             seq = self.journal.append({"op": "upsert", "docs": [
                 {"id": d.id, "title": d.title, "text": d.text} for d in docs]})
-            self._apply_journaled({"op": "upsert", "docs": docs}, vectors)
+            with self._lock.write():  # searches wait only while the live indexes change
+                self._apply_journaled({"op": "upsert", "docs": docs}, vectors)
         return {"seq": seq, "added": len(docs) - len(replaced), "replaced": len(replaced), "documents": len(self.docs)}
 
     def delete(self, doc_id: str) -> dict:
@@ -286,14 +289,16 @@ class Domain:
             raise DomainError(409, "cannot_delete", f"domain {self.name!r} keeps its vectors in an HNSW index "
                               f"({self.dense.index.factory}), which FAISS cannot delete from; build the domain "
                               f"with a Flat or IVF index")
-        with self._lock.write():
+        with self._writes:
+            self._ready()
             if doc_id not in self.docs:
                 raise DomainError(404, "no_such_document", f"document {doc_id!r} is not in domain {self.name!r}")
             if len(self.docs) == 1:
                 raise DomainError(409, "last_document", f"{doc_id!r} is the last document of {self.name!r}; "
                                   f"a domain keeps at least one")
             seq = self.journal.append({"op": "delete", "ids": [doc_id]})
-            self._apply_journaled({"op": "delete", "ids": [doc_id]}, None)
+            with self._lock.write():
+                self._apply_journaled({"op": "delete", "ids": [doc_id]}, None)
         return {"seq": seq, "deleted": 1, "documents": len(self.docs)}
 
     # ------------------------------------------------------------------ compaction
@@ -301,12 +306,12 @@ class Domain:
         """Write the live state as a new saved folder and swap it in: the journal starts empty again.
 
         The new folder is written beside the old under a hidden name, synced, then swapped with two renames;
-        ``recover_swap`` finishes a swap that a crash interrupted. Writes wait while this runs; searches too
-        at the end (the swap).
+        ``recover_swap`` finishes a swap that a crash interrupted. Writes wait while this runs; searches do
+        not (they read the live indexes, which a compaction leaves as they are).
         """
-        self._ready()
         t0 = time.perf_counter()
-        with self._lock.write():
+        with self._writes:
+            self._ready()
             records = self.journal.records
             tmp = self.folder.parent / f".{self.name}.compact-{os.getpid()}"
             if tmp.exists():
