@@ -387,22 +387,19 @@ class BM25(StageBase):
         return Ranking(self._engine.search(qids, [queries[q] for q in qids], k, self.k1, self.b))
 
     # ------------------------------------------------------------------ updating
-    def update(self, add: Sequence[Document] = (), delete: Sequence[str] = (),
-               corpus_fingerprint: str | None = None) -> None:
+    def update(self, add: Sequence[Document] = (), delete: Sequence[str] = ()) -> None:
         """Add or replace ``add`` and delete the ids in ``delete``, in place, without rebuilding the index.
 
         Lucene: documents go through Lucene's IndexWriter with the analyzer and field options of the build
         (scores equal those of an index built from scratch over the same documents, until deletions, which
-        Lucene's statistics count until segments merge), then a commit. ``corpus_fingerprint``, when given,
-        is recorded in the index's config as the corpus it now holds.
+        Lucene's statistics count until segments merge), then a commit. Searches of this index must not run
+        while it updates (the search service holds a lock for that). The config's corpus checksum still
+        names the corpus the index was built from.
         """
         for doc in add:
             if not isinstance(doc, Document):
                 raise TypeError(f"{self.name}: update takes Document objects, got {type(doc).__name__}")
         self._engine.update([(d.id, d.contents) for d in add], [str(i) for i in delete])
-        if corpus_fingerprint is not None:
-            self.config.update(corpus_fingerprint=corpus_fingerprint)
-            write_json(self.index_dir / CONFIG_NAME, self.config)
 
     def close(self) -> None:
         """Release the index writer (and Lucene's write lock), if ``update`` opened one."""
