@@ -193,7 +193,8 @@ def load_pipeline(path: str | os.PathLike, device: str | None = None, threads: i
                                            f"{encoder.fingerprint(side)}, the pipeline was built with "
                                            f"{entry[f'encoder_{side}']}")
             try:
-                index = FaissIndex.load(folder / "index", encoder_fingerprint=encoder.fingerprint("document"))
+                index = FaissIndex.load(folder / "index", encoder_fingerprint=encoder.fingerprint("document"),
+                                        verify=not (check_files and config.get("checksums")))  # hashed once
             except IndexMismatch as e:
                 raise PipelineMismatch(f"{name}: {e}") from None
             _check_ids(index.ids, corpus, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -40,10 +41,12 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False, sync: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it is renamed to ``path``.
 
-    A crash leaves only a ``.tmp-*`` folder behind, never a half-written artefact at ``path``.
+    A crash leaves only a ``.tmp-*`` folder behind, never a half-written artefact at ``path``; a crash in
+    the middle of replacing an existing ``path`` (two renames) is finished by ``recover_dir``. With ``sync``
+    every file and folder is on disk (fsync) before the renames, and the renames after.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -52,16 +55,68 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
     try:
         yield tmp
+        if sync:
+            fsync_tree(tmp)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=path.name + ".old-", dir=path.parent))
             os.replace(path, old / "x")
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # a crash between these two renames: recover_dir(path) finishes the swap
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        if sync:
+            fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def recover_dir(path: str | os.PathLike) -> str | None:
+    """Clean up after an ``atomic_dir`` that a crash interrupted; returns what was done, if anything.
+
+    ``path`` missing while an ``.old-*`` folder holds it means the crash came between the two renames of a
+    replacement, after the new folder was complete: the new folder takes its place (or, if it is gone too,
+    the old one comes back). Any other ``.tmp-*`` folder is a write that never finished and is removed.
+    """
+    path = Path(path)
+    tmps = sorted(path.parent.glob(glob.escape(path.name) + ".tmp-*"))
+    olds = sorted(path.parent.glob(glob.escape(path.name) + ".old-*"))
+    held = [o / "x" for o in olds if (o / "x").exists()]
+    done = None
+    if not path.exists() and held:
+        if tmps:
+            newest = max(tmps, key=lambda p: p.stat().st_mtime)
+            os.replace(newest, path)
+            done = f"finished an interrupted replacement of {path.name} ({newest.name})"
+        else:
+            os.replace(held[-1], path)
+            done = f"undid an interrupted replacement of {path.name}"
+        fsync_dir(path.parent)
+    for leftover in [*tmps, *olds]:
+        if leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+            done = done or f"removed {leftover.name}, left by an interrupted write of {path.name}"
+    return done
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a folder's entries (files created, renamed or removed in it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and folder under ``root``."""
+    root = Path(root)
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+        fsync_dir(d)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

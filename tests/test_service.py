@@ -484,8 +484,8 @@ def test_compaction_saves_the_live_state_and_empties_the_journal(root, tmp_path)
     from retrieval.adapters import SharedModels
     from retrieval.saved import load_pipeline, verify
     from retrieval.service import Domain
-    from retrieval.service.domain import recover_swap
     from retrieval.types import Document
+    from retrieval.util import recover_dir
 
     home = _copy_root(root, tmp_path / "root", ("alpha",))
     models = SharedModels(device="cpu")
@@ -508,14 +508,19 @@ def test_compaction_saves_the_live_state_and_empties_the_journal(root, tmp_path)
     again.close(models)
 
     # a crash between the two renames of the swap: the complete new folder takes the domain's place
-    os.rename(home / "alpha", home / ".alpha.compact-1")
-    assert recover_swap(home, "alpha").startswith("finished")
+    (home / "alpha.old-1").mkdir()
+    os.rename(home / "alpha", home / "alpha.old-1" / "x")
+    shutil.copytree(home / "alpha.old-1" / "x", home / "alpha.tmp-2")
+    assert recover_dir(home / "alpha").startswith("finished")
     assert (home / "alpha" / "pipeline.json").is_file() and sorted(p.name for p in home.iterdir()) == ["alpha"]
-    # a crash before the new folder was complete: the old folder (and its journal) stands
-    shutil.copytree(home / "alpha", home / ".alpha.old-2")
-    (home / ".alpha.compact-3").mkdir()
-    shutil.rmtree(home / "alpha")
-    assert recover_swap(home, "alpha").startswith("undid")
+    # a crash while the new folder was written: the old folder (and its journal) stands
+    (home / "alpha.tmp-3").mkdir()
+    assert recover_dir(home / "alpha").startswith("removed")
+    assert sorted(p.name for p in home.iterdir()) == ["alpha"] and (home / "alpha" / "journal.log").is_file()
+    # the new folder gone as well: the old one comes back
+    (home / "alpha.old-4").mkdir()
+    os.rename(home / "alpha", home / "alpha.old-4" / "x")
+    assert recover_dir(home / "alpha").startswith("undid")
     assert sorted(p.name for p in home.iterdir()) == ["alpha"] and (home / "alpha" / "journal.log").is_file()
 
 

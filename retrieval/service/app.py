@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,11 +27,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from ..types import Document
-from .domain import NAME, Domain, DomainError, recover_swap
+from ..util import recover_dir
+from .domain import NAME, Domain, DomainError
 from .schemas import DocumentsRequest, SearchRequest
 from .settings import ServiceSettings
 
 KEY_ENV = "RETRIEVAL_API_KEY"
+LEFTOVER = re.compile(r"^([a-z0-9][a-z0-9_-]{0,63})\.(tmp|old)-[^.]+$")  # atomic_dir's folders beside a domain
 PAGE = Path(__file__).with_name("page.html")
 
 
@@ -110,10 +113,11 @@ class Service:
     def open(self) -> "Service":
         from ..saved import is_pipeline_dir
 
-        for leftover in sorted(self.root.glob(".*.compact-*")) + sorted(self.root.glob(".*.old-*")):
-            done = recover_swap(self.root, leftover.name[1:].split(".")[0])
+        leftovers = {m.group(1) for p in self.root.iterdir() if (m := LEFTOVER.match(p.name)) and p.is_dir()}
+        for name in sorted(leftovers):
+            done = recover_dir(self.root / name)
             if done:
-                self.metrics.log(done)
+                self.metrics.log(f"domain {name}: {done} (an interrupted compaction)")
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if not is_pipeline_dir(folder):
                 continue

@@ -9,7 +9,6 @@ the live BM25 and FAISS indexes and the document store before it is acknowledged
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import threading
@@ -21,36 +20,11 @@ from typing import Sequence
 
 from ..types import Document, Queries
 from ..saved import pipeline_config
-from .journal import Journal, _fsync_dir
+from ..util import atomic_dir
+from .journal import Journal
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 JOURNAL = "journal.log"
-
-
-def recover_swap(root: Path, name: str) -> str | None:
-    """Finish or undo a compaction that a crash interrupted; returns what was done, if anything.
-
-    The old folder is renamed away before the new one is renamed into place: if the domain's folder is
-    missing, the complete new folder (its journal's records are all in it) takes its place; leftovers of a
-    finished or failed compaction are removed.
-    """
-    folder = root / name
-    new = sorted(root.glob(f".{name}.compact-*"))
-    old = sorted(root.glob(f".{name}.old-*"))
-    done = None
-    if not folder.exists() and new and (new[-1] / "pipeline.json").is_file():
-        os.rename(new[-1], folder)
-        _fsync_dir(root)
-        done = f"finished an interrupted compaction of {name} ({new[-1].name})"
-        new = new[:-1]
-    elif not folder.exists() and old:
-        os.rename(old[-1], folder)  # the new folder never completed: the old one and its journal stand
-        done = f"undid an interrupted compaction of {name}"
-        old = old[:-1]
-    for leftover in [*new, *old]:
-        shutil.rmtree(leftover, ignore_errors=True)
-        done = done or f"removed {leftover.name}, left by an interrupted compaction of {name}"
-    return done
 
 
 class DomainError(Exception):
@@ -305,30 +279,21 @@ class Domain:
     def compact(self) -> dict:
         """Write the live state as a new saved folder and swap it in: the journal starts empty again.
 
-        The new folder is written beside the old under a hidden name, synced, then swapped with two renames;
-        ``recover_swap`` finishes a swap that a crash interrupted. Writes wait while this runs; searches do
+        The folder is replaced with ``atomic_dir`` (written beside the old one, synced, renamed into place;
+        ``recover_dir`` finishes a swap that a crash interrupted). Writes wait while this runs; searches do
         not (they read the live indexes, which a compaction leaves as they are).
         """
         t0 = time.perf_counter()
         with self._writes:
             self._ready()
-            records = self.journal.records
-            tmp = self.folder.parent / f".{self.name}.compact-{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            try:
-                self._write_snapshot(tmp)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            old = self.folder.parent / f".{self.name}.old-{os.getpid()}"
+            records, sync = self.journal.records, self.journal.sync
             self.journal.close()
-            os.rename(self.folder, old)
-            os.rename(tmp, self.folder)  # a crash between the renames: recover_swap() finishes it at start
-            _fsync_dir(self.folder.parent)
-            shutil.rmtree(old)
-            self.journal = Journal(self.folder / JOURNAL, sync=self.journal.sync)
-            self.journal.open()
+            try:
+                with atomic_dir(self.folder, overwrite=True, sync=True) as tmp:
+                    self._write_snapshot(tmp)
+            finally:  # the new folder's empty journal, or the old one if the snapshot failed
+                self.journal = Journal(self.folder / JOURNAL, sync=sync)
+                self.journal.open()
             self.config = pipeline_config(self.folder)
         return {"compacted_records": records, "documents": len(self.docs), "seconds": time.perf_counter() - t0}
 
@@ -341,7 +306,6 @@ class Domain:
         corpus = Corpus(self.docs.values())
         fingerprint = corpus.fingerprint()
         config = {**self.config, "corpus": {"fingerprint": fingerprint, "documents": len(corpus)}}
-        tmp.mkdir(parents=True)
         write_corpus(corpus, tmp / "corpus.jsonl")
         for entry in config["stages"]:
             src, dst = self.folder / entry["path"], tmp / entry["path"]
@@ -358,12 +322,6 @@ class Domain:
             "journal_records": self.journal.records, "last_seq": self.journal.last_seq, "at": time.time()}}
         config["checksums"] = manifest(tmp)
         write_json(tmp / CONFIG_NAME, config)
-        for f in tmp.rglob("*"):  # on disk before the swap, not only in the page cache
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        for d in [tmp, *[p for p in tmp.rglob("*") if p.is_dir()]]:
-            _fsync_dir(d)
 
     def _apply_journaled(self, record: dict, vectors) -> None:
         """Apply a write that is in the journal already. If that fails the live indexes may hold part of it:

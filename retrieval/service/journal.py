@@ -14,6 +14,8 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+from ..util import fsync_dir
+
 
 class DamagedJournal(ValueError):
     """A journal line other than the last is unreadable: the file was damaged, not cut off by a crash."""
@@ -34,14 +36,6 @@ def _parse(line: bytes) -> dict | None:
         return json.loads(payload)
     except ValueError:
         return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -92,7 +86,7 @@ class Journal:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if new and self.sync:
             os.fsync(self._fd)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         return records, cut
 
     def append(self, record: dict) -> int:
