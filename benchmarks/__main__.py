@@ -7,10 +7,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from retrieval.cli import add_cache_args
+from retrieval.pipeline.settings import add_pipeline_args, settings_from_args
+
+from . import cutoffs, service_load, speed_bm25, speed_dense, speed_rerank
+from .conditions import DESCRIPTIONS
+from .regression import load_config
+from .options import RunOptions
+from .runner import run
+
 
 def _parser() -> argparse.ArgumentParser:
-    from .runner import DESCRIPTIONS
-
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -29,27 +36,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="condition the others are tested against (paired t-test on per-query nDCG@10; default: bm25)")
     r.add_argument("--output", type=Path, default=Path("results"), help="output folder (default: results)")
     r.add_argument("--train-split", default="train", help="split used by pipelines that fit settings (default: train)")
-    r.add_argument("--index-dir", type=Path, default=None,
-                   help="where indexes are cached (default: $RETRIEVAL_CACHE or ~/.cache/retrieval)")
-    r.add_argument("--k", type=int, default=1000, help="first-stage depth (default: 1000)")
+    add_cache_args(r)
     r.add_argument("--latency-queries", type=int, default=100,
                    help="queries timed one at a time for latency percentiles (default: 100)")
     r.add_argument("--threads", type=int, default=None, help="search threads (default: all cores)")
-    r.add_argument("--dense-factory", default="Flat", help="FAISS factory string for dense pipelines (default: Flat)")
-    r.add_argument("--dense-k", type=int, default=100, help="ANN neighbours added in hybrid mode (default: 100)")
-    r.add_argument("--dense-epochs", type=int, default=8, help="epochs for query-only dense LoRA (default: 8)")
     r.add_argument("--dense-both-epochs", type=int, default=None,
-                   help="epochs for both-sides dense LoRA (default: 4 supervised, 2 corpus-only)")
-    r.add_argument("--rerank-epochs", type=int, default=3, help="epochs for the LoRA cross-encoder (default: 3)")
-    r.add_argument("--rerank-depths", type=int, nargs="+", default=[10, 20, 30],
-                   help="rerank depths to choose from on held-out training queries (default: 10 20 30)")
-    r.add_argument("--dense-model", default=None, help="bi-encoder: HF id or folder (default: packaged all-MiniLM-L6-v2)")
-    r.add_argument("--rerank-model", default=None, help="cross-encoder backbone: HF id or folder (default: the same MiniLM)")
-    r.add_argument("--rerank-precision", choices=("auto", "float32", "bfloat16"), default="auto")
-    r.add_argument("--rerank-negatives", nargs="+", choices=("bm25", "dense"), default=["bm25"],
-                   help="first stages the reranker's hard negatives come from (default: bm25)")
+                   help="epochs of the both-sides dense LoRA conditions (default: 4 supervised, 2 corpus-only)")
     r.add_argument("--rerank-epoch-curve", action="store_true",
                    help="also report the evaluated split's nDCG@10 after every reranker training epoch (costs a pass each)")
+    add_pipeline_args(r, exclude=("corpus_only",))  # which conditions are corpus-only is in their names
 
     s = sub.add_parser("speed-bm25", help="BM25 stage vs plain Pyserini vs rank-bm25 on >= 100k passages")
     s.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
@@ -115,26 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "run":
-        from .runner import RunOptions, load_config, run
-
         config = load_config(args.config, args.datasets_root) if args.config else {}
         datasets = args.dataset or config.get("datasets")
-        pipelines = args.pipeline or config.get("conditions")
+        conditions = args.pipeline or config.get("conditions")
         split = args.split or config.get("split")
-        if not (datasets and pipelines and split):
+        if not (datasets and conditions and split):
             parser.error("run needs --dataset, --split and --pipeline (or a --config that names them)")
         if args.train_split == "train" and config.get("train_split"):
             args.train_split = config["train_split"]
         opts = RunOptions(
-            split=split, train_split=args.train_split, output=args.output, index_dir=args.index_dir,
-            latency_queries=args.latency_queries, threads=args.threads, k=args.k,
-            dense_factory=args.dense_factory, dense_k=args.dense_k, dense_epochs=args.dense_epochs,
-            dense_both_epochs=args.dense_both_epochs, rerank_epochs=args.rerank_epochs,
-            rerank_depths=tuple(args.rerank_depths), rerank_epoch_curve=args.rerank_epoch_curve,
-            dense_model=args.dense_model, rerank_model=args.rerank_model, rerank_precision=args.rerank_precision,
-            rerank_negatives=tuple(args.rerank_negatives), baseline=args.baseline or config.get("baseline", "bm25"),
+            split=split, train_split=args.train_split, output=args.output, cache_dir=args.cache_dir,
+            latency_queries=args.latency_queries, threads=args.threads, pipeline=settings_from_args(args),
+            dense_both_epochs=args.dense_both_epochs, rerank_epoch_curve=args.rerank_epoch_curve,
+            baseline=args.baseline or config.get("baseline", "bm25"),
         )
-        _, checks = run(datasets, pipelines, opts, expected=config.get("expected"))
+        _, checks = run(datasets, conditions, opts, expected=config.get("expected"))
         print((args.output / "summary.md").read_text(encoding="utf-8"))
         print(f"wrote {args.output}/summary.json, summary.md and <dataset>/<pipeline>/metrics.json, run.trec, report.md")
         failed = [c for c in checks if c["status"] in ("below", "missing")]
@@ -145,27 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return 0
-    if args.command == "tune-cutoffs":
-        from .cutoffs import main as cutoffs_main
-
-        return cutoffs_main(args)
-    if args.command == "service-load":
-        from .service_load import main as load_main
-
-        return load_main(args)
-    if args.command == "speed-bm25":
-        from .speed_bm25 import main as speed_main
-
-        return speed_main(args)
-    if args.command == "speed-dense":
-        from .speed_dense import main as dense_main
-
-        return dense_main(args)
-    if args.command == "speed-rerank":
-        from .speed_rerank import main as rerank_main
-
-        return rerank_main(args)
-    return 2
+    commands = {"tune-cutoffs": cutoffs.main, "service-load": service_load.main, "speed-bm25": speed_bm25.main,
+                "speed-dense": speed_dense.main, "speed-rerank": speed_rerank.main}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

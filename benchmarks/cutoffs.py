@@ -21,10 +21,16 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from retrieval.data import load_dataset
+from retrieval.evaluation import evaluate
+from retrieval.pipeline.folder import load_pipeline
 from retrieval.stage import Pipeline
-from retrieval.types import Queries, Qrels
+from retrieval.types import Qrels, Queries
+from retrieval.util import write_json
 
-from .metrics import evaluate
+from .measure import measure_latency
+from .plots import pyplot, save
+from .report import md_table
 
 
 class _Memo:
@@ -118,9 +124,7 @@ def tune(pipe: Pipeline, queries: Queries, qrels: Qrels, budget_ms: float, bm25_
 
 
 def plot(result: dict, path: str | Path, title: str = "") -> Path:
-    from .plots import _pyplot, save
-
-    plt = _pyplot()
+    plt = pyplot()
     metric = result["metric"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for k in sorted({r["bm25_k"] for r in result["grid"]}):
@@ -145,12 +149,6 @@ def plot(result: dict, path: str | Path, title: str = "") -> Path:
 
 def main(args) -> int:
     """``python -m benchmarks tune-cutoffs --pipeline PIPEDIR --dataset DIR --split dev --budget-ms 300``."""
-    from retrieval.saved import load_pipeline
-    from retrieval.util import write_json
-
-    from .datasets import load_dataset
-    from .runner import _md_table, measure_latency
-
     pipe, corpus, config = load_pipeline(args.pipeline, threads=args.threads)
     info = config.get("info", {})
     train = load_dataset(args.dataset, args.tune_split)
@@ -184,7 +182,7 @@ def main(args) -> int:
     write_json(args.output / "cutoffs.json", result)
     plot(result, args.output / "cutoffs.png")
     rows = sorted(result["grid"], key=lambda r: r["latency_ms"])
-    table = _md_table(["BM25 k", "rerank k", "est. latency ms", "nDCG@10 (tuning)", "Pareto"],
+    table = md_table(["BM25 k", "rerank k", "est. latency ms", "nDCG@10 (tuning)", "Pareto"],
                       [[r["bm25_k"], r["rerank_k"], r["latency_ms"], r["nDCG@10"], "*" if r["pareto"] else ""]
                        for r in rows])
     text = [table, ""]

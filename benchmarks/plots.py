@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,7 +16,7 @@ def _pyplot():
 
 def save(fig, ax, path: str | Path, title: str) -> Path:
     """Title, tight layout, write the PNG, free the figure."""
-    plt = _pyplot()
+    plt = pyplot()
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
@@ -27,7 +27,7 @@ def save(fig, ax, path: str | Path, title: str) -> Path:
 
 def fit_heatmap(fit: dict, path: str | Path, title: str = "") -> Path:
     """Heat map of a BM25 fit grid (k1 x b -> metric), marking the start and the chosen setting."""
-    plt = _pyplot()
+    plt = pyplot()
     metric = fit["metric"]
     k1s = sorted({r["k1"] for r in fit["grid"]})
     bs = sorted({r["b"] for r in fit["grid"]})
@@ -59,7 +59,7 @@ def fit_heatmap(fit: dict, path: str | Path, title: str = "") -> Path:
 
 def stage_recall(records: list[dict], path: str | Path, title: str = "") -> Path:
     """Recall at each stage's cutoff (R@k, k = the stage's depth), one line per condition."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for r in records:
         xs = list(range(len(r["stages"])))
@@ -77,7 +77,7 @@ def stage_recall(records: list[dict], path: str | Path, title: str = "") -> Path
 
 def stage_latency(records: list[dict], path: str | Path, title: str = "") -> Path:
     """Single-query latency (p50) of each stage, stacked per condition, with the p95 of the whole query."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.45 * len(records)))
     colours = {}
     for i, r in enumerate(records):

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from retrieval.data import load_dataset
+from retrieval.pipeline.folder import load_pipeline
+from retrieval.service.process import ServerProcess
+from retrieval.stage import Pipeline
 from retrieval.util import write_json
+
+from . import plots
+from .report import md_table
 
 
 def _drive(call, texts: list[str], requests: int, concurrency: int, desc: str) -> dict:
@@ -63,13 +70,6 @@ def _drive(call, texts: list[str], requests: int, concurrency: int, desc: str) -
 
 
 def main(args) -> int:
-    from benchmarks.datasets import load_dataset
-    from retrieval.saved import load_pipeline
-    from retrieval.service.process import ServerProcess
-    from retrieval.stage import Pipeline
-
-    from . import plots
-    from .runner import _md_table
 
     ds = load_dataset(args.dataset, args.split)
     texts = [ds.queries[q] for q in ds.queries]
@@ -126,12 +126,12 @@ def main(args) -> int:
             for name, r in (("service (HTTP, loopback)", svc), ("pipeline in-process", inp))]
     rows.append(["ratio service / in-process", "", "", "", "", "", f"{ratio['p50']:.2f}", f"{ratio['p95']:.2f}",
                  f"{ratio['p99']:.2f}", f"{ratio['throughput']:.2f}"])
-    table = _md_table(["", "requests", "concurrency", "200", "4xx", "5xx", "p50 ms", "p95 ms", "p99 ms", "req/s"], rows)
+    table = md_table(["", "requests", "concurrency", "200", "4xx", "5xx", "p50 ms", "p95 ms", "p99 ms", "req/s"], rows)
     text = (f"# Service load test\n\n{Path(args.dataset).name} {args.split} queries in turn, "
             f"stages {' >> '.join(stages or stage_names)}, k={args.k}, {args.workers} service workers.\n\n{table}\n")
     (args.output / "service_load.md").write_text(text, encoding="utf-8")
 
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, r in (("service (HTTP)", svc), ("in-process", inp)):
         ms = np.sort(r["latencies_ms"])

@@ -22,10 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from retrieval.data import load_corpus, load_queries
+from retrieval.java import start_jvm
+from retrieval.stages.bm25 import BM25
 from retrieval.types import Corpus, Document, Queries
 from retrieval.util import write_json
-
-from .datasets import load_corpus, load_queries
 
 
 DATASETS = ("scifact", "cranfield", "medline", "adi")
@@ -68,8 +69,6 @@ def _median_ms_per_query(fn, n_queries: int, repeats: int) -> tuple[float, list[
 
 
 def main(args) -> int:
-    from retrieval.java import start_jvm
-    from retrieval.stages.bm25 import BM25
 
     start_jvm()
     from pyserini.search.lucene import LuceneSearcher

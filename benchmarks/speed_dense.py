@@ -19,9 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from encoders.bi_encoder import BiEncoder
+from retrieval.data import load_corpus
+from retrieval.index.faiss import FaissIndex
+from retrieval.lora.settings import LoraSettings
 from retrieval.util import default_cache_dir, write_json
 
-from .datasets import load_corpus
 from .speed_bm25 import DATASETS, all_queries
 
 _SPLIT = re.compile(r"(?<=[.!?])\s+")
@@ -54,7 +57,6 @@ def _timed(fn, repeats: int) -> list[float]:
 def encode_part(args) -> dict:
     import torch
 
-    from encoders.bi_encoder import BiEncoder, LoraSettings
 
     corpus = load_corpus(args.datasets_root / "scifact" / "corpus.jsonl")
     docs = list(corpus.values())[: args.encode_docs]
@@ -92,8 +94,6 @@ def encode_part(args) -> dict:
 
 
 def ann_part(args) -> dict:
-    from encoders.bi_encoder import BiEncoder
-    from retrieval.index.faiss import FaissIndex
 
     cache = default_cache_dir() / "speed-dense"
     cache.mkdir(parents=True, exist_ok=True)
@@ -154,8 +154,8 @@ def ann_part(args) -> dict:
 
 TRAIN_SNIPPET = r"""
 import json, resource, sys, time, torch
-from benchmarks.datasets import load_dataset
-from encoders.bi_encoder import BiEncoder, LoraSettings
+from retrieval.data import load_dataset
+from encoders import BiEncoder, LoraSettings
 mode, steps, batch, root = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 ds = load_dataset(root + "/scifact", "train")
 pairs = [(ds.queries[q], ds.corpus[d].contents) for q in ds.queries for d in ds.qrels[q]]

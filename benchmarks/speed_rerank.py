@@ -13,12 +13,15 @@ import time
 
 import numpy as np
 
+from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings
+from retrieval.data import load_dataset
+from retrieval.stages.bm25 import BM25
+from retrieval.stages.rerank import Rerank
+from retrieval.types import Queries
 from retrieval.util import write_json
 
 
 def _data(args):
-    from benchmarks.datasets import load_dataset
-    from retrieval.stages.bm25 import BM25
 
     ds = load_dataset(args.datasets_root / "scifact", "dev")
     bm25, _ = BM25.from_corpus(ds.corpus)
@@ -28,8 +31,6 @@ def _data(args):
 def throughput_part(args, ds, bm25) -> dict:
     import torch
 
-    from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings
-    from retrieval.types import Queries
 
     qids = list(ds.queries)[: max(1, args.pairs // 8)]
     first = bm25.search(Queries({q: ds.queries[q] for q in qids}), k=8)
@@ -80,9 +81,6 @@ def throughput_part(args, ds, bm25) -> dict:
 
 
 def depth_part(args, ds, bm25) -> dict:
-    from rerankers.cross_encoder import CrossEncoderReranker
-    from retrieval.stages.rerank import Rerank
-    from retrieval.types import Queries
 
     ce = CrossEncoderReranker(max_length=args.max_length)
     qids = list(ds.queries)[: args.depth_queries]

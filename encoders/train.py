@@ -11,14 +11,27 @@ epoch, best epoch kept), the trainable share, wall time and peak memory, and a p
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from retrieval.training import TrainResult, fit_adapter, peak_memory_mb, save_trained, split_queries
+from retrieval.cli import add_cache_args, add_dataset_args, add_device_args, add_lora_args, add_output_args, lora_from_args
+from retrieval.data import load_dataset
+from retrieval.evaluation import evaluate
+from retrieval.lora.examples import TrainExample, pseudo_examples, supervised_examples
+from retrieval.lora.mining import mine_negatives
+from retrieval.lora.settings import LoraSettings
+from retrieval.lora.training import TrainResult, fit_adapter, peak_memory_mb, save_trained, split_queries
+from retrieval.stages.bm25 import BM25
+from retrieval.stages.dense import document_index
 from retrieval.types import Qrels, Queries, Ranking
 
-from .bi_encoder import BiEncoder, LoraSettings
+from .bi_encoder import BiEncoder
+
+
+MODES = ("query", "supervised", "corpus", "corpus-query")
 
 
 @dataclass
@@ -43,15 +56,26 @@ class DenseTrainSettings:
 
 def _fit(encoder: BiEncoder, settings: DenseTrainSettings, items: list, loss_fn, validate, desc: str,
          progress: bool, n_train: int, n_val: int) -> TrainResult:
-    """Add the adapter and run the shared loop (``retrieval.training.fit_adapter``) on the encoder."""
+    """Add the adapter and run the shared loop (``retrieval.lora.training.fit_adapter``) on the encoder."""
     encoder.add_lora(settings.lora, name=settings.adapter_name)
     share = encoder.trainable_share()
-    out = fit_adapter(encoder._transformer(), settings.adapter_name, items, loss_fn, validate,
+    out = fit_adapter(encoder, settings.adapter_name, items, loss_fn, validate,
                       epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
                       weight_decay=settings.weight_decay, warmup=settings.warmup, seed=settings.seed,
                       desc=desc, progress=progress, train_module=encoder.st)
     return TrainResult(**out, trainable_share=share, peak_memory_mb=peak_memory_mb(), train_queries=n_train,
                        val_queries=n_val, settings=settings.to_dict())
+
+
+def validation_queries(queries: Queries, qrels: Qrels, doc_ids, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training, held-out) query ids of query-side training: the judged queries with a relevant document among
+    ``doc_ids``, split by ``split_queries``. The held-out ones never take a gradient step, so later choices
+    (fusion weights) can be made on them; pass the settings the adapter was trained with."""
+    ids = set(doc_ids)
+    judged = [q for q in queries if q in qrels and any(g > 0 and d in ids for d, g in qrels[q].items())]
+    if not judged:
+        raise ValueError("no training query has a relevant document in the index")
+    return split_queries(judged, val_fraction, seed)
 
 
 def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrels,
@@ -62,8 +86,6 @@ def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrel
     stored vectors are used as they are.
     """
     import torch
-
-    from benchmarks.metrics import evaluate
 
     settings = settings or DenseTrainSettings()
     if settings.lora.side != "query":
@@ -80,10 +102,7 @@ def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrel
     doc_ids = [index.ids[r] for r in rows]
     D = torch.from_numpy(np.ascontiguousarray(index.vectors[rows])).to(encoder.st.device)
 
-    judged = [q for q in queries if q in qrels and any(g > 0 and d in row_of for d, g in qrels[q].items())]
-    if not judged:
-        raise ValueError("no training query has a relevant document in the index")
-    train_q, val_q = split_queries(judged, settings.val_fraction, settings.seed)
+    train_q, val_q = validation_queries(queries, qrels, row_of, settings.val_fraction, settings.seed)
     positives = {q: [row_of[d] for d, g in qrels[q].items() if g > 0 and d in row_of] for q in train_q}
     pairs = [(q, p) for q in train_q for p in positives[q]]
 
@@ -113,30 +132,6 @@ def train_query_adapter(encoder: BiEncoder, index, queries: Queries, qrels: Qrel
     return _fit(encoder, settings, pairs, loss_fn, validate, f"{settings.mode} LoRA", progress, len(train_q), len(val_q))
 
 
-@dataclass
-class TrainExample:
-    """One training pair: a query, its positive passage, and the document ids that are positives."""
-
-    qid: str
-    query: str
-    passage: str
-    positives: frozenset[str]
-
-
-def supervised_examples(corpus, queries: Queries, qrels: Qrels) -> list[TrainExample]:
-    out = []
-    for q in queries:
-        pos = frozenset(d for d, g in qrels.get(q, {}).items() if g > 0 and d in corpus)
-        out.extend(TrainExample(q, queries[q], corpus[d].contents, pos) for d in sorted(pos))
-    return out
-
-
-def pseudo_examples(corpus, seed: int = 0) -> list[TrainExample]:
-    from .pseudo import pseudo_queries
-
-    return [TrainExample(p.qid, p.query, p.passage, frozenset([p.doc_id])) for p in pseudo_queries(corpus, seed)]
-
-
 def train_adapter(encoder: BiEncoder, corpus, examples: list[TrainExample], first_stage,
                   settings: DenseTrainSettings, progress: bool = True, val_pool: int = 20,
                   max_val_queries: int = 64, negatives_depth: int = 30) -> TrainResult:
@@ -147,10 +142,6 @@ def train_adapter(encoder: BiEncoder, corpus, examples: list[TrainExample], firs
     nDCG@10 after re-ordering the first stage's top ``val_pool`` by the adapted encoder.
     """
     import torch
-
-    from benchmarks.metrics import evaluate
-
-    from .mining import mine_negatives
 
     if settings.lora.side != "both":
         raise ValueError("supervised and corpus-only training adapt both sides: LoraSettings(side='both')")
@@ -243,8 +234,6 @@ def train_dense(mode: str, corpus, queries: Queries | None = None, qrels: Qrels 
     return encoder, train_adapter(encoder, corpus, examples, first_stage, settings, progress)
 
 
-MODES = ("query", "supervised", "corpus", "corpus-query")
-
 
 def default_settings(mode: str, epochs: int | None = None) -> DenseTrainSettings:
     """The settings the benchmarks use: query-only 8 epochs at 3e-4; supervised both sides 4 epochs at 2e-4
@@ -259,52 +248,39 @@ def default_settings(mode: str, epochs: int | None = None) -> DenseTrainSettings
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m encoders.train --dataset DIR --mode query|supervised|corpus --output DIR``."""
-    import argparse
-    from pathlib import Path
-
-    from benchmarks.datasets import load_dataset
-
+    """``python -m encoders.train --dataset DIR --mode query|supervised|corpus|corpus-query --output DIR``."""
     p = argparse.ArgumentParser(prog="python -m encoders.train", description=main.__doc__)
-    p.add_argument("--dataset", type=Path, required=True, help="BEIR or MS MARCO folder")
-    p.add_argument("--split", default="train", help="split with judgements (query, supervised); any split for corpus")
+    add_dataset_args(p, split_help="split with judgements (query, supervised); any split for corpus modes (default: train)")
     p.add_argument("--mode", choices=MODES, default="query")
-    p.add_argument("--output", type=Path, required=True, help="folder for the adapter (peft files + retrieval_config.json)")
+    add_output_args(p, "the adapter (peft files + retrieval_config.json)")
     p.add_argument("--model", default=None, help="base model: HF id or folder (default: packaged all-MiniLM-L6-v2)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="default: query 8, corpus-query 4, supervised 4, corpus 2")
+    p.add_argument("--lr", type=float, default=None, help="default: 3e-4 query-side, 2e-4 both sides")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--alpha", type=int, default=32)
-    p.add_argument("--dropout", type=float, default=0.05)
-    p.add_argument("--targets", nargs="+", default=["query", "key", "value", "dense"])
+    add_lora_args(p, LoraSettings())
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: a GPU when present)")
-    p.add_argument("--index-dir", type=Path, default=None, help="cache for BM25 and FAISS indexes")
-    p.add_argument("--overwrite", action="store_true")
+    add_device_args(p)
+    add_cache_args(p)
     args = p.parse_args(argv)
-
-    from retrieval.stages.bm25 import BM25
-    from retrieval.stages.dense import document_index
+    if args.output.exists() and not args.overwrite:
+        p.error(f"{args.output} exists; pass --overwrite to replace it")
 
     ds = load_dataset(args.dataset, args.split)
     settings = default_settings(args.mode, args.epochs)
     settings.lr = args.lr or settings.lr
     settings.batch_size, settings.val_fraction, settings.seed = args.batch_size, args.val_fraction, args.seed
-    settings.lora = LoraSettings(r=args.rank, alpha=args.alpha, dropout=args.dropout,
-                                 target_modules=tuple(args.targets), side="both" if args.mode in ("supervised", "corpus") else "query")
+    settings.lora = lora_from_args(args, side="both" if args.mode in ("supervised", "corpus") else "query")
     encoder = BiEncoder(args.model, device=args.device)
     index = first = None
+    cache = args.cache_dir
     if args.mode in ("query", "corpus-query"):
-        index, _, _ = document_index(encoder, ds.corpus, "Flat", cache_dir=args.index_dir / "dense" if args.index_dir else None)
+        index, _, _ = document_index(encoder, ds.corpus, "Flat", cache_dir=cache / "dense" if cache else None)
     else:
-        first, _ = BM25.from_corpus(ds.corpus, cache_dir=args.index_dir / "bm25" if args.index_dir else None)
+        first, _ = BM25.from_corpus(ds.corpus, cache_dir=cache / "bm25" if cache else None)
     encoder, result = train_dense(args.mode, ds.corpus, ds.queries, ds.qrels, settings, encoder, index, first)
     return save_trained(encoder, result, args.output, args.dataset, args.split, args.overwrite, "adapter")
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from encoders.bi_encoder import LoraSettings, _check_name, _settings_dict, default_device, resolve_model
+from retrieval.lora.base import PACKAGED_ID, default_device, resolve_model
+from retrieval.lora.host import CONFIG_NAME, AdapterHost, AdapterMismatch
+from retrieval.lora.settings import LoraSettings
 from retrieval.util import atomic_dir, library_version, read_json, write_json
 
-CONFIG_NAME = "retrieval_config.json"
 PRECISIONS = ("auto", "float32", "bfloat16")
 HEAD_SEED = 0
 
@@ -45,15 +44,14 @@ class RerankLoraSettings(LoraSettings):
         super().__post_init__()
         self.modules_to_save = tuple(self.modules_to_save)
 
-    def peft_config(self):
-        from peft import LoraConfig
+    def _peft_kwargs(self) -> dict:
+        return {**super()._peft_kwargs(), "modules_to_save": list(self.modules_to_save)}
 
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), modules_to_save=list(self.modules_to_save),
-                          bias="none")
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "modules_to_save": list(self.modules_to_save)}
 
 
-class RerankerMismatch(ValueError):
+class RerankerMismatch(AdapterMismatch):
     """An adapter or head that does not fit this reranker's base model."""
 
 
@@ -99,8 +97,9 @@ def _is_cross_encoder(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
 
-class CrossEncoderReranker:
-    """Score (query, document) pairs; add, save, load, switch, disable and merge LoRA adapters.
+class CrossEncoderReranker(AdapterHost):
+    """Score (query, document) pairs; add, save, load, switch, disable and merge LoRA adapters
+    (``retrieval.lora.AdapterHost``).
 
     >>> ce = CrossEncoderReranker(max_length=192)            # packaged MiniLM + a new head (train it first)
     >>> ce.add_lora(RerankLoraSettings())
@@ -137,25 +136,61 @@ class CrossEncoderReranker:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.batch_size = batch_size
-        self.base_model = str(model) if model is not None else "sentence-transformers/all-MiniLM-L6-v2"
+        self.base_model = str(model) if model is not None else PACKAGED_ID
         self.num_labels = labels
-        self.adapters: dict[str, dict] = {}
-        self.active_adapter: str | None = None
-        self.merged_from: str | None = None
-        self._lock = threading.RLock()
-        self._base_fp: str | None = None
+        self._init_adapters()
+
+    # ------------------------------------------------------------------ the adapter host's hooks
+    @property
+    def module(self):
+        return self.model
+
+    def _replace_module(self, module) -> None:
+        self.model = module
+
+    def _copy_for_merge(self) -> "CrossEncoderReranker":
+        clone = copy.copy(self)
+        clone.model = copy.deepcopy(self.model)
+        return clone
+
+    def _after_merge(self, source: "CrossEncoderReranker") -> None:
+        self.model.eval()
+        _align(self.model)
+
+    def _check_adapter(self, path: Path, config: dict) -> None:
+        """A clear error for an adapter of another base model, another head shape, or missing modules."""
+        weights = path / "adapter_model.safetensors"
+        if weights.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(weights), "pt") as f:
+                for key in f.keys():
+                    if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):
+                        shape = tuple(f.get_slice(key).get_shape())
+                        if shape != self.head_shape:
+                            raise RerankerMismatch(
+                                f"{path}: the adapter's scoring head has shape {shape}, this model's head is "
+                                f"{self.head_shape} (num_labels {self.num_labels}); it belongs to another model")
+        ours = path / CONFIG_NAME
+        if not ours.is_file() and (path.parent / CONFIG_NAME).is_file():
+            ours = path.parent / CONFIG_NAME  # a named adapter in a sub-folder of a saved reranker
+        if ours.is_file():
+            saved = read_json(ours, "reranker config")
+            fp = saved.get("base_fingerprint")
+            if saved.get("kind") not in (None, "cross-encoder"):
+                raise RerankerMismatch(f"{path}: it holds a {saved.get('kind')!r} adapter, not a cross-encoder's")
+            if fp and fp != self.base_fingerprint():
+                raise RerankerMismatch(
+                    f"{path}: the adapter was trained on base model {saved.get('base_model')!r} (weights {fp}); "
+                    f"this reranker's base is {self.base_model!r} (weights {self.base_fingerprint()})")
+        try:
+            super()._check_adapter(path, config)
+        except AdapterMismatch as e:
+            raise RerankerMismatch(str(e)) from None
 
     # ------------------------------------------------------------------ facts
-    def _is_peft(self) -> bool:
-        from peft import PeftModel
-
-        return isinstance(self.model, PeftModel)
-
-    def _base(self):
-        return self.model.get_base_model() if self._is_peft() else self.model
-
     def _head(self):
-        base = self._base()
+        base = self.base_module()
         for name in ("classifier", "score"):
             head = getattr(base, name, None)
             if head is not None:
@@ -167,34 +202,9 @@ class CrossEncoderReranker:
     def head_shape(self) -> tuple[int, ...]:
         return tuple(self._head().weight.shape)
 
-    def trainable_share(self) -> float:
-        from retrieval.training import trainable_share
-
-        return trainable_share(self.model)
-
-    def base_fingerprint(self) -> str:
-        """The base weights (head included), whatever adapters are loaded: what an adapter was trained on."""
-        if self._base_fp is None:
-            h = hashlib.sha256()
-            for name, tensor in sorted(self._base().state_dict().items()):
-                if "lora_" in name or "modules_to_save" in name:
-                    continue
-                h.update(name.replace(".base_layer", "").replace(".original_module", "").encode())
-                h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-            self._base_fp = h.hexdigest()[:16]
-        return self._base_fp
-
     def fingerprint(self) -> str:
         """What scores pairs: base weights plus the active adapter."""
-        if self.active_adapter is None or self.merged_from:
-            return f"base:{self.base_fingerprint()}" + (f"+merged:{self.merged_from}" if self.merged_from else "")
-        from peft import get_peft_model_state_dict
-
-        h = hashlib.sha256()
-        for key, tensor in sorted(get_peft_model_state_dict(self.model, adapter_name=self.active_adapter).items()):
-            h.update(key.encode())
-            h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-        return f"base:{self.base_fingerprint()}+{self.active_adapter}:{h.hexdigest()[:16]}"
+        return self.adapter_fingerprint(self.active_adapter)
 
     # ------------------------------------------------------------------ scoring
     def _autocast(self):
@@ -230,7 +240,7 @@ class CrossEncoderReranker:
         order = sorted(range(n), key=lambda i: -(len(queries[i]) + len(docs[i])))
         out = np.empty(n, dtype=np.float32)
         show = n >= 2000 if show_progress is None else show_progress
-        with self._lock, torch.inference_mode(), self._maybe_disabled():
+        with self.lock, torch.inference_mode(), self.base_only(self.active_adapter is None):
             training = self.model.training
             self.model.eval()  # no dropout when scoring, even between training steps
             try:
@@ -244,140 +254,21 @@ class CrossEncoderReranker:
     def __call__(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
         return self.score(queries, docs)
 
-    @contextlib.contextmanager
-    def _maybe_disabled(self):
-        if self.active_adapter is None and self._is_peft():
-            with self.model.disable_adapter():
-                yield
-        else:
-            yield
-
     # ------------------------------------------------------------------ adapters
     def add_lora(self, settings: RerankLoraSettings | None = None, name: str = "default") -> "CrossEncoderReranker":
         """Add a fresh, trainable LoRA adapter (head in ``modules_to_save``) and make it the active one."""
-        from peft import get_peft_model
+        return super().add_lora(settings or RerankLoraSettings(), name, base_fingerprint=self.base_fingerprint())
 
-        settings = settings or RerankLoraSettings()
-        _check_name(name)
-        with self._lock:
-            self._check_unmerged()
-            self.base_fingerprint()  # of the weights before peft wraps them
-            if name in self.adapters:
-                raise ValueError(f"an adapter named {name!r} exists already; choose another name")
-            if self._is_peft():
-                self.model.add_adapter(name, settings.peft_config())
-            else:
-                self.model = get_peft_model(self.model, settings.peft_config(), adapter_name=name)
-            self.adapters[name] = {"lora": _settings_dict(settings), "base_fingerprint": self.base_fingerprint()}
-            self.set_adapter(name)
-        return self
-
-    def set_adapter(self, name: str) -> None:
-        if name not in self.adapters:
-            raise KeyError(f"no adapter named {name!r}; adapters: {sorted(self.adapters) or 'none'}")
-        with self._lock:
-            if not self.merged_from:
-                self.model.set_adapter(name)
-            self.active_adapter = name
-
-    def disable_adapters(self) -> None:
-        """Score with the base model (and its own head) only; ``set_adapter`` brings an adapter back."""
-        with self._lock:
-            self._check_unmerged()
-            self.active_adapter = None
-
-    def _check_unmerged(self):
-        if self.merged_from:
-            raise ValueError("this reranker is merged; adapters are managed on the unmerged one")
-
-    def load_adapter(self, path: str | os.PathLike, name: str = "default") -> None:
+    def load_adapter(self, path: str | os.PathLike, name: str = "default", info: dict | None = None) -> None:
         """Load a peft LoRA adapter folder under ``name``, refusing one made for another base model or head."""
-        from peft import PeftModel
-
-        path = Path(path)
-        if not (path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{path}: no adapter_config.json; not a peft adapter folder")
-        _check_name(name)
-        self._check_adapter(path)
-        with self._lock:
-            self._check_unmerged()
-            if name in self.adapters:
-                raise ValueError(f"an adapter named {name!r} exists already; choose another name")
-            try:
-                if self._is_peft():
-                    self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-                else:
-                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
-            except RuntimeError as e:  # size mismatches that the checks above did not see
-                raise RerankerMismatch(f"{path}: the adapter does not fit {self.base_model}: {e}") from None
-            cfg = read_json(path / "adapter_config.json", "peft adapter config")
-            self.adapters[name] = {"lora": {"r": cfg.get("r"), "alpha": cfg.get("lora_alpha"),
-                                            "dropout": cfg.get("lora_dropout"),
-                                            "target_modules": sorted(cfg.get("target_modules") or []),
-                                            "modules_to_save": sorted(cfg.get("modules_to_save") or [])},
-                                   "base_fingerprint": self.base_fingerprint()}
-            self.set_adapter(name)
-
-    def _check_adapter(self, path: Path) -> None:
-        """A clear error for an adapter of another base model, another head shape, or missing modules."""
-        weights = path / "adapter_model.safetensors"
-        if weights.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(weights), "pt") as f:
-                for key in f.keys():
-                    if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):
-                        shape = tuple(f.get_slice(key).get_shape())
-                        if shape != self.head_shape:
-                            raise RerankerMismatch(
-                                f"{path}: the adapter's scoring head has shape {shape}, this model's head is "
-                                f"{self.head_shape} (num_labels {self.num_labels}); it belongs to another model")
-        cfg = read_json(path / "adapter_config.json", "peft adapter config")
-        ours = path / CONFIG_NAME
-        if not ours.is_file() and (path.parent / CONFIG_NAME).is_file():
-            ours = path.parent / CONFIG_NAME  # a named adapter in a sub-folder of a saved reranker
-        if ours.is_file():
-            saved = read_json(ours, "reranker config")
-            fp = saved.get("base_fingerprint")
-            if saved.get("kind") not in (None, "cross-encoder"):
-                raise RerankerMismatch(f"{path}: it holds a {saved.get('kind')!r} adapter, not a cross-encoder's")
-            if fp and fp != self.base_fingerprint():
-                raise RerankerMismatch(
-                    f"{path}: the adapter was trained on base model {saved.get('base_model')!r} (weights {fp}); "
-                    f"this reranker's base is {self.base_model!r} (weights {self.base_fingerprint()})")
-        targets = cfg.get("target_modules") or []
-        if not isinstance(targets, str):
-            names = {n.split(".")[-1] for n, _ in self._base().named_modules()}
-            missing = [t for t in targets if t not in names]
-            if missing:
-                raise RerankerMismatch(f"{path}: the adapter targets modules {missing} that {self.base_model} does not "
-                                       f"have; it was trained for another base model")
-
-    def merged(self) -> "CrossEncoderReranker":
-        """A new reranker with the active adapter (LoRA and its trained head) folded into the weights."""
-        name = self.active_adapter
-        if name is None or not self._is_peft():
-            raise ValueError("no active adapter to merge; set_adapter(name) first")
-        with self._lock:
-            clone = copy.copy(self)
-            clone._lock = threading.RLock()
-            peft_model = copy.deepcopy(self.model)
-            for other in list(self.adapters):
-                if other != name:
-                    peft_model.delete_adapter(other)
-            clone.model = peft_model.merge_and_unload().eval()
-            _align(clone.model)
-            clone.adapters = {name: dict(self.adapters[name], merged=True)}
-            clone.merged_from = name
-            clone._base_fp = None
-        return clone
+        super().load_adapter(path, name, info=info, base_fingerprint=self.base_fingerprint())
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict:
         return {
             "kind": "cross-encoder",
             "base_model": self.base_model,
-            "base_fingerprint": self.base_fingerprint() if not self.merged_from else None,
+            "base_fingerprint": self.base_fingerprint() if not self.is_merged else None,
             "new_head": self.new_head,
             "head_seed": HEAD_SEED if self.new_head else None,
             "num_labels": self.num_labels,
@@ -386,7 +277,7 @@ class CrossEncoderReranker:
             "precision": self.precision,
             "adapters": self.adapters,
             "active": self.active_adapter,
-            "merged": bool(self.merged_from),
+            "merged": self.is_merged,
             "library_version": library_version(),
         }
 
@@ -394,12 +285,12 @@ class CrossEncoderReranker:
         """Write ``retrieval_config.json`` and peft's adapter files (head included), or, merged, a full
         transformers model + tokenizer in ``model/`` that any cross-encoder loader reads."""
         path = Path(path)
-        with self._lock, atomic_dir(path, overwrite=overwrite) as tmp:
-            if self.merged_from:
+        with self.lock, atomic_dir(path, overwrite=overwrite) as tmp:
+            if self.is_merged:
                 self.model.save_pretrained(str(tmp / "model"))
                 self.tokenizer.save_pretrained(str(tmp / "model"))
-            elif self._is_peft():
-                self.model.save_pretrained(str(tmp), selected_adapters=list(self.adapters))
+            else:
+                self.save_adapters(tmp)
             write_json(tmp / CONFIG_NAME, self._config())
         return path
 
@@ -415,7 +306,7 @@ class CrossEncoderReranker:
             ce = cls(path / "model", max_length=config["max_length"], device=device, batch_size=batch_size,
                      precision=precision)
             ce.base_model, ce.new_head = config["base_model"], config.get("new_head", False)
-            ce.adapters, ce.active_adapter, ce.merged_from = config["adapters"], config["active"], config["active"]
+            ce._adapters, ce.active_adapter, ce.merged_from = config["adapters"], config["active"], config["active"]
             return ce
         ce = cls(config["base_model"], max_length=config["max_length"], device=device, batch_size=batch_size,
                  precision=precision, num_labels=config.get("num_labels"))
@@ -423,8 +314,7 @@ class CrossEncoderReranker:
             raise RerankerMismatch(f"{path}: saved with a head of shape {tuple(config['head_shape'])}, but "
                                    f"{config['base_model']} loads with {ce.head_shape}")
         for name, info in config.get("adapters", {}).items():
-            ce.load_adapter(path if name == "default" else path / name, name=name)
-            ce.adapters[name] = info
+            ce.load_adapter(path if name == "default" else path / name, name=name, info=info)
         if config.get("active"):
             ce.set_adapter(config["active"])
         else:

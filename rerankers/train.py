@@ -16,16 +16,26 @@ nDCG@10 of the first stage's top ``val_depth`` reordered by the reranker alone; 
 
 from __future__ import annotations
 
+import argparse
+import random
+import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from encoders.train import TrainExample, pseudo_examples, supervised_examples
-from retrieval.training import TrainResult, fit_adapter, peak_memory_mb, save_trained, split_queries
+from retrieval.cli import add_cache_args, add_dataset_args, add_device_args, add_lora_args, add_output_args, lora_from_args
+from retrieval.data import load_dataset
+from retrieval.evaluation import evaluate
+from retrieval.lora.examples import TrainExample, pseudo_examples, supervised_examples
+from retrieval.lora.mining import mine_pool
+from retrieval.lora.training import TrainResult, fit_adapter, peak_memory_mb, save_trained, split_queries
+from retrieval.stages.bm25 import BM25
+from retrieval.stages.rerank import Rerank
 from retrieval.types import Qrels, Queries
 
-from .cross_encoder import CrossEncoderReranker, RerankLoraSettings
+from .cross_encoder import PRECISIONS, CrossEncoderReranker, RerankLoraSettings
 
 MODES = ("supervised", "corpus")
 LOSSES = ("listwise", "pointwise")
@@ -68,23 +78,6 @@ class RerankTrainSettings:
         return asdict(self)
 
 
-def mine_pool(first_stages: Sequence, queries: dict[str, str], exclude: dict[str, set[str]], depth: int) -> dict[str, list[str]]:
-    """Each query's negatives: the union of every first stage's top ``depth``, positives excluded, interleaved
-    by rank so each stage contributes its hardest documents first."""
-    from encoders.mining import mine_negatives
-
-    per_stage = [mine_negatives(stage, queries, exclude, depth=depth) for stage in first_stages]
-    out = {}
-    for q in queries:
-        seen: dict[str, None] = {}
-        for rank in range(depth):
-            for negs in per_stage:
-                if rank < len(negs.get(q, [])):
-                    seen.setdefault(negs[q][rank])
-        out[q] = list(seen)
-    return out
-
-
 def split_examples(examples: list[TrainExample], settings: RerankTrainSettings) -> tuple[list[str], list[str]]:
     """(training query ids, held-out query ids): the held-out ones never take a gradient step, so depth
     and fusion weight can be chosen on them."""
@@ -97,9 +90,6 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
     """Train a LoRA adapter (and the scoring head) on ``examples``; negatives mined with ``first_stages``."""
     import torch
 
-    from benchmarks.metrics import evaluate
-    from retrieval.stages.rerank import Rerank
-
     settings = settings or RerankTrainSettings()
     if not examples:
         raise ValueError("no training examples")
@@ -111,8 +101,6 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
     train_set = set(train_q)
     items = [e for e in examples if e.qid in train_set]
     if settings.max_items and len(items) > settings.max_items:
-        import random
-
         items = random.Random(settings.seed).sample(items, settings.max_items)
     texts = {e.qid: e.query for e in examples}
     positives: dict[str, set[str]] = {}
@@ -172,7 +160,7 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
         lora = [p for n, p in reranker.model.named_parameters() if p.requires_grad and "lora_" in n]
         head = [p for n, p in reranker.model.named_parameters() if p.requires_grad and "lora_" not in n]
         groups = [{"params": lora, "lr": settings.lr}, {"params": head, "lr": settings.head_lr}]
-        out = fit_adapter(reranker.model, settings.adapter_name, items, loss_fn, validate,
+        out = fit_adapter(reranker, settings.adapter_name, items, loss_fn, validate,
                           epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
                           weight_decay=settings.weight_decay, warmup=settings.warmup, seed=settings.seed,
                           desc=f"{settings.mode} reranker LoRA", progress=progress,
@@ -196,35 +184,26 @@ def training_examples(mode: str, corpus, queries: Queries | None = None, qrels: 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m rerankers.train --dataset DIR --mode supervised|corpus --output DIR``."""
-    import argparse
-    from pathlib import Path
-
-    from benchmarks.datasets import load_dataset
-    from retrieval.stages.bm25 import BM25
-
+    defaults = RerankTrainSettings()
     p = argparse.ArgumentParser(prog="python -m rerankers.train", description=main.__doc__)
-    p.add_argument("--dataset", type=Path, required=True, help="BEIR or MS MARCO folder")
-    p.add_argument("--split", default="train", help="split with judgements (supervised); any split for corpus")
-    p.add_argument("--mode", choices=MODES, default="supervised")
-    p.add_argument("--loss", choices=LOSSES, default="listwise")
-    p.add_argument("--output", type=Path, required=True, help="folder for the reranker (peft files + retrieval_config.json)")
+    add_dataset_args(p, split_help="split with judgements (supervised); any split for corpus (default: train)")
+    p.add_argument("--mode", choices=MODES, default=defaults.mode)
+    p.add_argument("--loss", choices=LOSSES, default=defaults.loss)
+    add_output_args(p, "the reranker (peft files + retrieval_config.json)")
     p.add_argument("--model", default=None, help="backbone or cross-encoder: HF id or folder (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--teacher", default=None, help="a cross-encoder (HF id or folder, or a saved reranker) to distil from")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--head-lr", type=float, default=3e-3)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--negatives", type=int, default=3)
-    p.add_argument("--max-length", type=int, default=192)
-    p.add_argument("--max-items", type=int, default=None)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=int, default=16)
-    p.add_argument("--dropout", type=float, default=0.05)
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
-    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: a GPU when present)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--index-dir", type=Path, default=None, help="cache for BM25 indexes")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--head-lr", type=float, default=defaults.head_lr)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--negatives", type=int, default=defaults.negatives)
+    p.add_argument("--max-length", type=int, default=defaults.max_length)
+    p.add_argument("--max-items", type=int, default=defaults.max_items)
+    add_lora_args(p, defaults.lora)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    add_device_args(p)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    add_cache_args(p)
     args = p.parse_args(argv)
     if args.output.exists() and not args.overwrite:
         p.error(f"{args.output} exists; pass --overwrite to replace it")
@@ -233,20 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                                    batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
                                    max_items=args.max_items, seed=args.seed,
-                                   lora=RerankLoraSettings(r=args.rank, alpha=args.alpha, dropout=args.dropout))
+                                   lora=lora_from_args(args, RerankLoraSettings))
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision)
     teacher = None
     if args.teacher:
         teacher = (CrossEncoderReranker.load(args.teacher, device=args.device)
                    if (Path(args.teacher) / "retrieval_config.json").is_file()
                    else CrossEncoderReranker(args.teacher, device=args.device))
-    bm25, _ = BM25.from_corpus(ds.corpus, cache_dir=args.index_dir / "bm25" if args.index_dir else None)
+    bm25, _ = BM25.from_corpus(ds.corpus, cache_dir=args.cache_dir / "bm25" if args.cache_dir else None)
     examples = training_examples(args.mode, ds.corpus, ds.queries, ds.qrels, args.seed)
     result = train_reranker(reranker, ds.corpus, examples, [bm25], settings, teacher=teacher)
     return save_trained(reranker, result, args.output, args.dataset, args.split, args.overwrite, "reranker")
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -1,29 +1,36 @@
-"""Multi-stage retrieval: BM25 (Lucene via Pyserini), LoRA dense retrieval over FAISS, LoRA reranking."""
+"""Multi-stage retrieval: BM25 (Lucene via Pyserini), LoRA dense retrieval over FAISS, LoRA reranking.
 
-__version__ = "0.1.0"
+This file is the package's front door: the core types load at once, everything else on first use (PEP 562),
+so ``import retrieval`` never starts Java or torch. Modules inside the library import from the module that
+defines a name, never from here (``tests/test_layers.py`` keeps it so).
+"""
 
-from .stage import Pipeline, Stage  # noqa: E402
-from .types import Corpus, DataFormatError, DataWarning, Document, Qrels, Queries, Ranking  # noqa: E402
-
-__all__ = [
-    "Corpus", "DataFormatError", "DataWarning", "Document", "Pipeline", "Qrels", "Queries", "Ranking", "Stage",
-    "BM25", "Dense", "Rerank", "load_pipeline", "save_pipeline", "build_pipeline",
-]
+from .stage import Pipeline, Stage
+from .types import Corpus, DataFormatError, DataWarning, Document, Qrels, Queries, Ranking
+from .version import __version__
 
 _LAZY = {
-    "BM25": ("retrieval.stages.bm25", "BM25"),
-    "Dense": ("retrieval.stages.dense", "Dense"),
-    "Rerank": ("retrieval.stages.rerank", "Rerank"),
-    "load_pipeline": ("retrieval.saved", "load_pipeline"),
-    "save_pipeline": ("retrieval.saved", "save_pipeline"),
-    "build_pipeline": ("retrieval.train", "build_pipeline"),
+    "BM25": "retrieval.stages.bm25",
+    "Dense": "retrieval.stages.dense",
+    "Rerank": "retrieval.stages.rerank",
+    "Fusion": "retrieval.stages.fusion",
+    "FaissIndex": "retrieval.index.faiss",
+    "load_dataset": "retrieval.data",
+    "evaluate": "retrieval.evaluation",
+    "PipelineSettings": "retrieval.pipeline.settings",
+    "build_pipeline": "retrieval.pipeline.build",
+    "load_pipeline": "retrieval.pipeline.folder",
+    "save_pipeline": "retrieval.pipeline.folder",
+    "SharedModels": "retrieval.pipeline.shared",
 }
 
+__all__ = ["Corpus", "DataFormatError", "DataWarning", "Document", "Pipeline", "Qrels", "Queries", "Ranking", "Stage",
+           "__version__", *_LAZY]
 
-def __getattr__(name):  # stages load lazily: importing the package never starts Java or torch
+
+def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

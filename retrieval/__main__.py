@@ -15,41 +15,30 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli import add_cache_args, add_dataset_args, add_output_args
+from .data import load_dataset
+from .evaluation import evaluate
+from .pipeline.build import build_pipeline
+from .pipeline.folder import load_pipeline, save_pipeline
+from .pipeline.settings import add_pipeline_args, settings_from_args
+from .service.app import serve as serve_domains
+from .service.settings import ServiceSettings
+from .util import write_json
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m retrieval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train BM25 >> hybrid LoRA dense >> LoRA reranker and save the pipeline folder")
-    t.add_argument("--dataset", type=Path, required=True, help="BEIR or MS MARCO folder")
-    t.add_argument("--split", default="train",
-                   help="split whose judgements train the pipeline (with --corpus-only: only its corpus is read)")
+    add_dataset_args(t, split_help="split whose judgements train the pipeline (with --corpus-only: only its corpus "
+                                   "is read; default: train)")
     t.add_argument("--dev-split", default=None,
                    help="after training, report nDCG@10 of the pipeline and each stage on this split (nothing is chosen on it)")
-    t.add_argument("--output", type=Path, required=True, help="the pipeline folder to write")
-    t.add_argument("--corpus-only", action="store_true", help="no judgements: pseudo-queries from the corpus train both adapters")
-    t.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    t.add_argument("--cache-dir", type=Path, default=None,
-                   help="where indexes and trained adapters are cached (default: $RETRIEVAL_CACHE or ~/.cache/retrieval)")
-    t.add_argument("--bm25-k", type=int, default=1000, help="BM25 candidates handed to the dense stage (default: 1000)")
-    t.add_argument("--no-bm25-fit", action="store_true", help="keep k1=0.9, b=0.4 instead of fitting them on the training queries")
-    t.add_argument("--dense-k", type=int, default=100, help="candidates the dense stage hands to the reranker (default: 100)")
-    t.add_argument("--neighbours", type=int, default=100, help="ANN neighbours the dense stage adds (default: 100)")
-    t.add_argument("--dense-factory", default="Flat", help="FAISS factory string (default: Flat)")
-    t.add_argument("--dense-epochs", type=int, default=None, help="query-side adapter epochs (default: 8; corpus-only 4)")
-    t.add_argument("--rerank-epochs", type=int, default=3, help="reranker epochs (default: 3)")
-    t.add_argument("--rerank-depths", type=int, nargs="+", default=[10, 20, 30],
-                   help="rerank depths to choose from on held-out training queries (default: 10 20 30)")
-    t.add_argument("--rerank-negatives", nargs="+", choices=("bm25", "dense"), default=["bm25"],
-                   help="first stages the reranker's hard negatives come from (default: bm25)")
-    t.add_argument("--rerank-max-items", type=int, default=None, help="cap on reranker training pairs (corpus-only: 800)")
-    t.add_argument("--dense-model", default=None, help="bi-encoder: HF id or folder (default: packaged all-MiniLM-L6-v2)")
-    t.add_argument("--rerank-model", default=None, help="cross-encoder backbone: HF id or folder (default: the same MiniLM)")
-    t.add_argument("--rerank-precision", choices=("auto", "float32", "bfloat16"), default="auto")
+    add_output_args(t, "the pipeline folder")
+    add_cache_args(t)
     t.add_argument("--threads", type=int, default=None, help="BM25 search threads (default: all cores)")
-    t.add_argument("--seed", type=int, default=0)
-
-    from .service.settings import ServiceSettings
+    add_pipeline_args(t)
 
     d = ServiceSettings()
     v = sub.add_parser("serve", help="HTTP search service over the domains (saved pipeline folders) under --root")
@@ -74,16 +63,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def serve(args) -> int:
-    from .service.app import serve
-    from .service.settings import ServiceSettings
-
     try:
         settings = ServiceSettings(
             workers=args.workers, max_queue=args.max_queue, max_query_chars=args.max_query_chars, max_k=args.max_k,
             max_batch_docs=args.max_batch_docs, max_doc_chars=args.max_doc_chars, max_id_chars=args.max_id_chars,
             max_body_bytes=args.max_body_bytes, threads=args.threads, device=args.device, sync=not args.no_sync,
             compact_after=args.compact_after)
-        serve(args.root, host=args.host, port=args.port, settings=settings, key_file=args.api_key_file,
+        serve_domains(args.root, host=args.host, port=args.port, settings=settings, key_file=args.api_key_file,
               work_dir=args.work_dir, log_level=args.log_level)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -92,21 +78,11 @@ def serve(args) -> int:
 
 
 def train(args) -> int:
-    from benchmarks.datasets import load_dataset
-
-    from .saved import load_pipeline, save_pipeline
-    from .train import PipelineSettings, build_pipeline
-
     if args.output.exists() and not args.overwrite:
         print(f"error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
     try:
-        settings = PipelineSettings(
-            corpus_only=args.corpus_only, bm25_k=args.bm25_k, bm25_fit=not args.no_bm25_fit, dense_factory=args.dense_factory,
-            dense_k=args.dense_k, neighbours=args.neighbours, dense_epochs=args.dense_epochs,
-            rerank_epochs=args.rerank_epochs, rerank_depths=tuple(args.rerank_depths),
-            rerank_max_items=args.rerank_max_items, rerank_negatives=tuple(args.rerank_negatives), dense_model=args.dense_model, rerank_model=args.rerank_model,
-            rerank_precision=args.rerank_precision, seed=args.seed)
+        settings = settings_from_args(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -122,9 +98,6 @@ def train(args) -> int:
           f"rerank depth {s['rerank']['depth']}, weights {s['rerank']['fusion']['weights']} "
           f"(chosen on {s['rerank']['fusion']['fitted_on']}); training {info['train_seconds']:.0f} s")
     if args.dev_split:
-        from benchmarks.metrics import evaluate
-        from .util import write_json
-
         dev = load_dataset(args.dataset, args.dev_split)
         pipe, _, _ = load_pipeline(args.output, threads=args.threads)
         ranking = pipe.search(dev.queries, keep_stages=True)

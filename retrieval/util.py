@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .version import __version__
+
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically: a temporary file in the same folder, then rename."""
@@ -132,6 +134,4 @@ def default_cache_dir() -> Path:
 
 
 def library_version() -> str:
-    from retrieval import __version__
-
     return __version__

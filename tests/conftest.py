@@ -40,7 +40,7 @@ def datasets_root() -> Path:
 
 @pytest.fixture(scope="session")
 def adi(datasets_root):
-    from benchmarks.datasets import load_dataset
+    from retrieval.data import load_dataset
 
     return load_dataset(datasets_root / "adi", "test")
 

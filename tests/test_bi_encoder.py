@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.bi_encoder import BiEncoder, LoraSettings
+from encoders import BiEncoder, LoraSettings
 from retrieval.types import Document
 
 TEXTS = ["protein folding in cells", "wing aerodynamics at high speed", "a", "retrieval of documents " * 20]

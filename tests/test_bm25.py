@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from benchmarks.metrics import evaluate
-from retrieval.stages.bm25 import BM25, CONFIG_NAME, analyze
+from retrieval.evaluation import evaluate
+from retrieval.stages._rank_bm25 import analyze
+from retrieval.stages.bm25 import BM25, CONFIG_NAME
 from retrieval.types import Corpus, Document, Queries, Ranking
 
 
@@ -113,7 +114,7 @@ def test_analyzer_drops_stop_words_and_stems():
 
 @pytest.mark.slow
 def test_scifact_dev_matches_plain_pyserini_and_reference(datasets_root, tmp_path):
-    from benchmarks.datasets import load_dataset
+    from retrieval.data import load_dataset
 
     ds = load_dataset(datasets_root / "scifact", "dev")
     stage = BM25.build(ds.corpus, tmp_path / "scifact", k=1000)

@@ -3,7 +3,7 @@
 
 import pytest
 
-from benchmarks.datasets import available_splits, load_corpus, load_dataset, load_qrels, load_queries
+from retrieval.data import available_splits, load_corpus, load_dataset, load_qrels, load_queries
 from retrieval.types import DataFormatError, DataWarning
 
 # name, split, documents, judged queries, judgements (from ../shared/datasets/README.md and the files)

@@ -5,7 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from encoders.bi_encoder import BiEncoder, LoraSettings
+from encoders import BiEncoder, LoraSettings
 from encoders.train import DenseTrainSettings, split_queries, train_query_adapter
 from retrieval.index.faiss import IndexMismatch
 from retrieval.stages.dense import Dense, document_index
@@ -107,7 +107,8 @@ def test_query_only_training_leaves_the_index_untouched(tiny_model_dir, adi, tmp
 
 @pytest.mark.parametrize("mode", ["supervised", "corpus"])
 def test_both_sides_training_runs_and_keeps_best_epoch(tiny_model_dir, adi, adi_lucene, mode):
-    from encoders.train import pseudo_examples, supervised_examples, train_adapter
+    from encoders.train import train_adapter
+    from retrieval.lora.examples import pseudo_examples, supervised_examples
 
     enc = BiEncoder(tiny_model_dir, device="cpu")
     base_fp = enc.fingerprint("document")
@@ -125,7 +126,7 @@ def test_both_sides_training_runs_and_keeps_best_epoch(tiny_model_dir, adi, adi_
 
 
 def test_pseudo_queries_do_not_copy_the_title_into_the_passage():
-    from encoders.pseudo import pseudo_queries
+    from retrieval.lora.examples import pseudo_queries
     from retrieval.types import Corpus, Document
 
     corpus = Corpus([
@@ -154,5 +155,6 @@ def test_train_cli(tiny_model_dir, datasets_root, tmp_path, mode):
     assert result["settings"]["mode"] == mode and len(result["history"]) == 2
     enc = BiEncoder.load(out, device="cpu")
     assert enc.adapters["default"]["side"] == ("both" if mode == "corpus" else "query")
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(SystemExit) as exit:  # refused before any training, with the fix named
         main(args)
+    assert exit.value.code == 2

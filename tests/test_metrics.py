@@ -1,6 +1,6 @@
 import pytest
 
-from benchmarks.metrics import evaluate
+from retrieval.evaluation import evaluate
 from retrieval.types import Ranking
 
 QRELS = {"q1": {"a": 1}, "q2": {"b": 1, "c": 1}}

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main as bench_main
-from retrieval.saved import DamagedPipeline, PipelineMismatch, load_pipeline, save_pipeline
-from retrieval.train import PipelineSettings, build_pipeline
+from retrieval.pipeline.folder import DamagedPipeline, PipelineMismatch, load_pipeline, save_pipeline
+from retrieval.pipeline import PipelineSettings, build_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_saved_pipeline_loads_with_identical_rankings_in_a_fresh_process(built, 
     assert config["info"]["held_out"] == b.info["held_out"] and corpus.fingerprint() == adi.corpus.fingerprint()
     qfile = tmp_path / "queries.json"
     qfile.write_text(json.dumps(dict(adi.queries)))
-    code = ("import json,sys; from retrieval.saved import load_pipeline; p,_,_=load_pipeline(sys.argv[1]); "
+    code = ("import json,sys; from retrieval.pipeline.folder import load_pipeline; p,_,_=load_pipeline(sys.argv[1]); "
             "r=p.search(json.load(open(sys.argv[2]))); json.dump({q: r.ranked(q) for q in r.scores}, sys.stdout)")
     out = subprocess.run([sys.executable, "-c", code, str(folder), str(qfile)], cwd=REPO, capture_output=True,
                          text=True, check=True)
@@ -171,7 +171,7 @@ def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tm
                       f'conditions = ["bm25", "bm25>>ce", "full", "{pipe}"]\n\n[expected.adi]\n'
                       f'bm25 = {{ "nDCG@10" = 0.0, tolerance = 0.001 }}\n')  # far below: reported as "above", passes
     args = ["run", "--config", str(config), "--datasets-root", str(datasets_root), "--output", str(out),
-            "--index-dir", str(cache), "--latency-queries", "3", "--k", "50", "--dense-k", "20", *flags]
+            "--index-dir", str(cache), "--latency-queries", "3", "--bm25-k", "50", "--dense-k", "20", "--neighbours", "20", *flags]
     assert bench_main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     by = {r["pipeline"]: r for r in summary}

@@ -152,7 +152,7 @@ class _Oracle:
 
 
 def test_rerank_stage_reorders_and_keeps_parts(adi, adi_lucene):
-    from benchmarks.metrics import evaluate
+    from retrieval.evaluation import evaluate
 
     oracle = _Oracle(adi)
     first = adi_lucene.search(adi.queries, k=30)
@@ -243,7 +243,7 @@ def test_train_cli(backbone, datasets_root, tmp_path):
 
 
 def test_negatives_pool_merges_first_stages_and_excludes_positives(adi, adi_lucene, adi_rank):
-    from rerankers.train import mine_pool
+    from retrieval.lora.mining import mine_pool
 
     queries = {q: adi.queries[q] for q in list(adi.queries)[:5]}
     exclude = {q: {d for d, g in adi.qrels.get(q, {}).items() if g > 0} for q in queries}

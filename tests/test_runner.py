@@ -5,8 +5,8 @@ import json
 import pytest
 
 from benchmarks.__main__ import main
-from benchmarks.datasets import load_dataset
-from benchmarks.metrics import evaluate
+from retrieval.data import load_dataset
+from retrieval.evaluation import evaluate
 from retrieval.types import DataFormatError, Ranking
 
 REQUIRED = {"dataset", "split", "pipeline", "queries", "metrics", "stages", "index_seconds"}
@@ -17,7 +17,7 @@ def test_run_writes_metrics_run_and_report(datasets_root, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["run", "--dataset", str(datasets_root / "adi"), "--split", "test", "--pipeline", "bm25",
                  "--pipeline", "bm25-rank", "--output", str(out), "--index-dir", str(tmp_path / "idx"),
-                 "--latency-queries", "5", "--k", "100"])
+                 "--latency-queries", "5", "--bm25-k", "100"])
     assert code == 0
     table = capsys.readouterr().out
     assert "| adi | test | bm25 |" in table and "| adi | test | bm25-rank |" in table

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.saved import save_pipeline
+from retrieval.pipeline.folder import save_pipeline
 from retrieval.service.process import ServerProcess
-from retrieval.train import PipelineSettings, build_pipeline
+from retrieval.pipeline import PipelineSettings, build_pipeline
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"X-API-Key": KEY}
@@ -123,7 +123,7 @@ def test_search_add_delete_search_on_a_real_server(server, adi):
 def test_interleaved_domains_never_see_each_others_adapters(server, root, adi):
     """Concurrent requests for two domains over shared base models give each domain's own scores, the
     ones its pipeline gives when loaded alone in this process."""
-    from retrieval.saved import load_pipeline
+    from retrieval.pipeline.folder import load_pipeline
 
     queries = [adi.queries[q] for q in list(adi.queries)[:8]]
     expected = {}
@@ -420,12 +420,14 @@ def test_gate_refuses_beyond_its_queue():
 
 
 def test_shared_models_match_separately_loaded_pipelines(root, adi):
-    from retrieval.adapters import SharedModels
-    from retrieval.saved import load_pipeline
+    from retrieval.pipeline.shared import SharedModels
+    from retrieval.pipeline.folder import load_pipeline
 
     models = SharedModels(device="cpu")
     shared = {n: load_pipeline(root / n, models=models, adapter_prefix=n)[0] for n in ("alpha", "beta")}
-    assert len(models._encoders) == 1 and len(models._rerankers) == 1  # one base model of each kind
+    bases = models.base_models  # one base model of each kind, each holding both domains' adapters
+    assert sorted(k.split(":")[0] for k in bases) == ["encoder", "reranker"]
+    assert all(len(adapters) == 2 for adapters in bases.values()), bases
     q = adi.queries[next(iter(adi.queries))]
     for name in ("beta", "alpha", "beta"):  # switching back and forth
         alone = load_pipeline(root / name, device="cpu")[0].search_one(q)
@@ -457,7 +459,7 @@ def test_journal_cuts_a_torn_tail_and_refuses_damage(tmp_path):
 
 
 def test_domain_recovers_from_its_journal(root, tmp_path):
-    from retrieval.adapters import SharedModels
+    from retrieval.pipeline.shared import SharedModels
     from retrieval.service import Domain
     from retrieval.types import Document
 
@@ -481,8 +483,8 @@ def test_domain_recovers_from_its_journal(root, tmp_path):
 
 
 def test_compaction_saves_the_live_state_and_empties_the_journal(root, tmp_path):
-    from retrieval.adapters import SharedModels
-    from retrieval.saved import load_pipeline, verify
+    from retrieval.pipeline.shared import SharedModels
+    from retrieval.pipeline.folder import load_pipeline, verify
     from retrieval.service import Domain
     from retrieval.types import Document
     from retrieval.util import recover_dir

@@ -3,7 +3,7 @@
     python -m retrieval serve --root DOMAINS --host 127.0.0.1 --port 8080
 
 Every sub-folder of the root that holds a saved pipeline (``pipeline.json``) is a domain. Base models are
-loaded once and shared; each domain's adapters are switched per request (``retrieval.adapters``).
+loaded once and shared; each domain's adapters are switched per request (``retrieval.pipeline.shared``).
 Searches and reads are open; writes and the admin endpoints (compact, reload) need the API key
 (``$RETRIEVAL_API_KEY`` or ``--api-key-file``), compared in constant time. Work runs on a fixed pool of
 threads behind a bounded queue: when the queue is full the answer is 429 at once. Every limit has its own
@@ -26,9 +26,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
+from ..pipeline.folder import is_pipeline_dir
+from ..pipeline.shared import SharedModels
 from ..types import Document
 from ..util import recover_dir
+from ..version import __version__
 from .domain import NAME, Domain, DomainError
+from .metrics import Metrics
 from .schemas import DocumentsRequest, SearchRequest
 from .settings import ServiceSettings
 
@@ -94,9 +98,6 @@ class Service:
 
     def __init__(self, root: str | os.PathLike, settings: ServiceSettings | None = None,
                  keys: list[bytes] | None = None, work_dir: str | os.PathLike | None = None):
-        from ..adapters import SharedModels
-        from .metrics import Metrics
-
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: the domains root folder does not exist")
@@ -111,8 +112,6 @@ class Service:
         self._reload_lock = threading.Lock()
 
     def open(self) -> "Service":
-        from ..saved import is_pipeline_dir
-
         leftovers = {m.group(1) for p in self.root.iterdir() if (m := LEFTOVER.match(p.name)) and p.is_dir()}
         for name in sorted(leftovers):
             done = recover_dir(self.root / name)
@@ -143,8 +142,6 @@ class Service:
     def reload(self, name: str) -> Domain:
         """Open the domain's folder again (a restored or retrained folder, or a new one under the root) and
         swap it in; the old one finishes what is in flight and releases its adapters."""
-        from ..saved import is_pipeline_dir
-
         folder = self.root / name
         if not NAME.match(name) or not is_pipeline_dir(folder):
             raise ApiError(404, "no_such_domain", f"{folder} is not a saved pipeline folder under the root")
@@ -239,8 +236,6 @@ class Service:
 
 def create_app(service: Service):
     """The FastAPI app over ``service`` (opened at startup, closed at shutdown)."""
-    from .. import __version__
-
     @asynccontextmanager
     async def lifespan(app):
         await asyncio.get_running_loop().run_in_executor(service.gate.pool, service.open)

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..types import Document, Queries
-from ..saved import pipeline_config
+from ..pipeline.folder import CORPUS_NAME, load_pipeline, pipeline_config, write_config, write_corpus
+from ..pipeline.registry import WriteRefused, kind_of
+from ..stage import Pipeline
+from ..types import Corpus, Document, Queries
 from ..util import atomic_dir
 from .journal import Journal
 
@@ -92,6 +94,8 @@ class Domain:
         self.prefix = name if generation == 0 else f"{name}_r{generation}"
         self.status, self.error = "closed", None
         self.pipeline = None
+        self.live: list = []  # (stage kind, live stage), in pipeline order
+        self.config: dict = {}
         self.docs: dict[str, Document] = {}
         self.journal: Journal | None = None
         self.replayed = 0
@@ -116,33 +120,20 @@ class Domain:
         return self
 
     def _open(self, models, threads, sync) -> None:
-        from ..saved import load_pipeline
-        from ..stages.bm25 import BM25
-        from ..stages.dense import Dense
-        from ..stages.rerank import Rerank
-
         pipeline, corpus, config = load_pipeline(self.folder, threads=threads, models=models, adapter_prefix=self.prefix)
         self.config = config
-        stages = list(pipeline.stages)
-        self.bm25 = self.dense = self.rerank = None
-        for i, stage in enumerate(stages):
-            if isinstance(stage, BM25):  # serve a working copy: the saved index is never written
-                work = self.work_dir / self.name / f"g{self.generation}" / stage.name
-                if self.generation == 0 and work.parent.parent.exists():
-                    shutil.rmtree(work.parent.parent)  # working copies of an earlier run of the service
-                work.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(stage.index_dir, work)
-                stages[i] = self.bm25 = BM25(work, k=stage.k, k1=stage.k1, b=stage.b, threads=threads, name=stage.name)
-            elif isinstance(stage, Dense):
-                self.dense = stage
-            elif isinstance(stage, Rerank):
-                self.rerank = stage
         self.docs = dict(corpus.items())
-        if self.rerank is not None:
-            self.rerank.corpus = self.docs  # the live store: added documents are reranked by their text
-        from ..stage import Pipeline
-
-        self.pipeline = Pipeline(stages, name=pipeline.name)
+        work = self.work_dir / self.name / f"g{self.generation}"
+        if self.generation == 0 and work.parent.exists():
+            shutil.rmtree(work.parent)  # working copies of an earlier run of the service
+        work.mkdir(parents=True, exist_ok=True)
+        self.live = []
+        for stage in pipeline.stages:
+            kind = kind_of(stage)
+            stage = kind.live(stage, work / stage.name, threads)  # e.g. BM25 on a working copy of its index
+            kind.attach_documents(stage, self.docs)
+            self.live.append((kind, stage))
+        self.pipeline = Pipeline([stage for _, stage in self.live], name=pipeline.name)
         self.journal = Journal(self.folder / JOURNAL, sync=sync)
         records, self.cut_bytes = self.journal.open()
         self._replay(records)
@@ -159,21 +150,19 @@ class Domain:
             else:
                 raise ValueError(f"journal record {record.get('seq')}: unknown operation {record['op']!r}")
         gone = [i for i, d in final.items() if d is None and i in self.docs]
-        if gone:
-            self._apply({"op": "delete", "ids": gone}, None)
         docs = [d for d in final.values() if d is not None]
-        if docs:
-            self._apply({"op": "upsert", "docs": docs}, self._encode(docs))
+        if gone or docs:
+            self._apply(docs, gone, self._prepare(docs))
 
     def close(self, models=None) -> None:
-        """Wait for searches and writes in flight, then release the journal, the index writer and (with the
-        shared ``models``) this domain's adapters."""
+        """Wait for searches and writes in flight, then release the journal, what the live stages hold (an index
+        writer's lock) and (with the shared ``models``) this domain's adapters."""
         with self._writes, self._lock.write():
             self.status = "closed"
             if self.journal is not None:
                 self.journal.close()
-            if getattr(self, "bm25", None) is not None:
-                self.bm25.close()
+            for kind, stage in self.live:
+                kind.close(stage)
             if models is not None:
                 for stage in self.stage_names:
                     models.unload(f"{self.prefix}_{stage}")
@@ -191,8 +180,8 @@ class Domain:
                            "last_seq": self.journal.last_seq if self.journal else 0,
                            "replayed_at_start": self.replayed, "torn_bytes_cut": self.cut_bytes},
                "open_seconds": round(self.open_seconds, 3)}
-        if self.dense is not None:
-            out["vector_index"] = {"factory": self.dense.index.factory, "vectors": len(self.dense.index)}
+        for kind, stage in self.live if self.pipeline is not None else []:
+            out.update(kind.describe(stage))
         return out
 
     def _ready(self) -> None:
@@ -202,8 +191,6 @@ class Domain:
 
     # ------------------------------------------------------------------ searching
     def search(self, query: str, k: int, stages: Sequence[str] | None = None) -> SearchResult:
-        from ..stage import Pipeline
-
         self._ready()
         pipeline = self.pipeline
         if stages:
@@ -230,10 +217,19 @@ class Domain:
         return doc
 
     # ------------------------------------------------------------------ writing
-    def _encode(self, docs: list[Document]):
-        if self.dense is None or not docs:
-            return None
-        return self.dense.encoder.encode_documents(docs)
+    def _prepare(self, docs: list[Document]) -> list:
+        """Each stage's work for a write that needs no lock (encoding the documents)."""
+        return [kind.prepare(stage, docs) for kind, stage in self.live]
+
+    def _check_write(self, replaced: list[str], deleted: list[str]) -> None:
+        for kind, stage in self.live:
+            if not kind.writable:
+                raise DomainError(409, "read_only", f"domain {self.name!r} has a stage {stage.name!r} of kind "
+                                  f"{kind.name!r}, which takes no incremental writes; rebuild the domain instead")
+            try:
+                kind.check_write(stage, replaced, deleted)
+            except WriteRefused as e:
+                raise DomainError(409, e.code, f"domain {self.name!r}: {e.detail}") from None
 
     def upsert(self, docs: list[Document]) -> dict:
         """Add or replace ``docs``: journaled (synced), then applied to every live index, then acknowledged."""
@@ -242,27 +238,20 @@ class Domain:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise DomainError(422, "duplicate_id", f"document id {dup!r} appears twice in the batch")
-        replaced = [i for i in ids if i in self.docs]
-        if replaced and self.dense is not None and self.dense.index.kind == "hnsw":
-            raise DomainError(409, "cannot_replace", f"domain {self.name!r} keeps its vectors in an HNSW index "
-                              f"({self.dense.index.factory}), which FAISS cannot delete from, so {replaced[0]!r} "
-                              f"cannot be replaced; build the domain with a Flat or IVF index")
-        vectors = self._encode(docs)  # outside the lock: searches go on while documents are encoded
+        self._check_write([i for i in ids if i in self.docs], [])
+        prepared = self._prepare(docs)  # outside the lock: searches go on while documents are encoded
         with self._writes:  # one write (or compaction) at a time, in journal order
             self._ready()
             replaced = [i for i in ids if i in self.docs]
+            self._check_write(replaced, [])
             seq = self.journal.append({"op": "upsert", "docs": [
                 {"id": d.id, "title": d.title, "text": d.text} for d in docs]})
             with self._lock.write():  # searches wait only while the live indexes change
-                self._apply_journaled({"op": "upsert", "docs": docs}, vectors)
+                self._apply_journaled(docs, [], prepared)
         return {"seq": seq, "added": len(docs) - len(replaced), "replaced": len(replaced), "documents": len(self.docs)}
 
     def delete(self, doc_id: str) -> dict:
         self._ready()
-        if self.dense is not None and self.dense.index.kind == "hnsw":
-            raise DomainError(409, "cannot_delete", f"domain {self.name!r} keeps its vectors in an HNSW index "
-                              f"({self.dense.index.factory}), which FAISS cannot delete from; build the domain "
-                              f"with a Flat or IVF index")
         with self._writes:
             self._ready()
             if doc_id not in self.docs:
@@ -270,9 +259,10 @@ class Domain:
             if len(self.docs) == 1:
                 raise DomainError(409, "last_document", f"{doc_id!r} is the last document of {self.name!r}; "
                                   f"a domain keeps at least one")
+            self._check_write([], [doc_id])
             seq = self.journal.append({"op": "delete", "ids": [doc_id]})
             with self._lock.write():
-                self._apply_journaled({"op": "delete", "ids": [doc_id]}, None)
+                self._apply_journaled([], [doc_id], self._prepare([]))
         return {"seq": seq, "deleted": 1, "documents": len(self.docs)}
 
     # ------------------------------------------------------------------ compaction
@@ -298,59 +288,34 @@ class Domain:
         return {"compacted_records": records, "documents": len(self.docs), "seconds": time.perf_counter() - t0}
 
     def _write_snapshot(self, tmp: Path) -> None:
-        from ..saved import CONFIG_NAME, manifest, write_corpus
-        from ..stages.bm25 import CONFIG_NAME as BM25_CONFIG
-        from ..types import Corpus
-        from ..util import write_json
-
         corpus = Corpus(self.docs.values())
-        fingerprint = corpus.fingerprint()
-        config = {**self.config, "corpus": {"fingerprint": fingerprint, "documents": len(corpus)}}
-        write_corpus(corpus, tmp / "corpus.jsonl")
-        for entry in config["stages"]:
-            src, dst = self.folder / entry["path"], tmp / entry["path"]
-            if entry["type"] == "bm25":  # the working copy, committed by every write; not Lucene's lock file
-                shutil.copytree(self.bm25.index_dir, dst, ignore=shutil.ignore_patterns("write.lock", "*.tmp-*"))
-                write_json(dst / BM25_CONFIG, {**self.bm25.config, "corpus_fingerprint": fingerprint,
-                                               "num_docs": len(corpus)})
-            elif entry["type"] == "dense":
-                shutil.copytree(src / "encoder", dst / "encoder")  # adapters do not change
-                self.dense.index.save(dst / "index")
-            else:
-                shutil.copytree(src, dst)
+        write_corpus(corpus, tmp / CORPUS_NAME)
+        stages = [kind.snapshot(stage, entry, self.folder / entry["path"], tmp / entry["path"], corpus)
+                  for entry, (kind, stage) in zip(self.config["stages"], self.live)]
+        config = {k: v for k, v in self.config.items() if k != "checksums"}
+        config.update(stages=stages, corpus={"fingerprint": corpus.fingerprint(), "documents": len(corpus)})
         config["info"] = {**config.get("info", {}), "compacted": {
             "journal_records": self.journal.records, "last_seq": self.journal.last_seq, "at": time.time()}}
-        config["checksums"] = manifest(tmp)
-        write_json(tmp / CONFIG_NAME, config)
+        write_config(tmp, config)
 
-    def _apply_journaled(self, record: dict, vectors) -> None:
+    def _apply_journaled(self, upserts: list[Document], deletes: list[str], prepared: list) -> None:
         """Apply a write that is in the journal already. If that fails the live indexes may hold part of it:
         the domain stops serving (a restart replays the journal) rather than answer from a half-applied state."""
         try:
-            self._apply(record, vectors)
+            self._apply(upserts, deletes, prepared)
         except Exception as e:
             self.status = "damaged"
             self.error = (f"a journaled write failed to apply ({type(e).__name__}: {e}); reload or restart the "
                           f"service to rebuild the live indexes from the saved folder and the journal")
             raise DomainError(500, "write_failed", self.error) from e
 
-    def _apply(self, record: dict, vectors) -> None:
-        """Apply one journaled write to the live indexes (also used to replay the journal at start)."""
-        if record["op"] == "upsert":
-            docs = [d if isinstance(d, Document) else Document(**d) for d in record["docs"]]
-            if self.bm25 is not None:
-                self.bm25.update(add=docs)
-            if self.dense is not None:
-                self.dense.index.add(vectors, [d.id for d in docs])  # replaces ids already present
-            for d in docs:
-                self.docs[d.id] = d
-        elif record["op"] == "delete":
-            ids = [i for i in record["ids"] if i in self.docs]
-            if self.bm25 is not None:
-                self.bm25.update(delete=ids)
-            if self.dense is not None and ids:
-                self.dense.index.remove(ids)
-            for i in ids:
-                del self.docs[i]
-        else:
-            raise ValueError(f"journal record {record.get('seq')}: unknown operation {record['op']!r}")
+    def _apply(self, upserts: list[Document], deletes: list[str], prepared: list) -> None:
+        """Apply one write (deletes first, then adds or replaces) to every live stage and the document store;
+        also used to replay the journal at start."""
+        deletes = [i for i in deletes if i in self.docs]
+        for (kind, stage), work in zip(self.live, prepared):
+            kind.apply(stage, upserts, deletes, work)
+        for i in deletes:
+            del self.docs[i]
+        for d in upserts:
+            self.docs[d.id] = d

@@ -7,241 +7,33 @@ BEIR "flat" condition. ``fit`` tunes k1 and b by grid search and saves them with
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
+from ..evaluation import evaluate, paired_ttest
 from ..stage import StageBase, as_queries, check_candidates, check_k
 from ..types import Corpus, Document, Qrels, Queries, Ranking
 from ..util import atomic_dir, default_cache_dir, library_version, read_json, write_json
+from ._lucene import LuceneEngine
+from ._rank_bm25 import RankBM25Engine
 
 CONFIG_NAME = "bm25_config.json"
-BACKENDS = ("lucene", "rank_bm25")
 DEFAULT_K1_GRID = (0.6, 0.8, 0.9, 1.0, 1.2, 1.5, 2.0)
 DEFAULT_B_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9)
-
-# Lucene's English stop words (EnglishAnalyzer.ENGLISH_STOP_WORDS_SET), used by the Java-free analyzer
-# so that both backends drop the same words.
-_STOP = frozenset(
-    "a an and are as at be but by for if in into is it no not of on or such that the their then there "
-    "these they this to was will with".split()
-)
-_TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
 def _threads(threads: int | None) -> int:
     return max(1, threads or os.cpu_count() or 1)
 
 
-# --------------------------------------------------------------------------------------------- lucene
-class _Lucene:
-    def __init__(self, path: Path, threads: int):
-        from ..java import start_jvm
-
-        start_jvm()
-        from pyserini.search.lucene import LuceneSearcher
-
-        self._cls = LuceneSearcher
-        self.path = path / "lucene"
-        self.threads = threads
-        self._searchers: dict[tuple[float, float], object] = {}
-        self._lock = threading.Lock()
-
-    def _searcher(self, k1: float, b: float):
-        key = (float(k1), float(b))
-        s = self._searchers.get(key)
-        if s is None:
-            with self._lock:
-                s = self._searchers.get(key)
-                if s is None:
-                    if len(self._searchers) >= 4:  # fit tries many settings: keep a few searchers open
-                        oldest = next(iter(self._searchers))
-                        self._searchers.pop(oldest).close()
-                    s = self._cls(str(self.path))
-                    s.set_bm25(key[0], key[1])
-                    self._searchers[key] = s
-        return s
-
-    @staticmethod
-    def build(corpus: Corpus, out: Path, threads: int, store_raw: bool = False) -> dict:
-        """Index with Anserini's IndexCollection (JsonCollection, contents = title + " " + text).
-
-        ``store_raw`` also stores the raw JSON and document vectors, as Pyserini's prebuilt BEIR indexes do;
-        it is off by default because loading stored fields makes every hit 2-3x slower to return, and
-        document text comes from the corpus here.
-        """
-        from ..java import start_jvm
-
-        start_jvm()
-        from jnius import autoclass
-
-        docs_dir = out / "_json"
-        docs_dir.mkdir()
-        per_file = max(1, -(-len(corpus) // threads))  # one file per thread, for parallel indexing
-        ids = list(corpus)
-        for part, start in enumerate(range(0, len(ids), per_file)):
-            with open(docs_dir / f"docs-{part:03d}.jsonl", "w", encoding="utf-8") as f:
-                for doc_id in ids[start : start + per_file]:
-                    f.write(json.dumps({"id": doc_id, "contents": corpus[doc_id].contents}, ensure_ascii=False))
-                    f.write("\n")
-        args = [
-            "-collection", "JsonCollection", "-input", str(docs_dir), "-index", str(out / "lucene"),
-            "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(threads),
-            "-storePositions", "-quiet",
-        ]
-        if store_raw:
-            args[-1:-1] = ["-storeDocvectors", "-storeRaw"]
-        autoclass("io.anserini.index.IndexCollection").main(args)
-        for p in docs_dir.iterdir():
-            p.unlink()
-        docs_dir.rmdir()
-        lock = out / "lucene" / "write.lock"
-        if lock.exists():
-            lock.unlink()
-        return {"analyzer": "Anserini default English (Porter, Lucene stop words)", "store_raw": store_raw}
-
-    def _open_writer(self):
-        """Lucene's IndexWriter on the index, with the analyzer and field options IndexCollection used."""
-        if getattr(self, "_writer", None) is None:
-            from jnius import autoclass
-
-            config = autoclass("org.apache.lucene.index.IndexWriterConfig")(
-                autoclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance())
-            config.setOpenMode(autoclass("org.apache.lucene.index.IndexWriterConfig$OpenMode").APPEND)
-            directory = autoclass("org.apache.lucene.store.FSDirectory").open(
-                autoclass("java.nio.file.Paths").get(str(self.path)))
-            args = autoclass("io.anserini.index.IndexCollection$Args")()
-            args.storePositions = True  # as build() indexes: the field options must match
-            self._writer = autoclass("org.apache.lucene.index.IndexWriter")(directory, config)
-            self._generator = autoclass("io.anserini.index.generator.DefaultLuceneDocumentGenerator")(args)
-            self._json = autoclass("com.fasterxml.jackson.databind.ObjectMapper")()
-            self._jdoc = autoclass("io.anserini.collection.JsonCollection$Document")
-            self._term = autoclass("org.apache.lucene.index.Term")
-            self._term_query = autoclass("org.apache.lucene.search.TermQuery")
-        return self._writer
-
-    def update(self, add: Sequence[tuple[str, str]], delete: Sequence[str]) -> None:
-        """Add or replace (id, contents) documents and delete ids, then commit and reopen the searchers."""
-        with self._lock:
-            writer = self._open_writer()
-            for doc_id in delete:
-                writer.deleteDocuments(self._term_query(self._term("id", doc_id)))
-            for doc_id, contents in add:
-                node = self._json.readTree(json.dumps({"id": doc_id, "contents": contents}))
-                writer.updateDocument(self._term("id", doc_id), self._generator.createDocument(self._jdoc(node)))
-            writer.commit()  # durable and visible to readers opened from now on
-            old, self._searchers = self._searchers, {}
-        for searcher in old.values():
-            searcher.close()
-
-    def close(self) -> None:
-        with self._lock:
-            if getattr(self, "_writer", None) is not None:
-                self._writer.close()
-                self._writer = None
-
-    def search(self, qids: list[str], texts: list[str], k: int, k1: float, b: float) -> dict[str, dict[str, float]]:
-        searcher = self._searcher(k1, b)
-        if len(qids) == 1:
-            hits = {qids[0]: searcher.search(texts[0], k=k)}
-        else:
-            hits = searcher.batch_search(texts, qids, k=k, threads=self.threads)
-        return {qid: {h.docid: h.score for h in hits.get(qid, ())} for qid in qids}
-
-
-# ------------------------------------------------------------------------------------------ rank_bm25
-def analyze(text: str, stem: bool = True) -> list[str]:
-    """Lower-case word tokens without Lucene's English stop words, Porter-stemmed (PyStemmer)."""
-    tokens = [t for t in _TOKEN.findall(text.lower()) if t not in _STOP]
-    if stem and tokens:
-        return _stemmer().stemWords(tokens)
-    return tokens
-
-
-_stemmers = threading.local()
-
-
-def _stemmer():
-    s = getattr(_stemmers, "porter", None)
-    if s is None:
-        try:
-            import Stemmer
-        except ImportError:
-            raise ImportError("the rank_bm25 backend stems with PyStemmer: pip install PyStemmer") from None
-        s = _stemmers.porter = Stemmer.Stemmer("porter")
-    return s
-
-
-class _RankBM25:
-    def __init__(self, path: Path, threads: int):
-        from rank_bm25 import BM25Okapi
-
-        with open(path / "docids.txt", encoding="utf-8") as f:
-            self.doc_ids = [line.rstrip("\n") for line in f]
-        with open(path / "tokens.jsonl", encoding="utf-8") as f:
-            tokens = [json.loads(line) for line in f]
-        if len(tokens) != len(self.doc_ids):
-            raise ValueError(f"{path}: tokens.jsonl and docids.txt disagree in length; rebuild the index")
-        # Empty documents make rank-bm25 divide by zero in its length statistics only when all are empty.
-        self.path, self.tokens, self._cls = path, tokens, BM25Okapi
-        self.model = BM25Okapi(tokens)
-        self._lock = threading.Lock()
-
-    def update(self, add: Sequence[tuple[str, str]], delete: Sequence[str]) -> None:
-        """Add or replace and delete documents. rank-bm25 has no incremental update: its statistics are
-        recomputed from the stored token lists (no document is tokenised again), and the files rewritten."""
-        with self._lock:
-            rows = {d: i for i, d in enumerate(self.doc_ids)}
-            gone = {rows[d] for d in delete if d in rows} | {rows[d] for d, _ in add if d in rows}
-            ids = [d for i, d in enumerate(self.doc_ids) if i not in gone] + [d for d, _ in add]
-            tokens = [t for i, t in enumerate(self.tokens) if i not in gone] + [analyze(c) for _, c in add]
-            if not ids:
-                raise ValueError("the rank_bm25 backend cannot hold an empty index; keep at least one document")
-            for name, lines in (("docids.txt", ids), ("tokens.jsonl", [json.dumps(t) for t in tokens])):
-                tmp = self.path / f"{name}.tmp-update"
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.writelines(line + "\n" for line in lines)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path / name)
-            self.doc_ids, self.tokens, self.model = ids, tokens, self._cls(tokens)
-
-    def close(self) -> None:
-        pass
-
-    @staticmethod
-    def build(corpus: Corpus, out: Path, threads: int, store_raw: bool = False) -> dict:
-        with open(out / "docids.txt", "w", encoding="utf-8") as ids, open(out / "tokens.jsonl", "w", encoding="utf-8") as tok:
-            for doc_id in tqdm(corpus, desc="tokenizing", unit="doc", disable=len(corpus) < 20000):
-                ids.write(doc_id + "\n")
-                tok.write(json.dumps(analyze(corpus[doc_id].contents)) + "\n")
-        return {"analyzer": "word tokens, lower case, Lucene English stop words, Porter (PyStemmer)"}
-
-    def search(self, qids: list[str], texts: list[str], k: int, k1: float, b: float) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        with self._lock:  # k1 and b are attributes of the shared model
-            self.model.k1, self.model.b = k1, b
-            for qid, text in zip(qids, texts):
-                tokens = analyze(text)
-                if not tokens:
-                    out[qid] = {}
-                    continue
-                scores = self.model.get_scores(tokens)
-                n = min(k, len(scores))
-                top = np.argpartition(-scores, n - 1)[:n]
-                out[qid] = {self.doc_ids[i]: float(scores[i]) for i in top if scores[i] > 0}
-        return out
-
-
-_ENGINES = {"lucene": _Lucene, "rank_bm25": _RankBM25}
+_ENGINES = {"lucene": LuceneEngine, "rank_bm25": RankBM25Engine}  # a new engine: one module + one line
+BACKENDS = tuple(_ENGINES)
 
 
 # ------------------------------------------------------------------------------------------- the stage
@@ -424,10 +216,6 @@ class BM25(StageBase):
         values, and a gain within the noise of the training queries does not carry to new ones.
         ``alpha=1.0`` takes the plain arg-max. With ``save`` the result is written to the index's config.
         """
-        from scipy.stats import ttest_rel
-
-        from benchmarks.metrics import evaluate  # depends only on retrieval.types and ir-measures
-
         queries = as_queries(queries)
         judged = queries.subset(q for q in queries if q in qrels)
         if len(judged) == 0:
@@ -448,9 +236,7 @@ class BM25(StageBase):
             grid.append({"k1": k1, "b": b, metric: ev.aggregate[metric]})
             per_query.append([ev.per_query[q][metric] for q in qids])
         best_i = max(range(len(grid)), key=lambda i: grid[i][metric])  # first best wins: the start on ties
-        p_value = 1.0
-        if best_i != 0:
-            p_value = float(ttest_rel(per_query[best_i], per_query[0]).pvalue)
+        p_value = paired_ttest(per_query[best_i], per_query[0])[1] if best_i != 0 else 1.0
         chosen = grid[best_i] if best_i != 0 and p_value < alpha else grid[0]
         result = FitResult(metric, chosen["k1"], chosen["b"], chosen[metric], grid[0][metric], grid,
                            best={**grid[best_i], "p_value": p_value}, alpha=alpha)

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from ..index.faiss import FaissIndex
+from ..index.faiss import FaissIndex, IndexMismatch
 from ..stage import StageBase, as_queries, check_candidates, check_k
 from ..types import Corpus, Queries, Ranking
 from ..util import default_cache_dir
@@ -60,8 +60,6 @@ class Dense(StageBase):
         if check_index and index.encoder_fingerprint is not None:
             fp = encoder.fingerprint("document")
             if fp != index.encoder_fingerprint:
-                from ..index.faiss import IndexMismatch
-
                 raise IndexMismatch(f"the index was built with encoder {index.encoder_fingerprint}, this encoder "
                                     f"encodes documents as {fp}; rebuild the index or use the matching adapter")
         self.encoder, self.index, self.mode = encoder, index, mode

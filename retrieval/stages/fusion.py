@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..evaluation import evaluate
 from ..types import Qrels, Ranking
 
 METHODS = ("rrf", "weighted")
@@ -39,6 +40,10 @@ class Fusion:
         d = asdict(self)
         d["weights"] = list(self.weights)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Fusion | None":
+        return cls(**{**d, "weights": tuple(d["weights"])}) if d else None
 
     def __call__(self, rankings: Sequence[Ranking]) -> Ranking:
         if len(rankings) != len(self.weights):
@@ -95,8 +100,6 @@ def fit_weight(first: Ranking, second: Ranking, qrels: Qrels, metric: str = "nDC
 
     Give it rankings of *training* queries: the weight must never be chosen on the evaluation split.
     """
-    from benchmarks.metrics import evaluate
-
     rows = []
     for w in grid:
         fusion = Fusion("weighted", (1.0 - w, w), norm=norm)

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..evaluation import evaluate
 from ..stage import StageBase, as_queries, check_candidates, check_k
 from ..types import Document, Qrels, Queries, Ranking
 from .fusion import Fusion, fit_weight
@@ -86,8 +87,6 @@ def fit_rerank(stage: Rerank, queries: Queries, candidates: Ranking, qrels: Qrel
     The reranker scores the deepest depth once; shallower depths reuse those scores. Ties go to the
     shallower (cheaper) depth.
     """
-    from benchmarks.metrics import evaluate
-
     queries = as_queries(queries)
     deepest = max(depths)
     alone = stage.scores(queries, candidates, deepest)

@@ -13,7 +13,13 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..util import write_json
 
 
 @dataclass
@@ -55,35 +61,26 @@ def peak_memory_mb() -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
-def trainable_share(module) -> float:
-    params = list(module.parameters())
-    total = sum(p.numel() for p in params)
-    return sum(p.numel() for p in params if p.requires_grad) / total if total else 0.0
-
-
-def fit_adapter(peft_model, adapter_name: str, items: list, loss_fn: Callable, validate: Callable[[], float], *,
+def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validate: Callable[[], float], *,
                 epochs: int, lr: float, batch_size: int, weight_decay: float = 0.01, warmup: float = 0.1,
                 seed: int = 0, desc: str = "LoRA", progress: bool = True, param_groups: list[dict] | None = None,
                 train_module=None, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
-    """Train ``peft_model``'s adapter ``adapter_name`` on ``items`` with ``loss_fn(batch, rng) -> loss``.
+    """Train the adapter ``adapter_name`` of ``host`` (an ``AdapterHost``) on ``items`` with ``loss_fn(batch, rng) -> loss``.
 
     ``validate()`` returns the figure to maximise (nDCG@10 on held-out queries); the best epoch's adapter
     weights are put back at the end (epoch 0 = untrained, if nothing beats it). ``param_groups`` overrides
     the default single group of every trainable parameter (e.g. a higher rate for a new head);
-    ``train_module`` is what ``.train()``/``.eval()`` is called on (default ``peft_model``); ``on_epoch(epoch,
+    ``train_module`` is what ``.train()``/``.eval()`` is called on (default ``host.module``); ``on_epoch(epoch,
     adapter_state)`` sees each epoch's weights. Returns ``{best_epoch, best_val, start_val, history, seconds}``;
     parameters are frozen and the module left in eval mode.
     """
-    import numpy as np
     import torch
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-    from tqdm.auto import tqdm
 
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if not items:
         raise ValueError("no training items")
-    module = train_module if train_module is not None else peft_model
+    module = train_module if train_module is not None else host.module
     groups = param_groups or [{"params": [p for p in module.parameters() if p.requires_grad]}]
     optim = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(items) / batch_size)
@@ -91,16 +88,12 @@ def fit_adapter(peft_model, adapter_name: str, items: list, loss_fn: Callable, v
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
         optim, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
 
-    def state():
-        weights = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
-        return {k: v.detach().clone() for k, v in weights.items()}
-
     rng = random.Random(seed)
     items = list(items)
     t0 = time.perf_counter()
     module.eval()
     start_val = validate()
-    best_val, best_epoch, best_state = start_val, 0, state()
+    best_val, best_epoch, best_state = start_val, 0, host.adapter_state(adapter_name)
     history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
     try:
@@ -124,14 +117,14 @@ def fit_adapter(peft_model, adapter_name: str, items: list, loss_fn: Callable, v
             if progress:
                 bar.write(f"{desc}: epoch {epoch}: loss {np.mean(losses):.4f}, validation nDCG@10 {start_val:.4f} "
                           f"(start) -> {val:.4f}")
-            current = state()
+            current = host.adapter_state(adapter_name)
             if on_epoch is not None:
                 on_epoch(epoch, current)
             if val > best_val:
                 best_val, best_epoch, best_state = val, epoch, current
     finally:
         bar.close()
-    set_peft_model_state_dict(peft_model, best_state, adapter_name=adapter_name)
+    host.set_adapter_state(best_state, adapter_name)
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -141,10 +134,6 @@ def fit_adapter(peft_model, adapter_name: str, items: list, loss_fn: Callable, v
 
 def save_trained(model, result: TrainResult, output, dataset, split: str, overwrite: bool, what: str) -> int:
     """The training CLIs' last step: save the model, write ``train_result.json`` beside it, say what happened."""
-    from pathlib import Path
-
-    from .util import write_json
-
     model.save(output, overwrite=overwrite)
     write_json(Path(output) / "train_result.json", {"dataset": str(dataset), "split": split, **result.to_dict()})
     print(f"best epoch {result.best_epoch}: validation nDCG@10 {result.start_val:.4f} -> {result.best_val:.4f}; "

@@ -1,4 +1,4 @@
-"""Loaders for BEIR folders and the MS MARCO layout, into the core types.
+"""Loaders for BEIR folders and the MS MARCO layout, into the core types (Corpus, Queries, Qrels).
 
 BEIR:      corpus.jsonl ({"_id", "title", "text"}), queries.jsonl ({"_id", "text"}),
            qrels/<split>.tsv (query-id, corpus-id, score; header row optional)
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from retrieval.types import Corpus, DataFormatError, DataWarning, Document, Qrels, Queries
+from .types import Corpus, DataFormatError, DataWarning, Document, Qrels, Queries
 
 __all__ = [
     "Dataset",

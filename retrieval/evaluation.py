@@ -1,4 +1,4 @@
-"""Evaluation through ir-measures (pytrec_eval underneath): aggregate and per query.
+"""Evaluation through ir-measures (pytrec_eval underneath): aggregate and per query; paired significance tests.
 
 Every judged query counts: a judged query the ranking has no entry for scores 0 on every measure
 (pytrec_eval on its own would silently leave it out of the mean).
@@ -7,11 +7,12 @@ Every judged query counts: a judged query the ranking has no entry for scores 0 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import ir_measures
+import numpy as np
 
-from retrieval.types import Qrels, Ranking
+from .types import Qrels, Ranking
 
 DEFAULT_MEASURES = ("nDCG@10", "R@100", "R@1000", "RR@10", "AP")
 
@@ -52,3 +53,35 @@ def evaluate(ranking: Ranking, qrels: Qrels, measures: Sequence[str] = DEFAULT_M
     n = len(per_query)
     aggregate = {name: sum(pq[name] for pq in per_query.values()) / n for name in parsed}
     return Evaluation(aggregate, per_query, n)
+
+
+def paired_ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """(t, p) of a paired t-test (scipy ``ttest_rel``) of ``a`` against ``b``; identical lists give (0, 1)."""
+    from scipy.stats import ttest_rel
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if np.allclose(a, b):
+        return 0.0, 1.0
+    res = ttest_rel(a, b)
+    return float(res.statistic), float(res.pvalue)
+
+
+def significance(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], baseline: str,
+                 metric: str = "nDCG@10") -> dict[str, dict]:
+    """Paired t-test of each condition's per-query ``metric`` against ``baseline``'s, over the baseline's queries.
+
+    ``per_query[condition][qid][metric]``; returns ``{condition: {baseline, metric, delta, t, p_value, queries,
+    wins, losses}}`` for every condition but the baseline.
+    """
+    base = per_query[baseline]
+    qids = sorted(base)
+    out = {}
+    for name, pq in per_query.items():
+        if name == baseline:
+            continue
+        a = np.array([pq.get(q, {}).get(metric, 0.0) for q in qids])
+        b = np.array([base[q][metric] for q in qids])
+        t, p = paired_ttest(a, b)
+        out[name] = {"baseline": baseline, "metric": metric, "delta": float(a.mean() - b.mean()), "t": t, "p_value": p,
+                     "queries": len(qids), "wins": int((a > b).sum()), "losses": int((a < b).sum())}
+    return out

@@ -1,6 +1,7 @@
-"""Pseudo-queries made from the corpus itself, for domains with no judgements.
+"""Training examples for both encoders: (query, positive passage) pairs from judgements, or from the corpus.
 
-For a document with a title, the title is the query and the text is its positive passage; without
+``supervised_examples`` makes one example per judged positive. ``pseudo_examples`` makes pseudo-queries from
+the corpus itself, for domains with no judgements: for a document with a title, the title is the query and the text is its positive passage; without
 a title, one sentence is the query and the rest of the passage is the positive. The query's words are
 removed from the front of the positive when the text repeats the title (as Cranfield's does), so the
 pair never matches by copying.
@@ -12,7 +13,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from retrieval.types import Corpus
+from ..types import Corpus, Qrels, Queries
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
@@ -51,3 +52,27 @@ def pseudo_queries(corpus: Corpus, seed: int = 0, min_words: int = 3, min_passag
         rest = " ".join(sentences[:i] + sentences[i + 1:])
         pairs.append(PseudoPair(f"pq-{doc_id}", sentences[i], doc_id, rest))
     return pairs
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    """One training pair: a query, its positive passage, and the document ids that are positives."""
+
+    qid: str
+    query: str
+    passage: str
+    positives: frozenset[str]
+
+
+def supervised_examples(corpus: Corpus, queries: Queries, qrels: Qrels) -> list[TrainExample]:
+    """One example per (judged query, relevant document in the corpus)."""
+    out = []
+    for q in queries:
+        pos = frozenset(d for d, g in qrels.get(q, {}).items() if g > 0 and d in corpus)
+        out.extend(TrainExample(q, queries[q], corpus[d].contents, pos) for d in sorted(pos))
+    return out
+
+
+def pseudo_examples(corpus: Corpus, seed: int = 0) -> list[TrainExample]:
+    """One example per usable document, from ``pseudo_queries``."""
+    return [TrainExample(p.qid, p.query, p.passage, frozenset([p.doc_id])) for p in pseudo_queries(corpus, seed)]

@@ -1,0 +1,137 @@
+"""Measuring one condition on one dataset: latency one query at a time (per stage and whole), a batch pass,
+every metric for the pipeline and for each stage at its own cutoff, index sizes; the record that reports and
+regression checks are made from.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from retrieval.data import Dataset
+from retrieval.evaluation import DEFAULT_MEASURES, evaluate
+from retrieval.pipeline.folder import folder_bytes
+from retrieval.stage import Pipeline
+from retrieval.types import Queries
+from retrieval.util import library_version, write_json
+
+from .conditions import DESCRIPTIONS, builder_for, condition_name
+from .options import RunOptions
+from .plots import fit_heatmap
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0}
+    arr = np.asarray(values) * 1000.0
+    return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95))}
+
+
+def measure_latency(pipeline: Pipeline, queries: Queries, n: int, seed: int = 0) -> tuple[dict[str, list[float]], list[float]]:
+    """Run up to ``n`` queries one at a time; per-stage and total seconds per query."""
+    qids = list(queries)
+    if n < len(qids):
+        rng = np.random.default_rng(seed)
+        qids = [qids[i] for i in sorted(rng.choice(len(qids), size=n, replace=False))]
+    per_stage: dict[str, list[float]] = {s.name: [] for s in pipeline.stages}
+    total: list[float] = []
+    if qids:  # warm-up outside the measurement (JIT, caches)
+        pipeline.search(Queries({qids[0]: queries[qids[0]]}))
+    for qid in tqdm(qids, desc="latency", unit="q", leave=False):
+        t0 = time.perf_counter()
+        ranking = pipeline.search(Queries({qid: queries[qid]}))
+        total.append(time.perf_counter() - t0)
+        for trace in ranking.trace:
+            per_stage[trace.name].append(trace.seconds)
+    return per_stage, total
+
+
+def stage_index_bytes(stage) -> int:
+    """Bytes of the stage's index: the BM25 index folder, or the FAISS index plus its stored vectors."""
+    if getattr(stage, "index_dir", None) is not None:
+        return folder_bytes(stage.index_dir)
+    index = getattr(stage, "index", None)
+    if index is not None and hasattr(index, "vectors"):
+        import faiss
+
+        return int(faiss.serialize_index(index.index).nbytes + index.vectors.nbytes)
+    return 0
+
+
+def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions, per_query: dict | None = None) -> dict:
+    """Build, time and evaluate one condition; writes its run.trec and per_query.json and returns its record
+    (``run`` adds the significance test and plots, then writes metrics.json and report.md).
+    ``per_query`` (if given) receives its per-query scores."""
+    built = builder_for(pipeline_name)(ds, opts)
+    pipeline_name = condition_name(pipeline_name)
+    pipe = built.pipeline
+
+    # Latency first: its warm-up query also warms the batch pass (JIT, caches, lazy model loads).
+    per_stage_lat, total_lat = measure_latency(pipe, ds.queries, opts.latency_queries)
+    t0 = time.perf_counter()
+    ranking = pipe.search(ds.queries, keep_stages=True)
+    batch_seconds = time.perf_counter() - t0
+    ev = evaluate(ranking, ds.qrels, DEFAULT_MEASURES)
+    stages = []
+    for stage, trace in zip(pipe.stages, ranking.trace):
+        k = stage.k or opts.pipeline.bm25_k
+        names = list(dict.fromkeys(["nDCG@10", f"R@{k}", "RR@10", *DEFAULT_MEASURES]))
+        stage_ev = evaluate(ranking.stages[stage.name], ds.qrels, names)
+        stages.append({
+            "name": stage.name,
+            "k": k,
+            "metrics": stage_ev.aggregate,
+            "latency_ms": _percentiles(per_stage_lat[stage.name]),
+            "batch_seconds": trace.seconds,
+            "candidates_out": trace.candidates_out,
+            "index_bytes": stage_index_bytes(stage),
+        })
+        parts = {name.split("/", 1)[1]: evaluate(r, ds.qrels, names).aggregate
+                 for name, r in ranking.stages.items() if name.startswith(f"{stage.name}/")}
+        if parts:  # e.g. the reranker's own ranking before fusion with the incoming scores
+            stages[-1]["parts"] = parts
+
+    out_dir = opts.output / ds.name / pipeline_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ranking.to_trec(out_dir / "run.trec", tag=pipeline_name.replace(">", "_"))
+    record = {
+        "dataset": ds.name,
+        "split": ds.split,
+        "pipeline": pipeline_name,
+        "description": DESCRIPTIONS.get(pipeline_name, ""),
+        "queries": ev.queries,
+        "metrics": ev.aggregate,
+        "stages": stages,
+        "index_seconds": built.index_seconds,
+        "index_reused": built.index_reused,
+        "index_bytes": sum(st["index_bytes"] for st in stages),
+        "train_seconds": built.extra.get("train_seconds", (built.extra.get("train") or {}).get("seconds")),
+        "latency_ms": _percentiles(total_lat),
+        "latency_queries": len(total_lat),
+        "qps": len(ds.queries) / batch_seconds if batch_seconds > 0 else None,
+        "batch_seconds": batch_seconds,
+        "settings": built.settings,
+        **{k: v for k, v in built.extra.items() if k != "train_seconds"},
+        "dataset_path": str(ds.path),
+        "docs": len(ds.corpus),
+        "library_version": library_version(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks", *sys.argv[1:]]) if sys.argv and "benchmarks" in sys.argv[0] else None,
+    }
+    if built.extra.get("fit"):
+        record["plots"] = [fit_heatmap(built.extra["fit"], out_dir / "fit_grid.png",
+                                       f"{ds.name}: BM25 {built.extra['fit']['metric']} on "
+                                       f"{built.extra['fit']['split']} by k1 and b").name]
+    write_json(out_dir / "per_query.json", ev.per_query)
+    if per_query is not None:
+        per_query.update(ev.per_query)
+    return record

@@ -1,0 +1,279 @@
+"""One host for LoRA adapters (peft) on a torch module; the bi-encoder and the cross-encoder both use it.
+
+A model class that hosts adapters subclasses ``AdapterHost``, calls ``_init_adapters()`` and says where its
+torch module lives (the ``module`` property and ``_replace_module``, which peft's first adapter wraps). The
+host keeps one state shape for every model kind:
+
+- ``adapters``: ``{name: {"lora": {...settings...}, ...facts the model records}}`` (a copy; e.g. the
+  bi-encoder records each adapter's ``side``, the cross-encoder the base weights it was trained on);
+- ``active_adapter``: the adapter that applies (``None``: the base model alone);
+- ``merged_from``: set on a model whose adapter was folded into its weights (``merged()``).
+
+and does the adapter lifecycle the peft way under one re-entrant ``lock``: add, load, switch, disable,
+unload, save, merge, the adapter's weights (for training), and fingerprints of the base weights and of each
+adapter. Callers that switch adapters per call (``retrieval.pipeline.shared``) hold ``lock`` around the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+from ..util import read_json
+from .settings import LoraSettings
+
+CONFIG_NAME = "retrieval_config.json"  # what a saved model folder holds beside peft's own files
+
+
+class AdapterMismatch(ValueError):
+    """An adapter that does not fit the model it is loaded into (another base model, head or kind)."""
+
+
+def check_adapter_name(name: str) -> None:
+    if not name or not isinstance(name, str) or "/" in name or name.startswith("."):
+        raise ValueError(f"adapter name must be a plain folder name, got {name!r}")
+
+
+def _tensor_bytes(tensor) -> bytes:
+    return tensor.detach().cpu().contiguous().float().numpy().tobytes()
+
+
+def weights_fingerprint(module, extra: bytes = b"") -> str:
+    """sha256 (16 hex digits) of a module's weights, adapters left out: the same whether peft wraps it or not."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        h.update(name.replace(".base_layer", "").replace(".original_module", "").encode())
+        h.update(_tensor_bytes(tensor))
+    h.update(extra)
+    return h.hexdigest()[:16]
+
+
+class AdapterHost:
+    """The adapter lifecycle shared by every model that takes LoRA adapters (see the module docstring)."""
+
+    base_model: str
+
+    # ------------------------------------------------------------------ what a model class provides
+    def _init_adapters(self) -> None:
+        self.lock = threading.RLock()
+        self._adapters: dict[str, dict] = {}
+        self.active_adapter: str | None = None
+        self.merged_from: str | None = None
+        self._base_fp: str | None = None
+
+    @property
+    def module(self):
+        """The torch module adapters are added to (a ``peft.PeftModel`` once one is)."""
+        raise NotImplementedError
+
+    def _replace_module(self, module) -> None:
+        raise NotImplementedError
+
+    def _fingerprint_extra(self) -> bytes:
+        """Bytes that also decide what the model computes, hashed with its weights (e.g. a maximum length)."""
+        return b""
+
+    def _check_adapter(self, path: Path, config: dict) -> None:
+        """Refuse an adapter folder made for another model; the default checks its target modules exist."""
+        targets = config.get("target_modules") or []
+        if isinstance(targets, str):  # a regular expression: peft checks it
+            return
+        names = {n.split(".")[-1] for n, _ in self.base_module().named_modules()}
+        missing = [t for t in targets if t not in names]
+        if missing:
+            raise AdapterMismatch(f"{path}: the adapter targets modules {missing} that {self.base_model} does not "
+                                  f"have; it was trained for another base model")
+
+    def _copy_for_merge(self) -> "AdapterHost":
+        """A shallow copy of the model whose torch module (and what holds it) is a deep copy."""
+        raise NotImplementedError
+
+    def _after_merge(self, source: "AdapterHost") -> None:
+        """Anything a merged copy needs besides its merged weights."""
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def is_peft(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.module, PeftModel)
+
+    @property
+    def is_merged(self) -> bool:
+        return self.merged_from is not None
+
+    def base_module(self):
+        """The module without peft's wrapper (adapter layers may still be injected into it)."""
+        return self.module.get_base_model() if self.is_peft else self.module
+
+    @property
+    def adapters(self) -> dict[str, dict]:
+        return copy.deepcopy(self._adapters)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self._adapters)
+
+    def trainable_share(self) -> float:
+        params = list(self.module.parameters())
+        total = sum(p.numel() for p in params)
+        return sum(p.numel() for p in params if p.requires_grad) / total if total else 0.0
+
+    def base_fingerprint(self) -> str:
+        """The base weights (adapters left out), whatever adapters are loaded: what an adapter is trained on."""
+        if self._base_fp is None:
+            self._base_fp = weights_fingerprint(self.base_module(), self._fingerprint_extra())
+        return self._base_fp
+
+    def adapter_hash(self, name: str) -> str:
+        from peft import get_peft_model_state_dict
+
+        h = hashlib.sha256()
+        for key, tensor in sorted(get_peft_model_state_dict(self.module, adapter_name=name).items()):
+            h.update(key.encode())
+            h.update(_tensor_bytes(tensor))
+        return h.hexdigest()[:16]
+
+    def adapter_fingerprint(self, name: str | None) -> str:
+        """Identifies what computes with adapter ``name`` (``None``: the base alone): base weights + adapter."""
+        base = f"base:{self.base_fingerprint()}"
+        if self.is_merged:
+            return f"{base}+merged:{self.merged_from}"
+        if name is None:
+            return base
+        return f"{base}+{name}:{self.adapter_hash(name)}"
+
+    # ------------------------------------------------------------------ lifecycle
+    def _check_unmerged(self) -> None:
+        if self.is_merged:
+            raise ValueError("this model is merged; adapters are managed on the unmerged one")
+
+    def _check_new(self, name: str) -> None:
+        check_adapter_name(name)
+        if name in self._adapters:
+            raise ValueError(f"an adapter named {name!r} exists already; choose another name")
+
+    def add_lora(self, settings: LoraSettings, name: str = "default", **facts):
+        """Add a fresh, trainable LoRA adapter and make it the active one; ``facts`` are recorded with it."""
+        from peft import get_peft_model
+
+        with self.lock:
+            self._check_unmerged()
+            self._check_new(name)
+            self.base_fingerprint()  # of the weights as they are before peft wraps them
+            if self.is_peft:
+                self.module.add_adapter(name, settings.peft_config())
+            else:
+                self._replace_module(get_peft_model(self.module, settings.peft_config(), adapter_name=name))
+            self._adapters[name] = {**facts, "lora": settings.to_dict()}
+            self.set_adapter(name)
+        return self
+
+    def load_adapter(self, path: str | os.PathLike, name: str = "default", info: dict | None = None, **facts) -> None:
+        """Load a peft adapter folder (``adapter_config.json`` + weights) under ``name``, not trainable, and make
+        it the active one. ``info`` is what a saved model recorded for it; otherwise its settings are read from
+        peft's config and ``facts`` added."""
+        from peft import PeftModel
+
+        path = Path(path)
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{path}: no adapter_config.json; not a peft adapter folder")
+        check_adapter_name(name)
+        config = read_json(path / "adapter_config.json", "peft adapter config")
+        self._check_adapter(path, config)
+        with self.lock:
+            self._check_unmerged()
+            self._check_new(name)
+            try:
+                if self.is_peft:
+                    self.module.load_adapter(str(path), adapter_name=name, is_trainable=False)
+                else:
+                    self._replace_module(PeftModel.from_pretrained(self.module, str(path), adapter_name=name,
+                                                                   is_trainable=False))
+            except RuntimeError as e:  # size mismatches that the checks did not see
+                raise AdapterMismatch(f"{path}: the adapter does not fit {self.base_model}: {e}") from None
+            if info is None:
+                lora = {"r": config.get("r"), "alpha": config.get("lora_alpha"), "dropout": config.get("lora_dropout"),
+                        "target_modules": sorted(config.get("target_modules") or [])}
+                if config.get("modules_to_save"):
+                    lora["modules_to_save"] = sorted(config["modules_to_save"])
+                info = {**facts, "lora": lora}
+            self._adapters[name] = copy.deepcopy(info)
+            self.set_adapter(name)
+
+    def set_adapter(self, name: str) -> None:
+        if name not in self._adapters:
+            raise KeyError(f"no adapter named {name!r}; adapters: {sorted(self._adapters) or 'none'}")
+        with self.lock:
+            if not self.is_merged:
+                self.module.set_adapter(name)
+            self.active_adapter = name
+
+    def disable_adapters(self) -> None:
+        """Run the base model alone (the adapters stay loaded; ``set_adapter`` brings one back)."""
+        with self.lock:
+            self._check_unmerged()
+            self.active_adapter = None
+
+    def unload_adapter(self, name: str) -> None:
+        """Remove adapter ``name`` from the model."""
+        with self.lock:
+            self._check_unmerged()
+            if name not in self._adapters:
+                raise KeyError(f"no adapter named {name!r}; adapters: {sorted(self._adapters) or 'none'}")
+            self.module.delete_adapter(name)
+            del self._adapters[name]
+            if self.active_adapter == name:
+                self.active_adapter = None
+
+    @contextlib.contextmanager
+    def base_only(self, when: bool = True):
+        """Inside, the base model runs without its adapters (when ``when``; the adapters stay loaded)."""
+        if when and self.is_peft and not self.is_merged:
+            with self.module.disable_adapter():
+                yield
+        else:
+            yield
+
+    def adapter_state(self, name: str | None = None) -> dict:
+        """A copy of the adapter's weights (peft state dict; for the cross-encoder the head too)."""
+        from peft import get_peft_model_state_dict
+
+        weights = get_peft_model_state_dict(self.module, adapter_name=name or self.active_adapter)
+        return {k: v.detach().clone() for k, v in weights.items()}
+
+    def set_adapter_state(self, state: dict, name: str | None = None) -> None:
+        from peft import set_peft_model_state_dict
+
+        with self.lock:
+            set_peft_model_state_dict(self.module, state, adapter_name=name or self.active_adapter)
+
+    def save_adapters(self, folder: str | os.PathLike) -> None:
+        """peft's own files for every adapter: ``default`` at the top, the others in sub-folders."""
+        if self.is_peft and self._adapters:
+            self.module.save_pretrained(str(folder), selected_adapters=list(self._adapters))
+
+    def merged(self):
+        """A new model with the active adapter folded into the weights: no adapter cost at all."""
+        name = self.active_adapter
+        if name is None or not self.is_peft:
+            raise ValueError("no active adapter to merge; set_adapter(name) first")
+        with self.lock:
+            clone = self._copy_for_merge()
+            peft_module = clone.module
+            for other in list(self._adapters):
+                if other != name:
+                    peft_module.delete_adapter(other)
+            clone._replace_module(peft_module.merge_and_unload())
+            clone.lock = threading.RLock()
+            clone._adapters = {name: {**copy.deepcopy(self._adapters[name]), "merged": True}}
+            clone.active_adapter = clone.merged_from = name
+            clone._base_fp = None
+            clone._after_merge(self)
+        return clone

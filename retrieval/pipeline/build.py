@@ -1,0 +1,131 @@
+"""Train every stage of the full pipeline — BM25 >> hybrid LoRA dense >> LoRA reranker — from one call.
+
+``build_pipeline`` (and ``python -m retrieval train``):
+
+1. **BM25**: the Lucene index; with judgements, k1 and b grid-searched on the training queries (kept at
+   the start values unless the gain is significant, see ``BM25.fit``).
+2. **Dense**: the base model's document index and a *query-side* LoRA adapter (documents keep the base
+   vectors: nothing is re-encoded). Its loss is a softmax over every document of the corpus, so BM25's
+   hard negatives, and every other document, are negatives. The stage runs in hybrid mode: BM25's
+   candidates plus the index's own nearest neighbours, fused with BM25's score.
+3. **Rerank**: a LoRA cross-encoder (MiniLM + a new head) trained with hard negatives pooled from BM25 and
+   the trained dense stage; it reorders the dense stage's top candidates and is fused with their score.
+
+Settings are chosen without the evaluated split: the dense fusion weight, the rerank depth and the rerank
+fusion weight on training queries held out of both adapters' training (the same seeded slice). With
+``corpus_only`` there are no judgements: pseudo-queries made from the documents train both adapters, and
+the fusion weights (equal) and rerank depth (20) are a rule fixed in advance.
+
+Trained adapters are cached by data and settings (``retrieval.pipeline.cache``), so building again is fast.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from encoders.bi_encoder import BiEncoder
+from encoders.train import validation_queries
+from rerankers.train import split_examples, training_examples
+
+from ..stage import Pipeline
+from ..stages.dense import Dense
+from ..stages.fusion import Fusion, fit_weight
+from ..stages.rerank import Rerank, fit_rerank
+from ..types import Corpus, Qrels, Queries
+from .cache import base_index, bm25_stage, dense_adapter, rerank_settings, reranker
+from .settings import PipelineSettings
+
+
+@dataclass
+class BuiltPipeline:
+    """A trained pipeline, its corpus, and how it was made (``info``: what each stage trained and chose)."""
+
+    pipeline: Pipeline
+    corpus: Corpus
+    info: dict = field(default_factory=dict)
+
+
+def dense_held_out(queries: Queries, qrels: Qrels, index, train_info: dict) -> list[str]:
+    """The training queries a query-side dense adapter held out of its training (it never took a gradient step
+    on them), from the settings it recorded: where its fusion weight can be chosen."""
+    s = train_info["settings"]
+    return validation_queries(queries, qrels, index.rows, s["val_fraction"], s["seed"])[1]
+
+
+def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels | None = None,
+                   settings: PipelineSettings | None = None, cache_dir=None, threads: int | None = None,
+                   split: str = "train", log=print) -> BuiltPipeline:
+    """Train and compose BM25 >> hybrid LoRA dense >> LoRA reranker (see the module docstring)."""
+    settings = settings or PipelineSettings()
+    if not settings.corpus_only and (queries is None or qrels is None):
+        raise ValueError("training needs queries and qrels; with no judgements use corpus_only=True")
+    if settings.corpus_only:
+        queries = qrels = None
+    t_start = time.perf_counter()
+    info: dict = {"settings": settings.to_dict(), "split": "none (corpus only)" if settings.corpus_only else split,
+                  "stages": {}}
+
+    # 1. BM25
+    log("[1/3] BM25 index" + ("" if settings.corpus_only or not settings.bm25_fit else " and k1/b fit on training queries"))
+    bm25, built = bm25_stage(corpus, cache_dir, k=settings.bm25_k, threads=threads)
+    bm25_info: dict = {"index_seconds": bm25.build_seconds, "index_reused": not built}
+    if not settings.corpus_only and settings.bm25_fit:
+        fit = bm25.fit(queries, qrels, save=False)
+        bm25_info["fit"] = {"queries": sum(q in qrels for q in queries), **fit.to_dict()}
+    bm25_info.update(k1=bm25.k1, b=bm25.b)
+    info["stages"]["bm25"] = bm25_info
+
+    # 2. dense: query-side adapter over the base document index
+    log("[2/3] dense: base document index and query-side LoRA adapter")
+    base = BiEncoder(settings.dense_model)
+    index, index_built, _ = base_index(base, corpus, settings.dense_factory, cache_dir)
+    mode = "corpus-query" if settings.corpus_only else "query"
+    encoder, dense_train = dense_adapter(mode, corpus, queries, qrels, index, settings.dense_epochs, cache_dir, split=split,
+                                         model=settings.dense_model)
+    dense = Dense(encoder, index, mode="hybrid", k=settings.dense_k, neighbours=settings.neighbours)
+
+    # 3. reranker: negatives from BM25 and the trained dense stage
+    log(f"[3/3] reranker: LoRA cross-encoder, hard negatives from {' and '.join(settings.rerank_negatives)}")
+    rs = rerank_settings(settings.corpus_only, settings.rerank_epochs, settings.rerank_max_items, settings.seed)
+    examples = training_examples("corpus" if settings.corpus_only else "supervised", corpus, queries, qrels, settings.seed)
+    miners, negatives_from = [], {}
+    if "bm25" in settings.rerank_negatives:
+        miners.append(bm25)
+        negatives_from["bm25"] = {"k1": bm25.k1, "b": bm25.b} if (bm25.k1, bm25.b) != (0.9, 0.4) else "default"
+    if "dense" in settings.rerank_negatives:
+        miners.append(Dense(encoder, index, mode="retrieve", k=rs.negatives_depth, name="dense-retrieve"))
+        negatives_from["dense"] = encoder.fingerprint("query")
+    ce, rerank_train = reranker(corpus, examples, miners, rs, negatives_from, cache_dir, split,
+                                 settings.rerank_model, settings.rerank_precision)
+    rerank = Rerank(ce, corpus, k=max(settings.rerank_depths), keep_rest=True)
+
+    # fusion weights and depth
+    if settings.corpus_only:
+        dense.fusion = Fusion("weighted", (0.5, 0.5))
+        rerank.k, rerank.fusion = settings.corpus_rerank_depth, Fusion("weighted", (0.5, 0.5))
+        fitted_on = "nothing (no labels): equal weights and the fixed depth, chosen in advance"
+        dense_grid, depth_rows, held = [], [], []
+    else:
+        # the slice both adapters held out: the dense trainer's validation queries that the reranker's held out too
+        dense_val = set(dense_held_out(queries, qrels, index, dense_train))
+        held = [q for q in split_examples(examples, rs)[1] if q in dense_val][: settings.fit_queries]
+        if not held:
+            raise ValueError("no training query is held out of both adapters' training; cannot choose weights")
+        fit_q = queries.subset(held)
+        fit_qrels = {q: qrels[q] for q in held}
+        log(f"choosing fusion weights and rerank depth on {len(held)} held-out training queries")
+        first = bm25.search(fit_q)
+        dense.fusion, dense_grid = fit_weight(first, dense.dense_scores(fit_q, first), fit_qrels)
+        candidates = dense.search(fit_q, first)
+        rerank.k, rerank.fusion, depth_rows = fit_rerank(rerank, fit_q, candidates, fit_qrels, settings.rerank_depths)
+        fitted_on = f"{len(held)} training queries held out of both adapters' training"
+    info["stages"]["dense"] = {"mode": "hybrid", "adapter": mode, "train": dense_train, "index_reused": not index_built,
+                               "fusion": {**dense.fusion.to_dict(), "fitted_on": fitted_on, "grid": dense_grid}}
+    info["stages"]["rerank"] = {"train": rerank_train, "depth": rerank.k,
+                                "fusion": {**rerank.fusion.to_dict(), "fitted_on": fitted_on,
+                                           "depths": [{k: v for k, v in r.items() if k != "grid"} for r in depth_rows]}}
+    info["held_out"] = held
+    info["train_seconds"] = dense_train["seconds"] + rerank_train["seconds"]
+    info["build_seconds"] = time.perf_counter() - t_start
+    return BuiltPipeline(Pipeline([bm25, dense, rerank], name="full"), corpus, info)

@@ -1,0 +1,107 @@
+"""Each part of the pipeline trained (or built) once and cached by its data and settings.
+
+Under the cache folder (``$RETRIEVAL_CACHE`` or ``~/.cache/retrieval``): ``bm25/`` (indexes by corpus checksum),
+``dense/`` (document indexes by corpus, encoder and factory), ``adapters/`` (trained LoRA adapters by mode, data,
+base weights and training settings, with ``train_result.json`` beside them). ``build_pipeline`` and the
+benchmark runner both take their parts from here, so the same part is trained once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from encoders.bi_encoder import BiEncoder
+from encoders.train import default_settings, train_dense
+from rerankers.cross_encoder import CrossEncoderReranker
+from rerankers.train import RerankTrainSettings, train_reranker
+
+from ..lora.host import CONFIG_NAME
+from ..stages.bm25 import BM25
+from ..stages.dense import document_index
+from ..types import Corpus, Qrels, Queries
+from ..util import default_cache_dir, read_json, write_json
+
+CORPUS_RERANK_ITEMS = 800  # corpus-only reranker: pseudo-queries trained on by default (~7 minutes an epoch on 2 cores)
+
+
+def _key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir) if cache_dir else default_cache_dir()
+
+
+def bm25_stage(corpus: Corpus, cache_dir=None, k: int = 1000, threads: int | None = None) -> tuple[BM25, bool]:
+    """The Lucene BM25 stage over ``corpus`` (index cached by corpus checksum). Returns (stage, built_now)."""
+    return BM25.from_corpus(corpus, cache_dir=cache_root(cache_dir) / "bm25", k=k, threads=threads)
+
+
+def base_index(encoder, corpus: Corpus, factory: str = "Flat", cache_dir=None):
+    """The encoder's document index (cached by corpus, encoder and factory): (index, built_now, folder)."""
+    return document_index(encoder, corpus, factory, cache_dir=cache_root(cache_dir) / "dense")
+
+
+def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qrels | None, index,
+                  epochs: int | None = None, cache_dir=None, bm25=None, split: str = "train",
+                  model: str | None = None) -> tuple[BiEncoder, dict]:
+    """A bi-encoder with a LoRA adapter trained for ``mode`` (see ``encoders.train.train_dense``), cached by
+    data and settings. Returns (encoder, training info)."""
+    enc = BiEncoder(model)
+    settings = default_settings(mode, epochs)
+    labelled = mode in ("query", "supervised")
+    data = ({"queries": sorted(queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in qrels.items())}
+            if labelled else {"pseudo": "title/sentence pseudo-queries, seed 0"})
+    key = _key({"mode": mode, "corpus": corpus.fingerprint(), **data, "encoder": enc.fingerprint("document"),
+                "settings": settings.to_dict()})
+    root = cache_root(cache_dir) / "adapters" / f"dense-{mode}-{key}"
+    if (root / CONFIG_NAME).is_file():
+        return BiEncoder.load(root), read_json(root / "train_result.json", "training result")
+    enc, result = train_dense(mode, corpus, queries if labelled else None, qrels if labelled else None,
+                              settings, enc, index, bm25)
+    enc.save(root, overwrite=True)
+    info = {"split": split if labelled else "none (pseudo-queries from the corpus)", "cached_at": str(root),
+            **result.to_dict()}
+    write_json(root / "train_result.json", info)
+    return enc, info
+
+
+def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed: int = 0) -> RerankTrainSettings:
+    mode = "corpus" if corpus_only else "supervised"
+    if max_items is None and corpus_only:
+        max_items = CORPUS_RERANK_ITEMS
+    return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed)
+
+
+def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettings, negatives_from: dict,
+             cache_dir=None, split: str = "train", model: str | None = None,
+             precision: str = "auto") -> tuple[CrossEncoderReranker, dict]:
+    """A cross-encoder with a LoRA adapter trained on ``examples``, negatives from ``first_stages``;
+    cached by data, settings and the first stages (``negatives_from`` describes them). Every epoch's adapter
+    is kept under ``epochs/`` for the per-epoch report. Returns (reranker, training info)."""
+    from safetensors.torch import save_file
+
+    model = CrossEncoderReranker(model, max_length=settings.max_length, precision=precision)
+    payload = {"mode": settings.mode, "corpus": corpus.fingerprint(),
+               "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
+               "base": model.base_fingerprint(), "settings": settings.to_dict()}
+    if negatives_from != {"bm25": "default"}:  # plain BM25 keeps the key adapters trained before this option had
+        payload["negatives_from"] = negatives_from
+    key = _key(payload)
+    root = cache_root(cache_dir) / "adapters" / f"rerank-{settings.mode}-{key}"
+    if (root / CONFIG_NAME).is_file():
+        return CrossEncoderReranker.load(root, precision=precision), read_json(root / "train_result.json", "training result")
+    states: dict[int, dict] = {}
+    result = train_reranker(model, corpus, examples, first_stages, settings,
+                            on_epoch=lambda epoch, state: states.__setitem__(epoch, state))
+    model.save(root, overwrite=True)
+    (root / "epochs").mkdir()
+    for epoch, state in states.items():
+        save_file({k: v.contiguous() for k, v in state.items()}, str(root / "epochs" / f"epoch-{epoch}.safetensors"))
+    info = {"split": split if settings.mode == "supervised" else "none (pseudo-queries from the corpus)",
+            "cached_at": str(root), "negatives_from": negatives_from, **result.to_dict()}
+    write_json(root / "train_result.json", info)
+    return model, info

@@ -1,0 +1,116 @@
+"""How the full pipeline is trained and composed: ``PipelineSettings``, declared once.
+
+Every default lives here. ``add_pipeline_args`` adds one flag per setting to a command line (``python -m
+retrieval train`` and ``python -m benchmarks run`` both use it: Pyserini's ``define_search_args`` habit) and
+``settings_from_args`` reads them back, so a new setting is one field here and appears everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import asdict, dataclass, field
+
+from rerankers.cross_encoder import PRECISIONS
+
+NEGATIVE_SOURCES = ("bm25", "dense")
+
+
+def _setting(default, help: str, **flag):
+    """A dataclass field whose metadata describes its command-line flag (``type`` where the default is None,
+    ``choices``)."""
+    kwargs = {"default_factory": lambda: default} if isinstance(default, (list, dict)) else {"default": default}
+    return field(**kwargs, metadata={"help": help, **flag})
+
+
+@dataclass
+class PipelineSettings:
+    """How ``build_pipeline`` trains and composes BM25 >> hybrid LoRA dense >> LoRA reranker."""
+
+    corpus_only: bool = _setting(False, "no judgements: pseudo-queries from the corpus train both adapters")
+    bm25_k: int = _setting(1000, "BM25 candidates handed to the dense stage")
+    bm25_fit: bool = _setting(True, "grid-search k1/b on the training queries (kept unless significantly better; "
+                                    "never with corpus_only)")
+    dense_factory: str = _setting("Flat", "FAISS factory string of the dense index (e.g. Flat, HNSW32, IVF1024,Flat)")
+    dense_k: int = _setting(100, "candidates the dense stage hands to the reranker")
+    neighbours: int = _setting(100, "the index's own nearest neighbours the dense stage adds to BM25's candidates")
+    dense_epochs: int | None = _setting(None, "query-side adapter epochs (default: 8; corpus-only 4)", type=int)
+    rerank_epochs: int = _setting(3, "reranker epochs")
+    rerank_depths: tuple[int, ...] = _setting((10, 20, 30), "rerank depths to choose from on held-out training queries")
+    rerank_max_items: int | None = _setting(None, "cap on reranker training pairs (default: all; corpus-only 800)",
+                                            type=int)
+    rerank_negatives: tuple[str, ...] = _setting(("bm25",), "first stages the reranker's hard negatives come from",
+                                                 choices=NEGATIVE_SOURCES)
+    fit_queries: int = _setting(120, "held-out training queries the weights and depth are chosen on (at most)")
+    corpus_rerank_depth: int = _setting(20, "corpus-only: the rerank depth, a rule fixed in advance")
+    dense_model: str | None = _setting(None, "bi-encoder: HF id or folder (default: the packaged all-MiniLM-L6-v2)",
+                                       type=str)
+    rerank_model: str | None = _setting(None, "cross-encoder backbone: HF id or folder (default: the same MiniLM)",
+                                        type=str)
+    rerank_precision: str = _setting("auto", "the reranker's precision (auto: bf16 where the hardware has it)",
+                                     choices=PRECISIONS)
+    seed: int = _setting(0, "seed of every split, shuffle and initialisation")
+
+    def __post_init__(self):
+        self.dense_model = str(self.dense_model) if self.dense_model else None
+        self.rerank_model = str(self.rerank_model) if self.rerank_model else None
+        self.rerank_depths = tuple(int(d) for d in self.rerank_depths)
+        self.rerank_negatives = tuple(self.rerank_negatives)
+        if not self.rerank_negatives or set(self.rerank_negatives) - set(NEGATIVE_SOURCES):
+            raise ValueError(f"rerank_negatives must name 'bm25' and/or 'dense', got {self.rerank_negatives}")
+        for name in ("bm25_k", "dense_k", "neighbours", "rerank_epochs", "fit_queries", "corpus_rerank_depth"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("dense_epochs", "rerank_max_items"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+        if not self.rerank_depths or min(self.rerank_depths) < 1:
+            raise ValueError(f"rerank_depths must be positive integers, got {self.rerank_depths}")
+        if max(self.rerank_depths) > self.dense_k:
+            raise ValueError(f"the deepest rerank depth ({max(self.rerank_depths)}) exceeds the dense stage's "
+                             f"k ({self.dense_k}): the reranker can only see what the dense stage hands on")
+        if self.rerank_precision not in PRECISIONS:
+            raise ValueError(f"rerank_precision must be one of {PRECISIONS}, got {self.rerank_precision!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rerank_depths"] = list(self.rerank_depths)
+        d["rerank_negatives"] = list(self.rerank_negatives)
+        return d
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_pipeline_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per ``PipelineSettings`` field (``--bm25-k``, ``--rerank-depths 10 20 30``, ``--no-bm25-fit``,
+    ...), with the field's default and help; ``exclude`` leaves some out (a CLI that sets them itself)."""
+    defaults = PipelineSettings()
+    group = p.add_argument_group("pipeline settings (retrieval.PipelineSettings)")
+    for f in dataclasses.fields(PipelineSettings):
+        if f.name in exclude:
+            continue
+        default, meta = getattr(defaults, f.name), f.metadata
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help = f"{meta['help']}" + ("" if default is None or isinstance(default, bool) else f" (default: {shown})")
+        if isinstance(default, bool):
+            if default:
+                group.add_argument(_flag("no_" + f.name), dest=f.name, action="store_false", help=f"do not: {help}")
+            else:
+                group.add_argument(_flag(f.name), dest=f.name, action="store_true", help=help)
+        elif isinstance(default, tuple):
+            group.add_argument(_flag(f.name), dest=f.name, nargs="+", type=type(default[0]), default=list(default),
+                               choices=meta.get("choices"), help=help)
+        else:
+            group.add_argument(_flag(f.name), dest=f.name, type=meta.get("type", type(default)), default=default,
+                               choices=meta.get("choices"), help=help)
+
+
+def settings_from_args(args: argparse.Namespace, **overrides) -> PipelineSettings:
+    """The ``PipelineSettings`` that ``add_pipeline_args``'s flags give (``overrides`` win; fields a CLI left
+    out keep their defaults)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineSettings) if hasattr(args, f.name)}
+    return PipelineSettings(**{**given, **overrides})
