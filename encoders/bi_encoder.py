@@ -185,19 +185,13 @@ class BiEncoder(AdapterHost):
 
             enc = cls(path / "model", max_length=config["max_length"], device=device, batch_size=batch_size)
             enc.base_model = config["base_model"]
-            enc._adapters, enc.active_adapter = config["adapters"], config["active"]
-            enc.merged_from = config["active"]
+            enc.restore_adapters(path, config)
             if (path / "document_model").is_dir():
                 enc._doc_model = SentenceTransformer(str(path / "document_model"), device=enc.device)
                 enc._doc_model.max_seq_length = config["max_length"]
             return enc
         enc = cls(config["base_model"], max_length=config["max_length"], device=device, batch_size=batch_size)
-        for name, info in config.get("adapters", {}).items():
-            enc.load_adapter(path if name == "default" else path / name, name=name, info=info)
-        if config.get("active"):
-            enc.set_adapter(config["active"])
-        else:
-            enc.disable_adapters()
+        enc.restore_adapters(path, config)
         return enc
 
 

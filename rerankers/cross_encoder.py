@@ -306,19 +306,14 @@ class CrossEncoderReranker(AdapterHost):
             ce = cls(path / "model", max_length=config["max_length"], device=device, batch_size=batch_size,
                      precision=precision)
             ce.base_model, ce.new_head = config["base_model"], config.get("new_head", False)
-            ce._adapters, ce.active_adapter, ce.merged_from = config["adapters"], config["active"], config["active"]
+            ce.restore_adapters(path, config)
             return ce
         ce = cls(config["base_model"], max_length=config["max_length"], device=device, batch_size=batch_size,
                  precision=precision, num_labels=config.get("num_labels"))
         if config.get("head_shape") and tuple(config["head_shape"]) != ce.head_shape:
             raise RerankerMismatch(f"{path}: saved with a head of shape {tuple(config['head_shape'])}, but "
                                    f"{config['base_model']} loads with {ce.head_shape}")
-        for name, info in config.get("adapters", {}).items():
-            ce.load_adapter(path if name == "default" else path / name, name=name, info=info)
-        if config.get("active"):
-            ce.set_adapter(config["active"])
-        else:
-            ce.disable_adapters()
+        ce.restore_adapters(path, config)
         return ce
 
 

@@ -12,7 +12,9 @@ from .version import __version__
 _LAZY = {
     "BM25": "retrieval.stages.bm25",
     "Dense": "retrieval.stages.dense",
+    "document_index": "retrieval.stages.dense",
     "Rerank": "retrieval.stages.rerank",
+    "fit_rerank": "retrieval.stages.rerank",
     "Fusion": "retrieval.stages.fusion",
     "FaissIndex": "retrieval.index.faiss",
     "load_dataset": "retrieval.data",

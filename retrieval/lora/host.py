@@ -259,6 +259,22 @@ class AdapterHost:
         if self.is_peft and self._adapters:
             self.module.save_pretrained(str(folder), selected_adapters=list(self._adapters))
 
+    def restore_adapters(self, folder: str | os.PathLike, config: dict) -> None:
+        """Bring back what a saved model folder records (``config``: its ``retrieval_config.json``): every adapter
+        from peft's files (``default`` at the top, the others in sub-folders) and the active one; for a merged
+        model, only the record of what was merged."""
+        if config.get("merged"):
+            self._adapters = copy.deepcopy(config["adapters"])
+            self.active_adapter = self.merged_from = config["active"]
+            return
+        folder = Path(folder)
+        for name, info in config.get("adapters", {}).items():
+            self.load_adapter(folder if name == "default" else folder / name, name=name, info=info)
+        if config.get("active"):
+            self.set_adapter(config["active"])
+        else:
+            self.disable_adapters()
+
     def merged(self):
         """A new model with the active adapter folded into the weights: no adapter cost at all."""
         name = self.active_adapter

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 from rerankers.cross_encoder import PRECISIONS
 
+from ..stages.rerank import DEPTHS
+
 NEGATIVE_SOURCES = ("bm25", "dense")
 
 
@@ -30,13 +32,14 @@ class PipelineSettings:
     corpus_only: bool = _setting(False, "no judgements: pseudo-queries from the corpus train both adapters")
     bm25_k: int = _setting(1000, "BM25 candidates handed to the dense stage")
     bm25_fit: bool = _setting(True, "grid-search k1/b on the training queries (kept unless significantly better; "
-                                    "never with corpus_only)")
+                                    "never with corpus_only)",
+                              negated="keep k1=0.9, b=0.4 instead of grid-searching them on the training queries")
     dense_factory: str = _setting("Flat", "FAISS factory string of the dense index (e.g. Flat, HNSW32, IVF1024,Flat)")
     dense_k: int = _setting(100, "candidates the dense stage hands to the reranker")
     neighbours: int = _setting(100, "the index's own nearest neighbours the dense stage adds to BM25's candidates")
     dense_epochs: int | None = _setting(None, "query-side adapter epochs (default: 8; corpus-only 4)", type=int)
     rerank_epochs: int = _setting(3, "reranker epochs")
-    rerank_depths: tuple[int, ...] = _setting((10, 20, 30), "rerank depths to choose from on held-out training queries")
+    rerank_depths: tuple[int, ...] = _setting(DEPTHS, "rerank depths to choose from on held-out training queries")
     rerank_max_items: int | None = _setting(None, "cap on reranker training pairs (default: all; corpus-only 800)",
                                             type=int)
     rerank_negatives: tuple[str, ...] = _setting(("bm25",), "first stages the reranker's hard negatives come from",
@@ -98,7 +101,7 @@ def add_pipeline_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ())
         help = f"{meta['help']}" + ("" if default is None or isinstance(default, bool) else f" (default: {shown})")
         if isinstance(default, bool):
             if default:
-                group.add_argument(_flag("no_" + f.name), dest=f.name, action="store_false", help=f"do not: {help}")
+                group.add_argument(_flag("no_" + f.name), dest=f.name, action="store_false", help=meta["negated"])
             else:
                 group.add_argument(_flag(f.name), dest=f.name, action="store_true", help=help)
         elif isinstance(default, tuple):

@@ -19,6 +19,9 @@ from ..types import Document, Qrels, Queries, Ranking
 from .fusion import Fusion, fit_weight
 
 
+DEPTHS = (10, 20, 30)  # the rerank depths a fit chooses from by default (PipelineSettings.rerank_depths too)
+
+
 class Rerank(StageBase):
     """Rerank the top ``k`` candidates with ``reranker`` (anything with ``score(queries, docs) -> array``)."""
 
@@ -80,7 +83,7 @@ class Rerank(StageBase):
 
 
 def fit_rerank(stage: Rerank, queries: Queries, candidates: Ranking, qrels: Qrels,
-               depths: Sequence[int] = (10, 20, 30), metric: str = "nDCG@10") -> tuple[int, Fusion, list[dict]]:
+               depths: Sequence[int] = DEPTHS, metric: str = "nDCG@10") -> tuple[int, Fusion, list[dict]]:
     """Choose the depth and the fusion weight (candidates' score vs reranker's) for the best ``metric``.
 
     Give it *training* queries the reranker never trained on: the choice must not see the evaluated split.
