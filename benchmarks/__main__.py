@@ -7,13 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval.cli import add_cache_args
+from retrieval.cli import add_cache_args, add_debug_arg, count, positive_float, positive_int, run_cli
 from retrieval.pipeline.settings import add_pipeline_args, settings_from_args
 
 from . import cutoffs, service_load, speed_bm25, speed_dense, speed_rerank
 from .conditions import DESCRIPTIONS
 from .regression import load_config
-from .options import RunOptions
+from .options import DEFAULT_BASELINE, RunOptions
 from .runner import run
 
 
@@ -37,10 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", type=Path, default=Path("results"), help="output folder (default: results)")
     r.add_argument("--train-split", default="train", help="split used by pipelines that fit settings (default: train)")
     add_cache_args(r)
-    r.add_argument("--latency-queries", type=int, default=100,
+    r.add_argument("--latency-queries", type=count, default=100,
                    help="queries timed one at a time for latency percentiles (default: 100)")
-    r.add_argument("--threads", type=int, default=None, help="search threads (default: all cores)")
-    r.add_argument("--dense-both-epochs", type=int, default=None,
+    r.add_argument("--threads", type=positive_int, default=None, help="search threads (default: all cores)")
+    r.add_argument("--dense-both-epochs", type=positive_int, default=None,
                    help="epochs of the both-sides dense LoRA conditions (default: 4 supervised, 2 corpus-only)")
     r.add_argument("--rerank-epoch-curve", action="store_true",
                    help="also report the evaluated split's nDCG@10 after every reranker training epoch (costs a pass each)")
@@ -48,32 +48,32 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("speed-bm25", help="BM25 stage vs plain Pyserini vs rank-bm25 on >= 100k passages")
     s.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
-    s.add_argument("--min-docs", type=int, default=100_000)
-    s.add_argument("--queries", type=int, default=1000, help="queries for the Lucene engines (default: 1000)")
-    s.add_argument("--rank-bm25-queries", type=int, default=100, help="queries for rank-bm25, which is slow (default: 100)")
-    s.add_argument("--k", type=int, default=100)
-    s.add_argument("--repeats", type=int, default=3, help="timed repetitions, alternating engines (default: 3)")
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--min-docs", type=positive_int, default=100_000)
+    s.add_argument("--queries", type=positive_int, default=1000, help="queries for the Lucene engines (default: 1000)")
+    s.add_argument("--rank-bm25-queries", type=positive_int, default=100, help="queries for rank-bm25, which is slow (default: 100)")
+    s.add_argument("--k", type=positive_int, default=100)
+    s.add_argument("--repeats", type=positive_int, default=3, help="timed repetitions, alternating engines (default: 3)")
+    s.add_argument("--threads", type=positive_int, default=None)
     s.add_argument("--output", type=Path, default=Path("results/speed-bm25"))
 
     d = sub.add_parser("speed-dense", help="dense encode throughput, ANN recall/QPS, LoRA vs full fine-tuning")
     d.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
     d.add_argument("--parts", nargs="+", default=["encode", "ann", "train"], choices=["encode", "ann", "train"])
-    d.add_argument("--encode-docs", type=int, default=300, help="SciFact abstracts per encode run (default: 300)")
-    d.add_argument("--vectors", type=int, default=100_000, help="sentence vectors for the ANN part (default: 100000)")
-    d.add_argument("--single-queries", type=int, default=300,
+    d.add_argument("--encode-docs", type=positive_int, default=300, help="SciFact abstracts per encode run (default: 300)")
+    d.add_argument("--vectors", type=positive_int, default=100_000, help="sentence vectors for the ANN part (default: 100000)")
+    d.add_argument("--single-queries", type=positive_int, default=300,
                    help="queries timed one call each for the ANN part's single-query figures (default: 300)")
-    d.add_argument("--train-steps", type=int, default=4, help="timed training steps per method (default: 4)")
-    d.add_argument("--repeats", type=int, default=3)
+    d.add_argument("--train-steps", type=positive_int, default=4, help="timed training steps per method (default: 4)")
+    d.add_argument("--repeats", type=positive_int, default=3)
     d.add_argument("--output", type=Path, default=Path("results/speed-dense"))
 
     c = sub.add_parser("speed-rerank", help="reranker pairs/s vs plain transformers, merged vs unmerged, time by depth")
     c.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
-    c.add_argument("--pairs", type=int, default=256, help="(query, passage) pairs per throughput run (default: 256)")
-    c.add_argument("--max-length", type=int, default=192)
-    c.add_argument("--depths", type=int, nargs="+", default=[10, 20, 50, 100])
-    c.add_argument("--depth-queries", type=int, default=10, help="queries timed at each depth (default: 10)")
-    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("--pairs", type=positive_int, default=256, help="(query, passage) pairs per throughput run (default: 256)")
+    c.add_argument("--max-length", type=positive_int, default=192)
+    c.add_argument("--depths", type=positive_int, nargs="+", default=[10, 20, 50, 100])
+    c.add_argument("--depth-queries", type=positive_int, default=10, help="queries timed at each depth (default: 10)")
+    c.add_argument("--repeats", type=positive_int, default=3)
     c.add_argument("--output", type=Path, default=Path("results/speed-rerank"))
 
     t = sub.add_parser("tune-cutoffs", help="choose each stage's depth for the best nDCG@10 within a latency budget")
@@ -82,11 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--split", required=True, help="split the chosen cutoffs are evaluated on (never tuned on)")
     t.add_argument("--tune-split", default="train",
                    help="split tuned on (default: train; with the pipeline's training split, only the queries it held out)")
-    t.add_argument("--budget-ms", type=float, required=True, help="per-query latency budget in milliseconds")
-    t.add_argument("--bm25-ks", type=int, nargs="+", default=[100, 300, 1000])
-    t.add_argument("--depths", type=int, nargs="+", default=[5, 10, 20, 30, 50], help="rerank depths (0 = none is always tried)")
-    t.add_argument("--latency-queries", type=int, default=20, help="queries timed one at a time per stage and depth")
-    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--budget-ms", type=positive_float, required=True, help="per-query latency budget in milliseconds")
+    t.add_argument("--bm25-ks", type=positive_int, nargs="+", default=[100, 300, 1000])
+    t.add_argument("--depths", type=positive_int, nargs="+", default=[5, 10, 20, 30, 50], help="rerank depths (0 = none is always tried)")
+    t.add_argument("--latency-queries", type=count, default=20, help="queries timed one at a time per stage and depth")
+    t.add_argument("--threads", type=positive_int, default=None)
     t.add_argument("--output", type=Path, default=Path("results/cutoffs"))
 
     lt = sub.add_parser("service-load", help="load test of the HTTP service vs the same pipeline in-process")
@@ -94,15 +94,17 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument("--dataset", type=Path, required=True, help="its queries are sent, in turn")
     lt.add_argument("--split", default="dev")
     lt.add_argument("--domain", default="bench", help="the domain's name in the service (default: bench)")
-    lt.add_argument("--requests", type=int, default=2000, help="requests per side (default: 2000)")
-    lt.add_argument("--concurrency", type=int, default=16, help="client threads (default: 16)")
-    lt.add_argument("--workers", type=int, default=2, help="service worker threads (default: 2)")
-    lt.add_argument("--max-queue", type=int, default=64)
+    lt.add_argument("--requests", type=positive_int, default=2000, help="requests per side (default: 2000)")
+    lt.add_argument("--concurrency", type=positive_int, default=16, help="client threads (default: 16)")
+    lt.add_argument("--workers", type=positive_int, default=2, help="service worker threads (default: 2)")
+    lt.add_argument("--max-queue", type=count, default=64)
     lt.add_argument("--stages", nargs="+", default=None, help="run only these stages (default: all)")
-    lt.add_argument("--k", type=int, default=10)
-    lt.add_argument("--warmup", type=int, default=20, help="untimed requests first, on each side (default: 20)")
-    lt.add_argument("--threads", type=int, default=None, help="Lucene search threads in-process")
+    lt.add_argument("--k", type=positive_int, default=10)
+    lt.add_argument("--warmup", type=count, default=20, help="untimed requests first, on each side (default: 20)")
+    lt.add_argument("--threads", type=positive_int, default=None, help="Lucene search threads in-process")
     lt.add_argument("--output", type=Path, default=Path("results/service-load"))
+    for parser in sub.choices.values():
+        add_debug_arg(parser)
     return p
 
 
@@ -122,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             split=split, train_split=args.train_split, output=args.output, cache_dir=args.cache_dir,
             latency_queries=args.latency_queries, threads=args.threads, pipeline=settings_from_args(args),
             dense_both_epochs=args.dense_both_epochs, rerank_epoch_curve=args.rerank_epoch_curve,
-            baseline=args.baseline or config.get("baseline", "bm25"),
+            baseline=args.baseline or config.get("baseline") or DEFAULT_BASELINE,
         )
-        _, checks = run(datasets, conditions, opts, expected=config.get("expected"))
+        _, checks = run(datasets, conditions, opts, expected=config.get("expected"),
+                        explicit_baseline=bool(args.baseline or config.get("baseline")))
         print((args.output / "summary.md").read_text(encoding="utf-8"))
         print(f"wrote {args.output}/summary.json, summary.md and <dataset>/<pipeline>/metrics.json, run.trec, report.md")
         failed = [c for c in checks if c["status"] in ("below", "missing")]
@@ -141,4 +144,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -249,6 +249,13 @@ def _saved_pipeline_builder(folder: Path) -> Builder:
     return build
 
 
+# What each condition needs besides the evaluated split, so that a run checks it all before any work.
+NEEDS_TRAIN_SPLIT = {"bm25-fit", "dense-lora-query", "dense-lora", "hybrid", "hybrid-lora-query", "bm25>>ce", "full"}
+USES_ENCODER = {"dense", "dense-lora-query", "dense-lora", "dense-corpus", "dense-corpus-query", "hybrid",
+                "hybrid-lora-query", "bm25>>ce", "bm25>>ce-corpus", "full", "full-corpus"}
+USES_RERANKER = {"bm25>>ce", "bm25>>ce-corpus", "full", "full-corpus"}
+
+
 def builder_for(name: str) -> Builder:
     if name in CONDITIONS:
         return CONDITIONS[name]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from retrieval.pipeline.settings import PipelineSettings
 
+DEFAULT_BASELINE = "bm25"
+
 
 @dataclass
 class RunOptions:
@@ -22,4 +24,4 @@ class RunOptions:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     dense_both_epochs: int | None = None  # dense-lora / dense-corpus conditions (None: supervised 4, corpus 2)
     rerank_epoch_curve: bool = False
-    baseline: str | None = "bm25"      # the condition every other is tested against (paired t-test)
+    baseline: str | None = DEFAULT_BASELINE  # the condition every other is tested against (paired t-test)

@@ -19,22 +19,56 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from encoders.bi_encoder import BiEncoder
+from retrieval.cli import check_split
 from retrieval.data import load_dataset
 from retrieval.evaluation import significance
+from retrieval.index.faiss import FaissIndex
+from retrieval.lora.base import resolve_model
 from retrieval.util import write_json
 
-from .conditions import builder_for, condition_name
+from .conditions import NEEDS_TRAIN_SPLIT, USES_ENCODER, USES_RERANKER, builder_for, condition_name
 from .measure import run_one
 from .options import RunOptions
 from .regression import check_expected
 from .report import condition_report, dataset_plots, md_table, summary_table
 
 
+def check(datasets: Sequence[str | Path], conditions: Sequence[str], opts: RunOptions,
+          explicit_baseline: bool = True) -> None:
+    """Everything a run can get wrong, checked before any work: condition names, dataset folders and splits
+    (the training split too, where a condition is trained), results that would overwrite each other, the
+    baseline, the models and the index factory."""
+    for name in conditions:
+        builder_for(name)  # unknown names fail here
+    names = [condition_name(c) for c in conditions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two conditions would be reported under the same name: {names}; give each once")
+    folders = [Path(d) for d in datasets]
+    by_name: dict[str, Path] = {}
+    for folder in folders:
+        other = by_name.setdefault(folder.name, folder)
+        if other != folder:
+            raise ValueError(f"datasets {other} and {folder} are both named {folder.name!r}: their results would "
+                             f"overwrite each other in {opts.output / folder.name}; run them apart or rename one")
+        check_split(folder, opts.split)
+        if NEEDS_TRAIN_SPLIT & set(conditions):
+            check_split(folder, opts.train_split, "training split (--train-split)")
+    if opts.baseline is not None and opts.baseline not in names:
+        if explicit_baseline:
+            raise ValueError(f"the baseline {opts.baseline!r} is not among the conditions {names}; name one of them "
+                             f"(--baseline) or add it (--pipeline {opts.baseline})")
+        opts.baseline = None  # the default baseline is not run: no significance tests
+    if USES_ENCODER & set(conditions):
+        FaissIndex.check_factory(opts.pipeline.dense_factory, BiEncoder(opts.pipeline.dense_model).dim)
+    if USES_RERANKER & set(conditions):
+        resolve_model(opts.pipeline.rerank_model)
+
+
 def run(datasets: Sequence[str | Path], pipelines: Sequence[str], opts: RunOptions,
-        expected: dict | None = None) -> tuple[list[dict], list[dict]]:
+        expected: dict | None = None, explicit_baseline: bool = True) -> tuple[list[dict], list[dict]]:
     """Every condition on every dataset; returns (records, expected-figure checks)."""
-    for name in pipelines:
-        builder_for(name)  # unknown names fail before anything is built
+    check(datasets, pipelines, opts, explicit_baseline)
     records = []
     for path in datasets:
         ds = load_dataset(path, opts.split)

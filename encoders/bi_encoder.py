@@ -19,10 +19,10 @@ from typing import Sequence
 import numpy as np
 
 from retrieval.lora.base import PACKAGED_ID, default_device, resolve_model
-from retrieval.lora.host import CONFIG_NAME, AdapterHost, weights_fingerprint
+from retrieval.lora.host import CONFIG_NAME, AdapterHost, read_model_config, weights_fingerprint, write_model_config
 from retrieval.lora.settings import LoraSettings
 from retrieval.types import Document
-from retrieval.util import atomic_dir, library_version, read_json, write_json
+from retrieval.util import atomic_dir, library_version
 
 
 
@@ -171,13 +171,15 @@ class BiEncoder(AdapterHost):
                     self._doc_model.save(str(tmp / "document_model"))
             else:
                 self.save_adapters(tmp)
-            write_json(tmp / CONFIG_NAME, config)
+            write_model_config(tmp, config)
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | None = None, batch_size: int = 64) -> "BiEncoder":
+    def load(cls, path: str | os.PathLike, device: str | None = None, batch_size: int = 64, verify: bool = True,
+             require_checksums: bool = False) -> "BiEncoder":
+        """A saved encoder; its files are checked against the checksums recorded when it was saved (``verify``)."""
         path = Path(path)
-        config = read_json(path / CONFIG_NAME, "bi-encoder config (write one with BiEncoder.save)")
+        config = read_model_config(path, "bi-encoder folder (write one with BiEncoder.save)", verify, require_checksums)
         if config.get("kind") != "bi-encoder":
             raise ValueError(f"{path}: {CONFIG_NAME} describes a {config.get('kind')!r}, not a bi-encoder")
         if config.get("merged"):

@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from retrieval.cli import add_cache_args, add_dataset_args, add_device_args, add_lora_args, add_output_args, lora_from_args
+from retrieval.cli import (add_cache_args, add_dataset_args, add_debug_arg, add_device_args, add_lora_args, add_output_args,
+                           fraction, lora_from_args, positive_float, positive_int, run_cli)
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
 from retrieval.lora.examples import TrainExample, pseudo_examples, supervised_examples
 from retrieval.lora.mining import mine_negatives
 from retrieval.lora.settings import LoraSettings
-from retrieval.lora.training import TrainResult, fit_adapter, peak_memory_mb, save_trained, split_queries
+from retrieval.lora.training import TrainResult, check_numbers, fit_adapter, peak_memory_mb, save_trained, split_queries
 from retrieval.stages.bm25 import BM25
 from retrieval.stages.dense import document_index
 from retrieval.types import Qrels, Queries, Ranking
@@ -49,6 +50,14 @@ class DenseTrainSettings:
     adapter_name: str = "default"
     doc_max_length: int = 160         # passages are cut to this many tokens while training (both-sides modes),
                                       # or to the encoder's own max length if that is shorter
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"dense training mode must be one of {MODES}, got {self.mode!r}")
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        check_numbers(self, positive_ints=("epochs", "batch_size", "doc_max_length"), positive=("lr", "scale"),
+                      fractions=("val_fraction",), unit=("warmup", "weight_decay"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -240,11 +249,11 @@ def default_settings(mode: str, epochs: int | None = None) -> DenseTrainSettings
     (the best epoch is chosen on validation; 2 epochs stopped while validation was still rising);
     corpus-only both sides 2 epochs."""
     if mode == "query":
-        return DenseTrainSettings(mode="query", epochs=epochs or 8)
+        return DenseTrainSettings(mode="query", epochs=8 if epochs is None else epochs)
     if mode == "corpus-query":
-        return DenseTrainSettings(mode="corpus-query", epochs=epochs or 4)
-    return DenseTrainSettings(mode=mode, epochs=epochs or (4 if mode == "supervised" else 2), lr=2e-4,
-                              lora=LoraSettings(r=16, alpha=32, side="both"))
+        return DenseTrainSettings(mode="corpus-query", epochs=4 if epochs is None else epochs)
+    return DenseTrainSettings(mode=mode, epochs=(4 if mode == "supervised" else 2) if epochs is None else epochs,
+                              lr=2e-4, lora=LoraSettings(r=16, alpha=32, side="both"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,14 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=MODES, default="query")
     add_output_args(p, "the adapter (peft files + retrieval_config.json)")
     p.add_argument("--model", default=None, help="base model: HF id or folder (default: packaged all-MiniLM-L6-v2)")
-    p.add_argument("--epochs", type=int, default=None, help="default: query 8, corpus-query 4, supervised 4, corpus 2")
-    p.add_argument("--lr", type=float, default=None, help="default: 3e-4 query-side, 2e-4 both sides")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: query 8, corpus-query 4, supervised 4, corpus 2")
+    p.add_argument("--lr", type=positive_float, default=None, help="default: 3e-4 query-side, 2e-4 both sides")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     add_lora_args(p, LoraSettings())
-    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--val-fraction", type=fraction, default=0.15)
     p.add_argument("--seed", type=int, default=0)
     add_device_args(p)
     add_cache_args(p)
+    add_debug_arg(p)
     args = p.parse_args(argv)
     if args.output.exists() and not args.overwrite:
         p.error(f"{args.output} exists; pass --overwrite to replace it")
@@ -283,4 +293,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

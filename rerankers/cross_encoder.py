@@ -23,9 +23,9 @@ from typing import Sequence
 import numpy as np
 
 from retrieval.lora.base import PACKAGED_ID, default_device, resolve_model
-from retrieval.lora.host import CONFIG_NAME, AdapterHost, AdapterMismatch
+from retrieval.lora.host import CONFIG_NAME, AdapterHost, AdapterMismatch, read_model_config, write_model_config
 from retrieval.lora.settings import LoraSettings
-from retrieval.util import atomic_dir, library_version, read_json, write_json
+from retrieval.util import atomic_dir, library_version, read_json
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 HEAD_SEED = 0
@@ -291,14 +291,16 @@ class CrossEncoderReranker(AdapterHost):
                 self.tokenizer.save_pretrained(str(tmp / "model"))
             else:
                 self.save_adapters(tmp)
-            write_json(tmp / CONFIG_NAME, self._config())
+            write_model_config(tmp, self._config())
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None, batch_size: int = 32,
-             precision: str | None = None) -> "CrossEncoderReranker":
+             precision: str | None = None, verify: bool = True, require_checksums: bool = False) -> "CrossEncoderReranker":
+        """A saved reranker; its files are checked against the checksums recorded when it was saved (``verify``)."""
         path = Path(path)
-        config = read_json(path / CONFIG_NAME, "reranker config (write one with CrossEncoderReranker.save)")
+        config = read_model_config(path, "reranker folder (write one with CrossEncoderReranker.save)", verify,
+                                   require_checksums)
         if config.get("kind") != "cross-encoder":
             raise ValueError(f"{path}: {CONFIG_NAME} describes a {config.get('kind')!r}, not a cross-encoder")
         precision = precision or config.get("precision", "auto")

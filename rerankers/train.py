@@ -25,12 +25,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from retrieval.cli import add_cache_args, add_dataset_args, add_device_args, add_lora_args, add_output_args, lora_from_args
+from retrieval.cli import (add_cache_args, add_dataset_args, add_debug_arg, add_device_args, add_lora_args, add_output_args,
+                           lora_from_args, positive_float, positive_int, run_cli)
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
 from retrieval.lora.examples import TrainExample, pseudo_examples, supervised_examples
 from retrieval.lora.mining import mine_pool
-from retrieval.lora.training import TrainResult, fit_adapter, peak_memory_mb, save_trained, split_queries
+from retrieval.lora.training import TrainResult, check_numbers, fit_adapter, peak_memory_mb, save_trained, split_queries
 from retrieval.stages.bm25 import BM25
 from retrieval.stages.rerank import Rerank
 from retrieval.types import Qrels, Queries
@@ -69,10 +70,12 @@ class RerankTrainSettings:
             raise ValueError(f"reranker training mode must be one of {MODES}, got {self.mode!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"reranker loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.negatives < 1:
-            raise ValueError(f"negatives must be at least 1, got {self.negatives}")
         if isinstance(self.lora, dict):
             self.lora = RerankLoraSettings(**self.lora)
+        check_numbers(self, positive_ints=("epochs", "batch_size", "negatives", "negatives_depth", "max_length",
+                                           "max_val_queries", "val_depth", "max_items"),
+                      positive=("lr", "head_lr", "temperature"), fractions=("val_fraction",),
+                      unit=("distill_weight", "warmup", "weight_decay"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,18 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     add_output_args(p, "the reranker (peft files + retrieval_config.json)")
     p.add_argument("--model", default=None, help="backbone or cross-encoder: HF id or folder (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--teacher", default=None, help="a cross-encoder (HF id or folder, or a saved reranker) to distil from")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--head-lr", type=float, default=defaults.head_lr)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--negatives", type=int, default=defaults.negatives)
-    p.add_argument("--max-length", type=int, default=defaults.max_length)
-    p.add_argument("--max-items", type=int, default=defaults.max_items)
+    p.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    p.add_argument("--lr", type=positive_float, default=defaults.lr)
+    p.add_argument("--head-lr", type=positive_float, default=defaults.head_lr)
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    p.add_argument("--negatives", type=positive_int, default=defaults.negatives)
+    p.add_argument("--max-length", type=positive_int, default=defaults.max_length)
+    p.add_argument("--max-items", type=positive_int, default=defaults.max_items)
     add_lora_args(p, defaults.lora)
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     add_device_args(p)
     p.add_argument("--seed", type=int, default=defaults.seed)
     add_cache_args(p)
+    add_debug_arg(p)
     args = p.parse_args(argv)
     if args.output.exists() and not args.overwrite:
         p.error(f"{args.output} exists; pass --overwrite to replace it")
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                                    max_items=args.max_items, seed=args.seed,
                                    lora=lora_from_args(args, RerankLoraSettings))
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision)
-    teacher = None
+    teacher = None  # loaded before any work, so a wrong path is reported at once
     if args.teacher:
         teacher = (CrossEncoderReranker.load(args.teacher, device=args.device)
                    if (Path(args.teacher) / "retrieval_config.json").is_file()
@@ -226,4 +230,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import add_cache_args, add_dataset_args, add_output_args
+from .cli import add_cache_args, add_dataset_args, add_debug_arg, add_output_args, check_split, count, positive_int, run_cli
 from .data import load_dataset
 from .evaluation import evaluate
 from .pipeline.build import build_pipeline
@@ -37,55 +37,53 @@ def _parser() -> argparse.ArgumentParser:
                    help="after training, report nDCG@10 of the pipeline and each stage on this split (nothing is chosen on it)")
     add_output_args(t, "the pipeline folder")
     add_cache_args(t)
-    t.add_argument("--threads", type=int, default=None, help="BM25 search threads (default: all cores)")
+    t.add_argument("--threads", type=positive_int, default=None, help="BM25 search threads (default: all cores)")
     add_pipeline_args(t)
 
     d = ServiceSettings()
     v = sub.add_parser("serve", help="HTTP search service over the domains (saved pipeline folders) under --root")
     v.add_argument("--root", type=Path, required=True, help="folder whose sub-folders are saved pipelines, one per domain")
     v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--port", type=count, default=8080)
     v.add_argument("--api-key-file", type=Path, default=None,
                    help="file with the API key(s) for writes, one per line (default: $RETRIEVAL_API_KEY; none: writes disabled)")
     v.add_argument("--work-dir", type=Path, default=None, help="working copies of the BM25 indexes (default: ROOT/.work)")
-    v.add_argument("--workers", type=int, default=d.workers, help=f"threads running searches and writes (default: {d.workers})")
-    v.add_argument("--max-queue", type=int, default=d.max_queue,
+    v.add_argument("--workers", type=positive_int, default=d.workers, help=f"threads running searches and writes (default: {d.workers})")
+    v.add_argument("--max-queue", type=count, default=d.max_queue,
                    help=f"requests that may wait for a worker; more are answered 429 (default: {d.max_queue})")
     for name in ("max_query_chars", "max_k", "max_batch_docs", "max_doc_chars", "max_id_chars", "max_body_bytes"):
-        v.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=f"limit (default: {getattr(d, name)})")
-    v.add_argument("--threads", type=int, default=None, help="Lucene search threads per domain (default: all cores)")
+        v.add_argument("--" + name.replace("_", "-"), type=positive_int, default=getattr(d, name),
+                       help=f"limit (default: {getattr(d, name)})")
+    v.add_argument("--threads", type=positive_int, default=None, help="Lucene search threads per domain (default: all cores)")
     v.add_argument("--device", default=None, help="torch device for the shared models (default: cuda if present, else cpu)")
-    v.add_argument("--compact-after", type=int, default=d.compact_after,
+    v.add_argument("--compact-after", type=count, default=d.compact_after,
                    help=f"journal records that trigger a compaction in the background (default: {d.compact_after}; 0: never)")
     v.add_argument("--no-sync", action="store_true", help="do not fsync the journal (faster writes; a power cut may lose them)")
-    v.add_argument("--log-level", default="info")
+    v.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug", "trace"))
+    for parser in sub.choices.values():
+        add_debug_arg(parser)
     return p
 
 
 def serve(args) -> int:
-    try:
-        settings = ServiceSettings(
-            workers=args.workers, max_queue=args.max_queue, max_query_chars=args.max_query_chars, max_k=args.max_k,
-            max_batch_docs=args.max_batch_docs, max_doc_chars=args.max_doc_chars, max_id_chars=args.max_id_chars,
-            max_body_bytes=args.max_body_bytes, threads=args.threads, device=args.device, sync=not args.no_sync,
-            compact_after=args.compact_after)
-        serve_domains(args.root, host=args.host, port=args.port, settings=settings, key_file=args.api_key_file,
-              work_dir=args.work_dir, log_level=args.log_level)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    settings = ServiceSettings(
+        workers=args.workers, max_queue=args.max_queue, max_query_chars=args.max_query_chars, max_k=args.max_k,
+        max_batch_docs=args.max_batch_docs, max_doc_chars=args.max_doc_chars, max_id_chars=args.max_id_chars,
+        max_body_bytes=args.max_body_bytes, threads=args.threads, device=args.device, sync=not args.no_sync,
+        compact_after=args.compact_after)
+    serve_domains(args.root, host=args.host, port=args.port, settings=settings, key_file=args.api_key_file,
+                  work_dir=args.work_dir, log_level=args.log_level)
     return 0
 
 
 def train(args) -> int:
+    # every argument is checked before the first minute of work (the models and the index factory inside
+    # build_pipeline, before anything is trained)
     if args.output.exists() and not args.overwrite:
-        print(f"error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
-    try:
-        settings = settings_from_args(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    settings = settings_from_args(args)
+    if args.dev_split:
+        check_split(args.dataset, args.dev_split, "--dev-split")
     ds = load_dataset(args.dataset, args.split)
     built = build_pipeline(ds.corpus, None if args.corpus_only else ds.queries, None if args.corpus_only else ds.qrels,
                            settings, cache_dir=args.cache_dir, threads=args.threads, split=args.split,
@@ -120,4 +118,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

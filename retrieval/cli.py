@@ -1,16 +1,84 @@
-"""Flag groups shared by the project's command lines (Pyserini's habit: each group defined once).
+"""What the project's command lines share: flag groups (Pyserini's habit: each group defined once), argument
+types that refuse nonsense at once, and how a command reports a known error.
 
 Every CLI that reads a dataset, writes an artefact, caches indexes, picks a device or trains a LoRA adapter
 adds the same flags with the same names, defaults and help through these functions. The pipeline's own
-settings have theirs in ``retrieval.pipeline.settings.add_pipeline_args``.
+settings have theirs in ``retrieval.pipeline.settings.add_pipeline_args``. ``run_cli`` runs a command's
+``main``: a known kind of error (bad data, a missing file, a damaged artefact, settings that do not fit)
+prints one ``error: ...`` line and exits with status 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
+from .data import available_splits
+from .java import JavaUnavailable
 from .lora.settings import LoraSettings
+from .types import DataFormatError
+
+# Errors a user can fix from the message alone (ValueError covers DataFormatError, the mismatch and damage errors
+# and bad settings); anything else is a bug and keeps its traceback.
+USER_ERRORS = (DataFormatError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError, JavaUnavailable, ImportError)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``: a known error is one line on stderr and status 2 (``--debug``: the traceback)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return main(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if "--debug" in args:
+            raise
+        message = "; ".join(line.strip() for line in str(e).strip().splitlines() if line.strip()) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def add_debug_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+
+
+def _number(kind: type, low, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, 1, "a positive integer")
+count = _number(int, 0, "0 or more")
+positive_float = _number(float, 1e-300, "a positive number")
+
+
+def fraction(text: str) -> float:
+    value = _number(float, 0.0, "between 0 and 1")(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def check_split(path: Path, split: str, what: str = "split") -> None:
+    """Refuse a split a dataset folder does not have, naming the ones it has (before any work)."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: dataset folder not found")
+    splits = available_splits(path)
+    if split not in splits:
+        raise DataFormatError(f"{path}: unknown {what} {split!r}; available splits: {', '.join(splits) or 'none'}")
 
 
 def add_dataset_args(p: argparse.ArgumentParser, split: str | None = "train", split_help: str | None = None) -> None:
@@ -38,8 +106,8 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 
 def add_lora_args(p: argparse.ArgumentParser, defaults: LoraSettings) -> None:
     """``--rank``, ``--alpha``, ``--dropout``, ``--targets``: the adapter's LoRA settings."""
-    p.add_argument("--rank", type=int, default=defaults.r, help=f"LoRA rank r (default: {defaults.r})")
-    p.add_argument("--alpha", type=int, default=defaults.alpha, help=f"LoRA alpha (default: {defaults.alpha})")
+    p.add_argument("--rank", type=positive_int, default=defaults.r, help=f"LoRA rank r (default: {defaults.r})")
+    p.add_argument("--alpha", type=positive_int, default=defaults.alpha, help=f"LoRA alpha (default: {defaults.alpha})")
     p.add_argument("--dropout", type=float, default=defaults.dropout, help=f"LoRA dropout (default: {defaults.dropout})")
     p.add_argument("--targets", nargs="+", default=list(defaults.target_modules),
                    help=f"module names LoRA adapts (default: {' '.join(defaults.target_modules)})")

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .types import Corpus, DataFormatError, DataWarning, Document, Qrels, Queries
+from .types import (ID_RULE, Corpus, DataFormatError, DataWarning, Document, Qrels, Queries, id_problem, read_text_lines,
+                    text_problem)
 
 __all__ = [
     "Dataset",
@@ -50,19 +51,8 @@ class Dataset:
         )
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield (line number, line without its end) for non-blank lines; CRLF and BOM tolerant."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    with open(path, encoding="utf-8-sig", newline=None) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield lineno, line
-
-
 def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    for lineno, line in _lines(path):
+    for lineno, line in read_text_lines(path):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
@@ -77,6 +67,15 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
         yield lineno, obj
 
 
+def _check_id(value: str, path: Path, lineno: int, column: str = "id") -> str:
+    """The one id rule (``retrieval.types.ID_RULE``), with the file and line; white space around it is dropped."""
+    value = value.strip()
+    problem = id_problem(value)
+    if problem:
+        raise DataFormatError(f"{path}:{lineno}: {column} {value!r}: {problem} ({ID_RULE})")
+    return value
+
+
 def _id_of(obj: dict, path: Path, lineno: int) -> str:
     if "_id" not in obj:
         keys = ", ".join(sorted(obj)) or "none"
@@ -86,18 +85,16 @@ def _id_of(obj: dict, path: Path, lineno: int) -> str:
     value = obj["_id"]
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise DataFormatError(f"{path}:{lineno}: '_id' must be a string or an integer, got {value!r}")
-    value = str(value).strip()
-    if not value or any(c.isspace() for c in value):
-        raise DataFormatError(f"{path}:{lineno}: '_id' {obj['_id']!r} must be non-empty and contain no spaces")
-    return value
+    return _check_id(str(value), path, lineno, "'_id'")
 
 
 def _text_field(obj: dict, key: str, path: Path, lineno: int) -> str:
     value = obj.get(key)
     if value is None:
         return ""
-    if not isinstance(value, str):
-        raise DataFormatError(f"{path}:{lineno}: '{key}' must be a string, got {type(value).__name__}")
+    problem = text_problem(value)
+    if problem:
+        raise DataFormatError(f"{path}:{lineno}: '{key}' {problem}")
     return value
 
 
@@ -116,15 +113,13 @@ def load_corpus(path: str | Path) -> Corpus:
     docs: list[Document] = []
     empty = 0
     if path.suffix == ".tsv":
-        for lineno, line in _lines(path):
+        for lineno, line in read_text_lines(path):
             parts = line.split("\t")
             if len(parts) not in (2, 3):
                 raise DataFormatError(
                     f"{path}:{lineno}: expected 'id<TAB>text' (or 'id<TAB>title<TAB>text'), found {len(parts)} columns"
                 )
-            doc_id = parts[0].strip()
-            if not doc_id:
-                raise DataFormatError(f"{path}:{lineno}: empty document id in the first column")
+            doc_id = _check_id(parts[0], path, lineno, "document id")
             _check_unique(seen, doc_id, path, lineno, "document")
             title, text = (parts[1], parts[2]) if len(parts) == 3 else ("", parts[1])
             docs.append(Document(doc_id, text.strip(), title.strip()))
@@ -150,13 +145,11 @@ def load_queries(path: str | Path) -> Queries:
     seen: dict[str, int] = {}
     items: list[tuple[str, str]] = []
     if path.suffix == ".tsv":
-        for lineno, line in _lines(path):
+        for lineno, line in read_text_lines(path):
             parts = line.split("\t")
             if len(parts) != 2:
                 raise DataFormatError(f"{path}:{lineno}: expected 'qid<TAB>text', found {len(parts)} columns")
-            qid = parts[0].strip()
-            if not qid:
-                raise DataFormatError(f"{path}:{lineno}: empty query id in the first column")
+            qid = _check_id(parts[0], path, lineno, "query id")
             _check_unique(seen, qid, path, lineno, "query")
             items.append((qid, parts[1].strip()))
     else:
@@ -166,6 +159,12 @@ def load_queries(path: str | Path) -> Queries:
             if "text" not in obj:
                 raise DataFormatError(f"{path}:{lineno}: query {qid!r} has no 'text' field")
             items.append((qid, _text_field(obj, "text", path, lineno)))
+    if not items:
+        raise DataFormatError(f"{path}: the file holds no queries")
+    empty = [q for q, text in items if not text.strip()]
+    if empty:
+        warnings.warn(f"{path}: {len(empty)} query text(s) are empty (e.g. {empty[0]!r}); they retrieve nothing and "
+                      f"score 0 on every measure", DataWarning, stacklevel=2)
     return Queries(items)
 
 
@@ -176,7 +175,7 @@ def load_qrels(path: str | Path) -> Qrels:
     qrels: Qrels = {}
     where: dict[tuple[str, str], int] = {}
     first = True
-    for lineno, line in _lines(path):
+    for lineno, line in read_text_lines(path):
         parts = line.split("\t") if "\t" in line else line.split()
         parts = [p.strip() for p in parts]
         if first:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -22,11 +23,95 @@ class DataWarning(UserWarning):
     """Input data that can be used, but not all of it (e.g. judgements for unknown documents)."""
 
 
+def read_text_lines(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[int, str]]:
+    """(line number, line without its end) for every non-blank line (one with more than spaces) of a UTF-8 text
+    file; a byte-order mark and CRLF line ends are accepted. A line that is not valid UTF-8 raises ``DataFormatError`` naming the file, the
+    line, the byte and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the "
+                    f"file as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path.name} > fixed-{path.name})") from None
+            line = line.rstrip("\r\n")
+            if line.strip(" "):  # a tab alone is a TSV line with empty columns, not a blank line
+                yield lineno, line
+
+
+MAX_ID_LENGTH = 512
+ID_RULE = (f"an id is 1-{MAX_ID_LENGTH} characters with no white space and no control, format or surrogate "
+           f"characters, and no empty, '.' or '..' part between slashes")
+_NOT_IN_IDS = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}  # control, format, surrogate, private use, line/paragraph separators
+
+
+def id_problem(value: object) -> str | None:
+    """What makes ``value`` unusable as a document or query id, or None if it is fine.
+
+    The one id rule of the library (``ID_RULE``): the loaders, ``Document``, ``Queries``, the saved corpus and
+    the search service all apply it, so an id accepted anywhere loads, saves, prints in a TREC run and survives
+    a URL path everywhere else.
+    """
+    if not isinstance(value, str):
+        return f"an id must be a string, got {type(value).__name__}"
+    if not value:
+        return "an id must not be empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"an id has at most {MAX_ID_LENGTH} characters, this one has {len(value)}"
+    for i, c in enumerate(value):
+        if c.isspace():
+            return f"an id holds no white space (found {c!r} at position {i})"
+        if unicodedata.category(c) in _NOT_IN_IDS:
+            return f"an id holds no control, format or surrogate characters (found U+{ord(c):04X} at position {i})"
+    if any(part in ("", ".", "..") for part in value.split("/")):
+        return "an id (and each part of it between slashes) must not be empty, '.' or '..' (a URL path would change it)"
+    return None
+
+
+def text_problem(value: object) -> str | None:
+    """What makes ``value`` unusable as a text field (not a string, or not valid Unicode), or None."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"holds U+{ord(value[e.start]):04X} at position {e.start}, a lone surrogate that is not valid Unicode "
+                f"(UTF-8 cannot store it)")
+    return None
+
+
+def check_id(value: object, what: str = "document") -> str:
+    problem = id_problem(value)
+    if problem:
+        raise DataFormatError(f"{what} id {value!r}: {problem}")
+    return value  # type: ignore[return-value]
+
+
+def check_text(value: object, what: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise DataFormatError(f"{what} {problem}")
+    return value  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Document:
+    """A document: a string id (``ID_RULE``), its text and title (valid Unicode strings)."""
+
     id: str
     text: str = ""
     title: str = ""
+
+    def __post_init__(self):
+        check_id(self.id)
+        check_text(self.text, f"document {self.id!r}: text")
+        check_text(self.title, f"document {self.id!r}: title")
 
     @property
     def contents(self) -> str:
@@ -85,6 +170,8 @@ class Queries(Mapping[str, str]):
                 raise TypeError(f"query ids must be strings, got {type(qid).__name__} {qid!r}")
             if not isinstance(text, str):
                 raise TypeError(f"query {qid!r}: text must be a string, got {type(text).__name__}")
+            check_id(qid, "query")
+            check_text(text, f"query {qid!r}: text")
             if qid in self._q:
                 raise DataFormatError(f"duplicate query id {qid!r}: query ids must be unique")
             self._q[qid] = text
@@ -191,29 +278,26 @@ class Ranking:
     def from_trec(cls, path: str | os.PathLike) -> "Ranking":
         """Read a TREC run file (``qid Q0 docid rank score tag``)."""
         scores: dict[str, dict[str, float]] = {}
-        with open(path, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, start=1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 6:
-                    raise DataFormatError(
-                        f"{path}:{lineno}: a TREC run line has 6 columns 'qid Q0 docid rank score tag', "
-                        f"found {len(parts)}: {line.strip()[:80]!r}"
-                    )
-                qid, _, doc_id, _, score, _ = parts
-                try:
-                    value = float(score)
-                except ValueError:
-                    raise DataFormatError(
-                        f"{path}:{lineno}: score column must be a number, got {score!r}"
-                    ) from None
-                if not math.isfinite(value):
-                    raise DataFormatError(f"{path}:{lineno}: score must be finite, got {score!r}")
-                docs = scores.setdefault(qid, {})
-                if doc_id in docs:
-                    raise DataFormatError(f"{path}:{lineno}: document {doc_id!r} listed twice for query {qid!r}")
-                docs[doc_id] = value
+        for lineno, line in read_text_lines(path, "TREC run file"):
+            parts = line.split()
+            if len(parts) != 6:
+                raise DataFormatError(
+                    f"{path}:{lineno}: a TREC run line has 6 columns 'qid Q0 docid rank score tag', "
+                    f"found {len(parts)}: {line.strip()[:80]!r}"
+                )
+            qid, _, doc_id, _, score, _ = parts
+            try:
+                value = float(score)
+            except ValueError:
+                raise DataFormatError(
+                    f"{path}:{lineno}: score column must be a number, got {score!r}"
+                ) from None
+            if not math.isfinite(value):
+                raise DataFormatError(f"{path}:{lineno}: score must be finite, got {score!r}")
+            docs = scores.setdefault(qid, {})
+            if doc_id in docs:
+                raise DataFormatError(f"{path}:{lineno}: document {doc_id!r} listed twice for query {qid!r}")
+            docs[doc_id] = value
         return cls(scores)
 
 

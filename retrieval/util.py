@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, JSON artefacts, device choice."""
+"""Small shared helpers: atomic writes, JSON artefacts and their seals, file checksums, the cache folder."""
 
 from __future__ import annotations
 
@@ -31,15 +31,20 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         raise
 
 
-def read_json(path: str | os.PathLike, what: str) -> Any:
+def read_json(path: str | os.PathLike, what: str, expect: type | None = dict) -> Any:
+    """A JSON artefact; ``ValueError`` naming it if it is not JSON, or (``expect``) not a JSON object."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: {what} is not valid JSON ({e.msg}, line {e.lineno}); the artefact is damaged") from None
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        detail = f"{e.msg}, line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        raise ValueError(f"{path}: {what} is not valid JSON ({detail}); the artefact is damaged") from None
+    if expect is not None and not isinstance(data, expect):
+        raise ValueError(f"{path}: {what} holds a JSON {type(data).__name__}, not an object; the artefact is damaged")
+    return data
 
 
 @contextmanager
@@ -119,6 +124,59 @@ def fsync_tree(root: str | os.PathLike) -> None:
                 os.fsync(f.fileno())
     for d in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
         fsync_dir(d)
+
+
+class DamagedArtefact(ValueError):
+    """A saved artefact (index, model folder, pipeline, cache entry) that is missing files or whose files or
+    settings differ from what was recorded when it was written."""
+
+
+class CacheWarning(UserWarning):
+    """A cached artefact could not be reused (damaged, or written without checksums) and is built again."""
+
+
+SEAL = "seal"
+
+
+def _digest(config: dict) -> str:
+    body = {k: v for k, v in config.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+def sealed(config: dict) -> dict:
+    """``config`` with a ``seal``: the sha256 of everything else in it, so an edit of any setting is detected."""
+    return {**config, SEAL: _digest(config)}
+
+
+def check_seal(config: dict, path: str | os.PathLike, what: str) -> bool:
+    """Raise ``DamagedArtefact`` if ``config`` (read from ``path``) does not match its seal; False if it has none
+    (written before seals existed), True if it matches."""
+    if SEAL not in config:
+        return False
+    if config[SEAL] != _digest(config):
+        raise DamagedArtefact(f"{path} ({what}) does not match its seal: a setting in it was edited or damaged "
+                              f"(restore it from a copy, or build the artefact again)")
+    return True
+
+
+def file_checksums(folder: str | os.PathLike, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file under ``folder`` by relative path, ``skip`` (relative paths) left out."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).as_posix() not in skip}
+
+
+def verify_files(folder: str | os.PathLike, checksums: dict[str, str], what: str,
+                 error: type[DamagedArtefact] = DamagedArtefact) -> None:
+    """Raise ``error`` naming the first file of ``checksums`` that is missing or differs."""
+    folder = Path(folder)
+    for name, digest in checksums.items():
+        f = folder / name
+        if not f.is_file():
+            raise error(f"{folder}: {name} is missing; the {what} is incomplete")
+        if sha256_file(f) != digest:
+            raise error(f"{folder}: {name} does not match its checksum; the {what} is damaged "
+                        f"(restore it from a copy, or build it again)")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -35,7 +35,7 @@ def test_scifact_splits_are_disjoint(datasets_root):
 
 
 def _beir(tmp_path, corpus_lines, queries_lines=None, qrels_text=None, split="test"):
-    (tmp_path / "qrels").mkdir(exist_ok=True)
+    (tmp_path / "qrels").mkdir(parents=True, exist_ok=True)
     (tmp_path / "corpus.jsonl").write_text("\n".join(corpus_lines) + "\n", encoding="utf-8")
     queries_lines = queries_lines or ['{"_id": "q1", "text": "alpha"}']
     (tmp_path / "queries.jsonl").write_text("\n".join(queries_lines) + "\n", encoding="utf-8")
@@ -128,7 +128,29 @@ def test_wrong_field_types(tmp_path):
     with pytest.raises(DataFormatError, match=r"corpus.jsonl:1: 'text' must be a string"):
         load_dataset(path, "test")
     path = _beir(tmp_path, ['{"_id": "d 1", "text": "x"}'])
-    with pytest.raises(DataFormatError, match="must be non-empty and contain no spaces"):
+    with pytest.raises(DataFormatError, match=r"corpus.jsonl:1: '_id' 'd 1': an id holds no white space"):
+        load_dataset(path, "test")
+
+
+def test_encoding_errors_name_the_file_line_and_fix(tmp_path):
+    """A non-UTF-8 byte (a Latin-1 file) and a JSON escape for a lone surrogate both become DataFormatError."""
+    path = _beir(tmp_path, GOOD)
+    lines = (path / "corpus.jsonl").read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b"text", b"t\xe9xt", 1) if b"text" in lines[1] else b'{"_id": "d9", "text": "caf\xe9"}\n'
+    (path / "corpus.jsonl").write_bytes(b"".join(lines))
+    with pytest.raises(DataFormatError, match=r"corpus.jsonl:2: not valid UTF-8 \(byte 0xe9 at column \d+\); save the file as UTF-8"):
+        load_dataset(path, "test")
+    path = _beir(tmp_path / "sur", ['{"_id": "d1", "text": "bad \\ud800 text"}'])
+    with pytest.raises(DataFormatError, match=r"corpus.jsonl:1: 'text' holds U\+D800 .* lone surrogate"):
+        load_dataset(path, "test")
+    path = _beir(tmp_path / "qsur", GOOD, queries_lines=['{"_id": "q1", "text": "\\udfff"}'])
+    with pytest.raises(DataFormatError, match=r"queries.jsonl:1: 'text' holds U\+DFFF"):
+        load_dataset(path, "test")
+
+
+def test_empty_query_texts_are_counted_in_a_warning(tmp_path):
+    path = _beir(tmp_path, GOOD, queries_lines=['{"_id": "q1", "text": "  "}'])
+    with pytest.warns(DataWarning, match="1 query text\\(s\\) are empty"):
         load_dataset(path, "test")
 
 

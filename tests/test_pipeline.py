@@ -17,6 +17,7 @@ import pytest
 from benchmarks.__main__ import main as bench_main
 from retrieval.pipeline.folder import DamagedPipeline, PipelineMismatch, load_pipeline, save_pipeline
 from retrieval.pipeline import PipelineSettings, build_pipeline
+from retrieval.util import DamagedArtefact, sealed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +107,7 @@ def test_load_checks_that_the_parts_fit(built, adi, tmp_path):
     cfg_path = bad / "stages" / "dense" / "index" / "index_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["encoder_fingerprint"] = "another-model:0000"
-    cfg_path.write_text(json.dumps(cfg))
+    cfg_path.write_text(json.dumps(sealed(cfg)))  # a whole, consistent index of another encoder
     with pytest.raises(PipelineMismatch, match="dense"):
         load_pipeline(bad, check_files=False)
     # a reranker whose adapter is not the one the pipeline was built with
@@ -114,7 +115,7 @@ def test_load_checks_that_the_parts_fit(built, adi, tmp_path):
     shutil.copytree(folder, bad)
     pcfg = json.loads((bad / "pipeline.json").read_text())
     pcfg["stages"][2]["reranker"] = "something-else"
-    (bad / "pipeline.json").write_text(json.dumps(pcfg))
+    (bad / "pipeline.json").write_text(json.dumps(sealed(pcfg)))
     with pytest.raises(PipelineMismatch, match="rerank"):
         load_pipeline(bad)
     # a damaged index file
@@ -130,6 +131,38 @@ def test_load_checks_that_the_parts_fit(built, adi, tmp_path):
     (bad / "corpus.jsonl").unlink()
     with pytest.raises(DamagedPipeline, match="corpus.jsonl is missing"):
         load_pipeline(bad)
+
+
+def test_every_setting_and_file_that_changes_a_score_is_covered(built, adi, tmp_path):
+    """pipeline.json's own settings are sealed: a fusion weight edited by hand is found at load, as is a damaged
+    index setting or adapter file (with check_files off, by the parts' own checksums and seals)."""
+    b, _ = built
+    folder = save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, b.info)
+    bad = tmp_path / "weight-edited"
+    shutil.copytree(folder, bad)
+    pcfg = json.loads((bad / "pipeline.json").read_text())
+    pcfg["stages"][1]["fusion"]["weights"] = [0.15, 0.85]
+    (bad / "pipeline.json").write_text(json.dumps(pcfg))
+    with pytest.raises(DamagedPipeline, match="pipeline.json .*does not match its seal"):
+        load_pipeline(bad)
+    bad = tmp_path / "nprobe-edited"
+    shutil.copytree(folder, bad)
+    cfg_path = bad / "stages" / "dense" / "index" / "index_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["params"]["ef_search"] = 1
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(DamagedPipeline, match="index_config.json does not match its checksum"):
+        load_pipeline(bad)
+    with pytest.raises(DamagedArtefact, match="index_config.json .*does not match its seal"):
+        load_pipeline(bad, check_files=False)
+    bad = tmp_path / "adapter-damaged"
+    shutil.copytree(folder, bad)
+    weights = bad / "stages" / "rerank" / "reranker" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DamagedArtefact, match="adapter_model.safetensors does not match its checksum"):
+        load_pipeline(bad, check_files=False)
 
 
 def test_settings_reject_bad_values(models):

@@ -173,7 +173,8 @@ def test_overload_is_answered_429_not_queued(root, tmp_path):
 def test_acknowledged_writes_survive_sigkill_20_times(root, tmp_path):
     """Kill the server at random moments during ingestion (adds, deletes, compactions), 20 times: every
     acknowledged document is there after each restart (GET and BM25 search by its own word), every
-    acknowledged delete stays deleted."""
+    acknowledged delete stays deleted. The ids use what the id rule allows (slashes, non-ASCII letters, URL
+    characters), so they go through compactions and restarts too."""
     home = _copy_root(root, tmp_path / "root", ("alpha",))
     rng = random.Random(7)
     acked: dict[str, str] = {}  # id -> its unique word
@@ -194,7 +195,7 @@ def test_acknowledged_writes_survive_sigkill_20_times(root, tmp_path):
             def ingest():
                 n = 0
                 while not stop.is_set():
-                    batch = [{"id": f"c{cycle}-{n}-{j}", "title": f"crash {cycle}",
+                    batch = [{"id": f"c{cycle}/{n}-{j}" + ("-ü%#?" if j == 1 else ""), "title": f"crash {cycle}",
                               "text": f"word{cycle}x{n}x{j} ingestion under fire"} for j in range(3)]
                     n += 1
                     try:
@@ -212,7 +213,7 @@ def test_acknowledged_writes_survive_sigkill_20_times(root, tmp_path):
                     if acked and n % 4 == 0:
                         victim = rng.choice(sorted(set(acked) - deleted))
                         try:
-                            r = s.client.delete(f"/v1/domains/alpha/documents/{victim}", headers=AUTH)
+                            r = s.client.delete(_doc_url(victim), headers=AUTH)
                         except Exception:  # noqa: BLE001 - killed mid-request: the delete may or may not be done
                             acked.pop(victim)
                             return
@@ -240,9 +241,15 @@ def test_acknowledged_writes_survive_sigkill_20_times(root, tmp_path):
     assert kills == 20 and len(acked) > 20 and set(compactions) <= {200}
 
 
+def _doc_url(doc_id: str, domain: str = "alpha") -> str:
+    from urllib.parse import quote
+
+    return f"/v1/domains/{domain}/documents/{quote(doc_id, safe='/')}"
+
+
 def _check_recovered(client, acked: dict[str, str], deleted: set[str]) -> None:
     for doc_id, word in acked.items():
-        r = client.get(f"/v1/domains/alpha/documents/{doc_id}")
+        r = client.get(_doc_url(doc_id))
         if doc_id in deleted:
             assert r.status_code == 404, f"{doc_id} was deleted (acknowledged) but is back"
             continue
@@ -266,6 +273,14 @@ def test_damaged_index_is_reported_and_not_served(root, tmp_path):
         r = s.client.post("/v1/domains/beta/search", json={"query": "indexing"})
         assert r.status_code == 503 and r.json()["error"] == "domain_unavailable" and "checksum" in r.json()["detail"]
         assert _search(s.client, "alpha", "indexing")["hits"]  # the other domain is still served
+        # the operator's endpoints report the damaged domain, never a 500
+        listed = s.client.get("/v1/domains")
+        assert listed.status_code == 200
+        assert {d["name"]: d["status"] for d in listed.json()["domains"]} == {"alpha": "ready", "beta": "damaged"}
+        assert s.client.get("/").status_code == 200
+        r = s.client.post("/v1/domains/beta/reload", headers=AUTH)  # still damaged: 503 saying why
+        assert r.status_code == 503 and r.json()["error"] == "domain_unavailable" and "checksum" in r.json()["detail"]
+        assert r.json()["domain"]["status"] == "damaged"
         vectors.write_bytes(good)  # restored from a copy: reloading the domain (API key) serves it again
         assert s.client.post("/v1/domains/beta/reload").status_code == 401
         r = s.client.post("/v1/domains/beta/reload", headers=AUTH)
@@ -394,7 +409,58 @@ def test_bad_requests_are_named(app_client):
     assert post("documents", {"documents": []}).json()["error"] == "empty_batch"
     r = app_client.post("/v1/domains/alpha/search", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+    # unknown fields are refused, naming the field, never silently ignored
+    r = post("search", {"query": "a", "top_k": 50})
+    assert r.status_code == 422 and r.json()["detail"].startswith("top_k: ") and "unknown field" in r.json()["detail"]
+    r = post("documents", {"documents": [{"id": "c1", "title": "T", "body": "x"}]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("documents.0.body: ")
+    r = post("documents", {"documents": [{"id": "c1", "text": "x", "contents": "y"}]})
+    assert r.status_code == 422 and "not both" in r.json()["detail"]
+    # strings that cannot be stored (a lone surrogate) and ids the one rule refuses
+    def raw(path, body):  # json.dumps escapes a lone surrogate as \\ud800, as a client's JSON would
+        return app_client.post(f"/v1/domains/alpha/{path}", content=json.dumps(body).encode(),
+                               headers={**AUTH, "Content-Type": "application/json"})
+
+    r = raw("search", {"query": "bad \ud800"})
+    assert r.status_code == 422 and "lone surrogate" in r.json()["detail"], r.text
+    r = raw("documents", {"documents": [{"id": "s1", "text": "x \udfff"}]})
+    assert r.status_code == 422 and "lone surrogate" in r.json()["detail"], r.text
+    r = raw("documents", {"documents": [{"id": "s\ud800", "text": "x"}]})
+    assert r.status_code == 422, r.text
+    for bad in ("has space", "a//b", "../x", "tab\tx", "nul\x00"):
+        r = post("documents", {"documents": [{"id": bad, "text": "x"}]})
+        assert r.status_code == 422 and r.json()["error"] == "bad_id" and "an id" in r.json()["detail"], (bad, r.text)
     assert app_client.get("/v1/domains").json()["domains"][0]["documents"] == 82  # nothing was written
+
+
+def test_every_accepted_id_round_trips_through_compaction_and_a_restart(root, tmp_path):
+    """What the API accepts loads after a compaction and a reload, and can be fetched and deleted: ids with
+    slashes, non-ASCII letters and URL characters; Pyserini's 'contents' is taken as the text."""
+    from urllib.parse import quote
+
+    from fastapi.testclient import TestClient
+
+    from retrieval.service import Service, ServiceSettings, create_app
+
+    home = _copy_root(root, tmp_path / "root", ("alpha",))
+    ids = ["a/b", "10.1038/nature12373", "ünï-cødé", "x:y@z#1?2%3&4+5", "c1"]
+    url = lambda i: f"/v1/domains/alpha/documents/{quote(i, safe='/')}"  # noqa: E731
+    with TestClient(create_app(Service(home, ServiceSettings(device="cpu"), keys=[KEY.encode()]))) as c:
+        docs = [{"id": i, "title": f"round trip {n}", "text": f"word{n} survives"} for n, i in enumerate(ids[:-1])]
+        docs.append({"id": "c1", "title": "T", "contents": "pyserini body"})
+        r = c.post("/v1/domains/alpha/documents", json={"documents": docs}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert c.get(url("c1")).json()["text"] == "pyserini body"
+        assert c.post("/v1/domains/alpha/compact", headers=AUTH).status_code == 200
+        assert c.post("/v1/domains/alpha/reload", headers=AUTH).json()["status"] == "ready"
+        for i in ids:
+            got = c.get(url(i))
+            assert got.status_code == 200 and got.json()["id"] == i, (i, got.text)
+        assert c.delete(url("a/b"), headers=AUTH).status_code == 200
+        assert c.get(url("a/b")).status_code == 404
+    with TestClient(create_app(Service(home, ServiceSettings(device="cpu"), keys=[KEY.encode()]))) as c:
+        assert {d["status"] for d in c.get("/v1/domains").json()["domains"]} == {"ready"}  # restarted
+        assert c.get(url("a/b")).status_code == 404 and c.get(url(ids[2])).json()["id"] == ids[2]
 
 
 def test_gate_refuses_beyond_its_queue():
@@ -456,6 +522,10 @@ def test_journal_cuts_a_torn_tail_and_refuses_damage(tmp_path):
     (tmp_path / "j.log").write_bytes(b"".join(lines))
     with pytest.raises(DamagedJournal, match="line 2 of 4"):
         Journal(tmp_path / "j.log").open()
+    # a whole record missing from the middle, every remaining line intact: the numbering gives it away
+    (tmp_path / "j.log").write_bytes(b"".join(lines[:1] + lines[2:]))
+    with pytest.raises(DamagedJournal, match="line 2 holds record 3 where record 2 belongs"):
+        Journal(tmp_path / "j.log").open()
 
 
 def test_domain_recovers_from_its_journal(root, tmp_path):
@@ -480,6 +550,14 @@ def test_domain_recovers_from_its_journal(root, tmp_path):
     assert again.search("zeppelin recovery", k=5, stages=["bm25"]).hits[0][0] == "r1"
     assert [x for _, x in after] == pytest.approx([x for _, x in before], rel=1e-5)
     again.close()
+    # a record missing from the middle of the journal (each remaining line intact): damaged, not served
+    journal = home / "alpha" / "journal.log"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 2
+    journal.write_bytes(lines[1])
+    third = Domain("alpha", home / "alpha", tmp_path / "work", generation=2).open(models)
+    assert third.status == "damaged" and "record 2 where record 1 belongs" in third.error
+    assert third.describe()["status"] == "damaged"  # reported, never a 500
 
 
 def test_compaction_saves_the_live_state_and_empties_the_journal(root, tmp_path):

@@ -14,9 +14,30 @@ def test_corpus_rejects_duplicates_and_fingerprint_tracks_content():
         Corpus([Document("a", "x"), Document("a", "y")])
     c1 = Corpus([Document("a", "x"), Document("b", "y")])
     c2 = Corpus([Document("a", "x"), Document("b", "z")])
-    c3 = Corpus([Document("a", "xb"), Document("", "y")])  # same bytes, different boundaries
+    c3 = Corpus([Document("a", "x"), Document("by")])  # the same bytes in order, other boundaries
     assert len({c1.fingerprint(), c2.fingerprint(), c3.fingerprint()}) == 3
     assert c1.fingerprint() == Corpus([Document("a", "x"), Document("b", "y")]).fingerprint()
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "tab\there", "new\nline", "nul\x00", "zw\u200bj", "sur\ud800",
+                                 "a//b", "./a", "a/..", "/lead", ".", "..", "x" * 513])
+def test_one_id_rule_for_documents_and_queries(bad):
+    with pytest.raises(DataFormatError, match="id"):
+        Document(bad, "text")
+    with pytest.raises(DataFormatError, match="query id"):
+        Queries({bad: "text"})
+
+
+@pytest.mark.parametrize("good", ["d1", "a/b", "ünï-cødé_42", "10.1038/nature12373", "x" * 512, "a:b@c#d?e%f"])
+def test_ids_the_rule_accepts(good):
+    assert Document(good, "t").id == good and list(Queries({good: "t"})) == [good]
+
+
+def test_texts_must_be_valid_unicode():
+    with pytest.raises(DataFormatError, match="lone surrogate"):
+        Document("d", "bad \ud800 text")
+    with pytest.raises(DataFormatError, match="lone surrogate"):
+        Queries({"q": "\udfff"})
 
 
 def test_queries_type_checks():

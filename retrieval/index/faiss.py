@@ -12,13 +12,14 @@ Loading against another encoder, or a damaged folder, is an error. FAISS row num
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..util import atomic_dir, library_version, read_json, sha256_file, write_json
+from ..util import DamagedArtefact, atomic_dir, check_seal, file_checksums, library_version, read_json, sealed, verify_files, write_json
 
 CONFIG_NAME = "index_config.json"
 
@@ -53,11 +54,7 @@ class FaissIndex:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         self.factory = factory.strip()
         self.dim = dim
-        try:
-            inner = faiss.index_factory(dim, self.factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as e:
-            raise ValueError(f"FAISS cannot build factory string {factory!r}: {str(e).splitlines()[-1]}; "
-                             f"examples: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ32") from None
+        inner = self.check_factory(self.factory, dim)
         self.kind = "hnsw" if "HNSW" in self.factory.upper() else ("ivf" if "IVF" in self.factory.upper() else "flat")
         if self.kind == "hnsw":
             faiss.downcast_index(inner).hnsw.efConstruction = ef_construction
@@ -71,6 +68,25 @@ class FaissIndex:
         self.vectors = np.zeros((0, dim), dtype=np.float32)
         self.build_seconds = 0.0
         self._gpu = None
+
+    @staticmethod
+    def check_factory(factory: str, dim: int, vectors: int | None = None):
+        """The FAISS index ``factory`` builds for ``dim``-d vectors; ``ValueError`` (with examples) for a string
+        FAISS refuses, or for an IVF index with more lists than ``vectors`` to train them on."""
+        faiss = _faiss()
+        if not isinstance(factory, str) or not factory.strip():
+            raise ValueError(f"a FAISS factory string is needed, e.g. Flat, HNSW32, IVF1024,Flat; got {factory!r}")
+        try:
+            index = faiss.index_factory(dim, factory.strip(), faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise ValueError(f"FAISS cannot build factory string {factory!r} for {dim}-d vectors: "
+                             f"{str(e).strip().splitlines()[-1]}; examples: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ32") from None
+        lists = re.search(r"IVF(\d+)", factory)
+        if lists and vectors is not None and int(lists.group(1)) > vectors:
+            raise ValueError(f"{factory!r} has {lists.group(1)} lists but only {vectors} vectors to train them on; IVF "
+                             f"needs at least as many vectors as lists (ideally 39x): e.g. "
+                             f"IVF{max(1, vectors // 39)},Flat, or Flat")
+        return index
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -189,8 +205,7 @@ class FaissIndex:
                 for doc_id in self.ids:
                     f.write(("" if doc_id is None else doc_id) + "\n")
             np.save(tmp / "vectors.npy", self.vectors)
-            files = ("index.faiss", "docids.txt", "vectors.npy")
-            write_json(tmp / CONFIG_NAME, {
+            write_json(tmp / CONFIG_NAME, sealed({
                 "kind": "faiss",
                 "factory": self.factory,
                 "metric": "inner_product",
@@ -201,23 +216,25 @@ class FaissIndex:
                 "encoder_fingerprint": self.encoder_fingerprint,
                 "encoder": self.encoder_info,
                 "build_seconds": self.build_seconds,
-                "checksums": {name: sha256_file(tmp / name) for name in files},
+                "checksums": file_checksums(tmp, skip=(CONFIG_NAME,)),
                 "library_version": library_version(),
-            })
+            }))
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, encoder_fingerprint: str | None = None, verify: bool = True) -> "FaissIndex":
-        """Load a saved index; with ``encoder_fingerprint``, refuse one built with another encoder."""
+    def load(cls, path: str | os.PathLike, encoder_fingerprint: str | None = None, verify: bool = True,
+             require_seal: bool = False) -> "FaissIndex":
+        """Load a saved index; with ``encoder_fingerprint``, refuse one built with another encoder. Its settings
+        are checked against their seal; with ``verify``, every file against its checksum (``DamagedArtefact``).
+        ``require_seal`` refuses an index saved before seals existed (a cache does: it cannot check one)."""
         faiss = _faiss()
         path = Path(path)
         config = read_json(path / CONFIG_NAME, "FAISS index config")
+        if not check_seal(config, path / CONFIG_NAME, "the index's settings") and require_seal:
+            raise DamagedArtefact(f"{path}: {CONFIG_NAME} has no seal (written by an older version); its settings "
+                                  f"cannot be checked")
         if verify:
-            for name, digest in config["checksums"].items():
-                if not (path / name).is_file():
-                    raise FileNotFoundError(f"{path}: {name} is missing; the index folder is incomplete")
-                if sha256_file(path / name) != digest:
-                    raise ValueError(f"{path}: {name} does not match its checksum; the index is damaged, rebuild it")
+            verify_files(path, config["checksums"], "FAISS index folder")
         if encoder_fingerprint is not None and config["encoder_fingerprint"] != encoder_fingerprint:
             raise IndexMismatch(
                 f"{path}: built with encoder {config['encoder_fingerprint']} ({config.get('encoder')}), "
@@ -226,19 +243,23 @@ class FaissIndex:
         idx = cls.__new__(cls)
         idx.factory, idx.dim = config["factory"], int(config["dim"])
         idx.kind = "hnsw" if "HNSW" in idx.factory.upper() else ("ivf" if "IVF" in idx.factory.upper() else "flat")
-        idx.index = faiss.read_index(str(path / "index.faiss"))
+        try:
+            idx.index = faiss.read_index(str(path / "index.faiss"))
+            idx.vectors = np.load(path / "vectors.npy")
+        except (RuntimeError, ValueError, OSError) as e:
+            raise DamagedArtefact(f"{path}: the index files cannot be read ({str(e).splitlines()[-1][:200]}); the "
+                                  f"index is damaged or incomplete: rebuild it") from None
         idx.encoder_fingerprint = config["encoder_fingerprint"]
         idx.encoder_info = config.get("encoder", {})
         idx.params = dict(config["params"])
         with open(path / "docids.txt", encoding="utf-8") as f:
             idx.ids = [line.rstrip("\n") or None for line in f]
         idx.rows = {d: r for r, d in enumerate(idx.ids) if d is not None}
-        idx.vectors = np.load(path / "vectors.npy")
         idx.build_seconds = float(config.get("build_seconds", 0.0))
         idx._gpu = None
         if len(idx.rows) != config["count"] or idx.index.ntotal != len(idx.rows):
-            raise ValueError(f"{path}: {idx.index.ntotal} vectors in FAISS, {len(idx.rows)} ids, "
-                             f"{config['count']} expected; the index is damaged, rebuild it")
+            raise DamagedArtefact(f"{path}: {idx.index.ntotal} vectors in FAISS, {len(idx.rows)} ids, "
+                                  f"{config['count']} expected; the index is damaged, rebuild it")
         return idx
 
 

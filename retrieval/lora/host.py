@@ -23,10 +23,31 @@ import os
 import threading
 from pathlib import Path
 
-from ..util import read_json
+from ..util import DamagedArtefact, check_seal, file_checksums, read_json, sealed, verify_files, write_json
 from .settings import LoraSettings
 
 CONFIG_NAME = "retrieval_config.json"  # what a saved model folder holds beside peft's own files
+
+
+def write_model_config(folder: Path, config: dict) -> None:
+    """Write a saved model's ``retrieval_config.json`` last: ``config`` with the checksum of every other file in
+    ``folder`` (peft's, or a merged model's), sealed."""
+    write_json(folder / CONFIG_NAME, sealed({**config, "checksums": file_checksums(folder, skip=(CONFIG_NAME,))}))
+
+
+def read_model_config(folder: str | os.PathLike, what: str, verify: bool = True, require_checksums: bool = False) -> dict:
+    """A saved model's ``retrieval_config.json``, checked against its seal and, with ``verify``, every file
+    against its checksum (``DamagedArtefact`` names it). A folder saved before checksums existed loads unless
+    ``require_checksums`` (a cache does: it cannot check such an entry)."""
+    folder = Path(folder)
+    config = read_json(folder / CONFIG_NAME, what)
+    checked = check_seal(config, folder / CONFIG_NAME, what) and "checksums" in config
+    if not checked and require_checksums:
+        raise DamagedArtefact(f"{folder}: {CONFIG_NAME} records no checksums (written by an older version), so the "
+                              f"{what} cannot be checked")
+    if verify and checked:
+        verify_files(folder, config["checksums"], what)
+    return config
 
 
 class AdapterMismatch(ValueError):

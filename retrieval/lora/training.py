@@ -39,6 +39,29 @@ class TrainResult:
         return asdict(self)
 
 
+def check_numbers(settings, positive_ints: tuple[str, ...] = (), positive: tuple[str, ...] = (),
+                  fractions: tuple[str, ...] = (), unit: tuple[str, ...] = ()) -> None:
+    """Refuse training settings that would train something else than asked for (``epochs=0`` is not "the
+    default"): ``positive_ints`` >= 1, ``positive`` > 0, ``fractions`` strictly between 0 and 1, ``unit`` in [0, 1]."""
+    name = type(settings).__name__
+    for field in positive_ints:
+        v = getattr(settings, field)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name}.{field} must be a positive integer, got {v!r}")
+    for field in positive:
+        v = getattr(settings, field)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"{name}.{field} must be a positive number, got {v!r}")
+    for field in fractions:
+        v = getattr(settings, field)
+        if not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"{name}.{field} must be between 0 and 1 (exclusive), got {v!r}")
+    for field in unit:
+        v = getattr(settings, field)
+        if not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ValueError(f"{name}.{field} must be between 0 and 1, got {v!r}")
+
+
 def split_queries(qids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """A seeded split of training query ids into (train, validation)."""
     if not 0 < fraction < 1:

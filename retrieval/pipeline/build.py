@@ -28,6 +28,8 @@ from encoders.bi_encoder import BiEncoder
 from encoders.train import validation_queries
 from rerankers.train import split_examples, training_examples
 
+from ..index.faiss import FaissIndex
+from ..lora.base import resolve_model
 from ..stage import Pipeline
 from ..stages.dense import Dense
 from ..stages.fusion import Fusion, fit_weight
@@ -65,6 +67,10 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     t_start = time.perf_counter()
     info: dict = {"settings": settings.to_dict(), "split": "none (corpus only)" if settings.corpus_only else split,
                   "stages": {}}
+    # settings that can only be checked against the models and the corpus: before any work
+    base = BiEncoder(settings.dense_model)
+    FaissIndex.check_factory(settings.dense_factory, base.dim, len(corpus))
+    resolve_model(settings.rerank_model)
 
     # 1. BM25
     log("[1/3] BM25 index" + ("" if settings.corpus_only or not settings.bm25_fit else " and k1/b fit on training queries"))
@@ -78,7 +84,6 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
 
     # 2. dense: query-side adapter over the base document index
     log("[2/3] dense: base document index and query-side LoRA adapter")
-    base = BiEncoder(settings.dense_model)
     index, index_built, _ = base_index(base, corpus, settings.dense_factory, cache_dir)
     mode = "corpus-query" if settings.corpus_only else "query"
     encoder, dense_train = dense_adapter(mode, corpus, queries, qrels, index, settings.dense_epochs, cache_dir, split=split,

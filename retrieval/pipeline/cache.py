@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import warnings
 from pathlib import Path
 
 from encoders.bi_encoder import BiEncoder
@@ -18,17 +20,29 @@ from encoders.train import default_settings, train_dense
 from rerankers.cross_encoder import CrossEncoderReranker
 from rerankers.train import RerankTrainSettings, train_reranker
 
-from ..lora.host import CONFIG_NAME
 from ..stages.bm25 import BM25
 from ..stages.dense import document_index
 from ..types import Corpus, Qrels, Queries
-from ..util import default_cache_dir, read_json, write_json
+from ..util import CacheWarning, DamagedArtefact, default_cache_dir, read_json, write_json
 
 CORPUS_RERANK_ITEMS = 800  # corpus-only reranker: pseudo-queries trained on by default (~7 minutes an epoch on 2 cores)
 
 
 def _key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(root: Path, load):
+    """``load()`` of a cache entry if there is one and every file and setting of it is as written; else None
+    (a damaged entry, or one written without checksums, is removed with a warning and built again)."""
+    if not root.exists():
+        return None
+    try:
+        return load()
+    except (DamagedArtefact, FileNotFoundError, ValueError) as e:
+        warnings.warn(f"training again: the cached adapter cannot be reused: {e}", CacheWarning, stacklevel=3)
+        shutil.rmtree(root)
+        return None
 
 
 def cache_root(cache_dir: str | os.PathLike | None) -> Path:
@@ -58,8 +72,10 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
     key = _key({"mode": mode, "corpus": corpus.fingerprint(), **data, "encoder": enc.fingerprint("document"),
                 "settings": settings.to_dict()})
     root = cache_root(cache_dir) / "adapters" / f"dense-{mode}-{key}"
-    if (root / CONFIG_NAME).is_file():
-        return BiEncoder.load(root), read_json(root / "train_result.json", "training result")
+    hit = _cached(root, lambda: (BiEncoder.load(root, require_checksums=True),
+                                 read_json(root / "train_result.json", "training result")))
+    if hit is not None:
+        return hit
     enc, result = train_dense(mode, corpus, queries if labelled else None, qrels if labelled else None,
                               settings, enc, index, bm25)
     enc.save(root, overwrite=True)
@@ -92,8 +108,10 @@ def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettin
         payload["negatives_from"] = negatives_from
     key = _key(payload)
     root = cache_root(cache_dir) / "adapters" / f"rerank-{settings.mode}-{key}"
-    if (root / CONFIG_NAME).is_file():
-        return CrossEncoderReranker.load(root, precision=precision), read_json(root / "train_result.json", "training result")
+    hit = _cached(root, lambda: (CrossEncoderReranker.load(root, precision=precision, require_checksums=True),
+                                 read_json(root / "train_result.json", "training result")))
+    if hit is not None:
+        return hit
     states: dict[int, dict] = {}
     result = train_reranker(model, corpus, examples, first_stages, settings,
                             on_epoch=lambda epoch, state: states.__setitem__(epoch, state))

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from ..data import load_corpus
 from ..stage import Pipeline
 from ..types import Corpus
-from ..util import atomic_dir, library_version, read_json, sha256_file, write_json
+from ..util import (DamagedArtefact, atomic_dir, check_seal, file_checksums, library_version, read_json, sealed,
+                    verify_files, write_json)
 from . import kinds  # noqa: F401 - registers the built-in stage kinds
 from .registry import LoadContext, PipelineMismatch, kind_named, kind_of
 
@@ -37,8 +39,9 @@ __all__ = ["PipelineMismatch", "DamagedPipeline", "save_pipeline", "load_pipelin
            "is_pipeline_dir", "write_corpus", "write_config", "folder_bytes"]
 
 
-class DamagedPipeline(ValueError):
-    """A file of a saved pipeline is missing or does not match the checksum recorded when it was saved."""
+class DamagedPipeline(DamagedArtefact):
+    """A file of a saved pipeline is missing or does not match the checksum recorded when it was saved, or
+    ``pipeline.json`` does not match its seal."""
 
 
 def write_corpus(corpus: Corpus, path: Path) -> None:
@@ -47,15 +50,10 @@ def write_corpus(corpus: Corpus, path: Path) -> None:
             f.write(json.dumps({"_id": doc.id, "title": doc.title, "text": doc.text}, ensure_ascii=False) + "\n")
 
 
-def manifest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (``pipeline.json`` aside), by relative path."""
-    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p != folder / CONFIG_NAME}
-
-
 def write_config(folder: Path, config: dict) -> None:
-    """Write ``pipeline.json`` last, with the checksum of every other file of the folder."""
-    write_json(folder / CONFIG_NAME, {**config, "checksums": manifest(folder)})
+    """Write ``pipeline.json`` last, with the checksum of every other file of the folder, sealed (the sha256 of
+    its own content), so a change of any file or setting is found when the folder is loaded."""
+    write_json(folder / CONFIG_NAME, sealed({**config, "checksums": file_checksums(folder, skip=(CONFIG_NAME,))}))
 
 
 def save_pipeline(pipeline: Pipeline, path: str | os.PathLike, corpus: Corpus, info: dict | None = None,
@@ -88,18 +86,20 @@ def verify(path: str | os.PathLike, config: dict | None = None) -> None:
     """Raise ``DamagedPipeline`` if a file of a saved pipeline is missing or differs from its checksum."""
     path = Path(path)
     config = config or pipeline_config(path)
-    for name, digest in config.get("checksums", {}).items():
-        f = path / name
-        if not f.is_file():
-            raise DamagedPipeline(f"{path}: {name} is missing; the pipeline folder is incomplete")
-        if sha256_file(f) != digest:
-            raise DamagedPipeline(f"{path}: {name} does not match its checksum; the pipeline is damaged "
-                                  f"(restore it from a copy or train it again)")
+    verify_files(path, config.get("checksums", {}), "pipeline folder", DamagedPipeline)
 
 
 def pipeline_config(path: str | os.PathLike) -> dict:
+    """``pipeline.json``, checked against its seal (``DamagedPipeline`` if a setting was changed)."""
     path = Path(path)
     config = read_json(path / CONFIG_NAME, "pipeline config (write one with save_pipeline or `python -m retrieval train`)")
+    try:
+        if not check_seal(config, path / CONFIG_NAME, CONFIG_NAME):
+            warnings.warn(f"{path}: {CONFIG_NAME} has no seal (saved by version {config.get('library_version')}), so "
+                          f"a change of its settings cannot be detected; save the pipeline again to seal it",
+                          UserWarning, stacklevel=2)
+    except DamagedArtefact as e:
+        raise DamagedPipeline(str(e)) from None
     if config.get("kind") != "pipeline":
         raise ValueError(f"{path}: {CONFIG_NAME} describes a {config.get('kind')!r}, not a pipeline")
     if config.get("format") != FORMAT:

@@ -20,8 +20,7 @@ import numpy as np
 from encoders.bi_encoder import BiEncoder
 from rerankers.cross_encoder import CrossEncoderReranker
 
-from ..lora.host import CONFIG_NAME
-from ..util import read_json
+from ..lora.host import read_model_config
 
 
 class SharedModels:
@@ -69,9 +68,9 @@ class SharedModels:
         """A view of the saved encoder in ``folder`` over the shared base model, its active adapter loaded
         under ``adapter_name``. A merged encoder cannot share weights: it is loaded on its own."""
         folder = Path(folder)
-        config = read_json(folder / CONFIG_NAME, "bi-encoder config")
+        config = read_model_config(folder, "bi-encoder folder", verify=False)  # its files: checked with the pipeline's
         if config.get("merged"):
-            return BiEncoder.load(folder, device=self.device)  # a model of its own: nothing to switch
+            return BiEncoder.load(folder, device=self.device, verify=False)  # a model of its own: nothing to switch
         base, length = config["base_model"], int(config["max_length"])
         model = self._shared(("encoder", base, length),
                              lambda: BiEncoder(base, max_length=length, device=self.device))
@@ -80,9 +79,9 @@ class SharedModels:
     def reranker(self, folder: str | os.PathLike, adapter_name: str) -> "RerankerView | CrossEncoderReranker":
         """Likewise for a saved cross-encoder."""
         folder = Path(folder)
-        config = read_json(folder / CONFIG_NAME, "reranker config")
+        config = read_model_config(folder, "reranker folder", verify=False)
         if config.get("merged"):
-            return CrossEncoderReranker.load(folder, device=self.device)
+            return CrossEncoderReranker.load(folder, device=self.device, verify=False)
         base, length = config["base_model"], int(config["max_length"])
         labels, precision = config.get("num_labels"), config.get("precision", "auto")
         model = self._shared(("reranker", base, length, labels, precision),

@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from ..pipeline.folder import is_pipeline_dir
 from ..pipeline.shared import SharedModels
-from ..types import Document
+from ..types import ID_RULE, Document, id_problem
 from ..util import recover_dir
 from ..version import __version__
 from .domain import NAME, Domain, DomainError
@@ -220,11 +220,11 @@ class Service:
             raise _limit("max_batch_docs", s.max_batch_docs, len(docs), "the number of documents in the batch")
         out = []
         for i, d in enumerate(docs):
-            if not d.id or d.id != d.id.strip() or any(c in d.id for c in "\n\r\t"):
-                raise ApiError(422, "bad_id", f"documents[{i}]: the id {d.id!r} is empty or holds white space at "
-                               f"its ends or a line break")
             if len(d.id) > s.max_id_chars:
                 raise _limit("max_id_chars", s.max_id_chars, len(d.id), f"documents[{i}]: the id's length")
+            problem = id_problem(d.id)
+            if problem:
+                raise ApiError(422, "bad_id", f"documents[{i}]: the id {d.id!r}: {problem} ({ID_RULE})")
             size = len(d.title) + len(d.text)
             if size > s.max_doc_chars:
                 raise _limit("max_doc_chars", s.max_doc_chars, size, f"documents[{i}] ({d.id!r}): title + text length")
@@ -261,8 +261,14 @@ def create_app(service: Service):
     async def _invalid(request, e: RequestValidationError):
         errors = e.errors()
         first = errors[0] if errors else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-        return JSONResponse({"error": "invalid_request", "detail": f"{where}: {first.get('msg', 'invalid')}",
+        loc = list(first.get("loc", ()))
+        where = ".".join(str(p) for p in (loc[1:] if loc[:1] == ["body"] else loc)) or "body"
+        msg = first.get("msg", "invalid")
+        if first.get("type") == "extra_forbidden":
+            msg = "unknown field (this endpoint's fields are in /openapi.json; nothing was done)"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        return JSONResponse({"error": "invalid_request", "detail": f"{where}: {msg}",
                              "errors": [{"loc": list(x.get("loc", ())), "msg": x.get("msg")} for x in errors]},
                             status_code=422)
 
@@ -324,7 +330,7 @@ def create_app(service: Service):
         service.maybe_compact(d)
         return out
 
-    @app.delete("/v1/domains/{domain}/documents/{doc_id}", summary="Delete a document (API key)")
+    @app.delete("/v1/domains/{domain}/documents/{doc_id:path}", summary="Delete a document (API key)")
     async def delete_document(domain: str, doc_id: str, request: Request):
         service.authorize(request.headers)
         d = service.domain(domain)
@@ -338,6 +344,9 @@ def create_app(service: Service):
     async def reload(domain: str, request: Request):
         service.authorize(request.headers)
         d = await service.gate.run(service.reload, domain)
+        if d.status != "ready":  # reported, with what is wrong: the operator restores the folder and reloads again
+            return JSONResponse({"error": "domain_unavailable", "detail": f"domain {domain!r} is {d.status}: {d.error}",
+                                 "domain": d.describe()}, status_code=503)
         return d.describe()
 
     @app.post("/v1/domains/{domain}/compact", summary="Save the live state as the domain's folder; empty the journal (API key)")
@@ -346,7 +355,7 @@ def create_app(service: Service):
         d = service.domain(domain)
         return await service.gate.run(d.compact)
 
-    @app.get("/v1/domains/{domain}/documents/{doc_id}", summary="One document as stored")
+    @app.get("/v1/domains/{domain}/documents/{doc_id:path}", summary="One document as stored")
     async def get_document(domain: str, doc_id: str):
         doc = service.domain(domain).document(doc_id)
         return {"id": doc.id, "title": doc.title, "text": doc.text}

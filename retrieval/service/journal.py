@@ -2,7 +2,9 @@
 
 Each line is ``<crc32 hex> <json>\\n``. On open, a last line that is incomplete or fails its checksum is a
 write that crashed before it was synced (so never acknowledged): it is cut off. A bad line *before* good
-ones is damage, not a crash: ``DamagedJournal`` is raised and the domain is not served.
+ones is damage, not a crash: ``DamagedJournal`` is raised and the domain is not served. The records are
+numbered 1, 2, 3 ... from the last compaction (which starts an empty journal), so a record missing from the
+middle, or a line repeated, is damage too.
 """
 
 from __future__ import annotations
@@ -77,9 +79,12 @@ class Journal:
                     f.truncate(good)
                     f.flush()
                     os.fsync(f.fileno())
-        seqs = [r.get("seq", 0) for r in records]
-        if any(b <= a for a, b in zip(seqs, seqs[1:])):
-            raise DamagedJournal(f"{self.path}: record sequence numbers are not increasing; the journal is damaged")
+        seqs = [r.get("seq") for r in records]
+        for i, seq in enumerate(seqs, start=1):  # numbered 1, 2, 3 ... since the last compaction: no gap, no repeat
+            if seq != i:
+                raise DamagedJournal(f"{self.path}: line {i} holds record {seq!r} where record {i} belongs; a record "
+                                     f"is missing or out of place, so the journal is damaged (restore the domain "
+                                     f"from a copy)")
         self.last_seq = seqs[-1] if seqs else 0
         self.records = len(records)
         new = not self.path.exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..types import MAX_ID_LENGTH
+
 
 @dataclass
 class ServiceSettings:
@@ -28,3 +30,6 @@ class ServiceSettings:
             if name.startswith("max_") or name in ("workers", "snippet_chars", "compact_after"):
                 if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name in ("max_queue", "compact_after") else 1):
                     raise ValueError(f"service setting {name} must be a positive integer, got {value!r}")
+        if self.max_id_chars > MAX_ID_LENGTH:
+            raise ValueError(f"max_id_chars is at most {MAX_ID_LENGTH}, the longest id the library stores; got "
+                             f"{self.max_id_chars}")

@@ -14,6 +14,17 @@ from typing import Sequence
 
 from ..java import start_jvm
 from ..types import Corpus
+from ..util import DamagedArtefact
+
+
+def _java_error(e: Exception) -> bool:
+    return type(e).__name__ == "JavaException"
+
+
+def _damaged(path: Path, e: Exception) -> DamagedArtefact:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return DamagedArtefact(f"{path}: Lucene cannot read the index ({first}); its files are damaged or incomplete: "
+                           f"build it again (BM25.build) or restore it from a copy")
 
 class LuceneEngine:
     def __init__(self, path: Path, threads: int):
@@ -36,7 +47,12 @@ class LuceneEngine:
                     if len(self._searchers) >= 4:  # fit tries many settings: keep a few searchers open
                         oldest = next(iter(self._searchers))
                         self._searchers.pop(oldest).close()
-                    s = self._cls(str(self.path))
+                    try:
+                        s = self._cls(str(self.path))
+                    except Exception as e:
+                        if _java_error(e):
+                            raise _damaged(self.path, e) from None
+                        raise
                     s.set_bm25(key[0], key[1])
                     self._searchers[key] = s
         return s
@@ -119,8 +135,13 @@ class LuceneEngine:
 
     def search(self, qids: list[str], texts: list[str], k: int, k1: float, b: float) -> dict[str, dict[str, float]]:
         searcher = self._searcher(k1, b)
-        if len(qids) == 1:
-            hits = {qids[0]: searcher.search(texts[0], k=k)}
-        else:
-            hits = searcher.batch_search(texts, qids, k=k, threads=self.threads)
+        try:
+            if len(qids) == 1:
+                hits = {qids[0]: searcher.search(texts[0], k=k)}
+            else:
+                hits = searcher.batch_search(texts, qids, k=k, threads=self.threads)
+        except Exception as e:
+            if _java_error(e):
+                raise _damaged(self.path, e) from None
+            raise
         return {qid: {h.docid: h.score for h in hits.get(qid, ())} for qid in qids}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +21,8 @@ from tqdm.auto import tqdm
 from ..evaluation import evaluate, paired_ttest
 from ..stage import StageBase, as_queries, check_candidates, check_k
 from ..types import Corpus, Document, Qrels, Queries, Ranking
-from ..util import atomic_dir, default_cache_dir, library_version, read_json, write_json
+from ..util import (CacheWarning, DamagedArtefact, atomic_dir, check_seal, default_cache_dir, file_checksums,
+                    library_version, read_json, sealed, verify_files, write_json)
 from ._lucene import LuceneEngine
 from ._rank_bm25 import RankBM25Engine
 
@@ -71,9 +74,18 @@ class BM25(StageBase):
         b: float | None = None,
         threads: int | None = None,
         name: str = "bm25",
+        verify: bool = False,
     ):
+        """Open the index in ``index_dir``. Its settings are checked against their seal; with ``verify``, every
+        index file against the checksum recorded when it was built (``DamagedArtefact`` names the file)."""
         self.index_dir = Path(index_dir)
         self.config = read_json(self.index_dir / CONFIG_NAME, "BM25 index config (build one with BM25.build)")
+        sealed_ = check_seal(self.config, self.index_dir / CONFIG_NAME, "the BM25 index's settings")
+        if verify:
+            if not (sealed_ and self.config.get("checksums")):
+                raise DamagedArtefact(f"{self.index_dir}: {CONFIG_NAME} records no checksums (written by an older "
+                                      f"version), so the index cannot be checked; build it again")
+            verify_files(self.index_dir, self.config["checksums"], "BM25 index")
         backend = self.config.get("backend")
         if backend not in _ENGINES:
             raise ValueError(f"{self.index_dir}: unknown BM25 backend {backend!r} in {CONFIG_NAME}; expected one of {BACKENDS}")
@@ -123,7 +135,7 @@ class BM25(StageBase):
         t0 = time.perf_counter()
         with atomic_dir(index_dir, overwrite=overwrite) as tmp:
             info = _ENGINES[backend].build(corpus, tmp, threads, store_raw=store_raw)
-            write_json(tmp / CONFIG_NAME, {
+            write_config(tmp, {
                 "kind": "bm25",
                 "backend": backend,
                 "k1": k1,
@@ -152,11 +164,15 @@ class BM25(StageBase):
         """Load the cached index for this exact corpus, or build it. Returns (stage, built_now)."""
         root = Path(cache_dir) if cache_dir else default_cache_dir() / "bm25"
         path = root / f"{backend}-{corpus.fingerprint()[:16]}"
-        if (path / CONFIG_NAME).is_file():
-            stage = cls(path, k=k, threads=threads, **params)
-            if stage.corpus_fingerprint != corpus.fingerprint():
-                raise ValueError(f"{path}: cached index was built from another corpus; delete the folder")
-            return stage, False
+        if path.exists():
+            try:  # a cache entry is reused only when every file and setting is as it was written
+                stage = cls(path, k=k, threads=threads, verify=True, **params)
+                if stage.corpus_fingerprint != corpus.fingerprint():
+                    raise DamagedArtefact(f"{path}: the cached index was built from another corpus")
+                return stage, False
+            except (DamagedArtefact, FileNotFoundError, ValueError) as e:
+                warnings.warn(f"rebuilding the cached BM25 index: {e}", CacheWarning, stacklevel=2)
+                shutil.rmtree(path)
         built = cls.build(corpus, path, backend=backend, k=k, threads=threads, overwrite=False)
         return (cls(path, k=k, threads=threads, **params) if params else built), True
 
@@ -246,8 +262,13 @@ class BM25(StageBase):
                 "metric": metric, "queries": len(qids), "score": chosen[metric], "start": list(start),
                 "start_score": grid[0][metric], "best": result.best, "alpha": alpha,
             })
-            write_json(self.index_dir / CONFIG_NAME, self.config)
+            write_json(self.index_dir / CONFIG_NAME, sealed(self.config))  # the index files did not change
         return result
+
+
+def write_config(folder: Path, config: dict) -> None:
+    """Write ``bm25_config.json``: ``config`` with the checksum of every index file in ``folder``, sealed."""
+    write_json(folder / CONFIG_NAME, sealed({**config, "checksums": file_checksums(folder, skip=(CONFIG_NAME,))}))
 
 
 def _check_params(k1: float, b: float) -> None:

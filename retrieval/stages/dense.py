@@ -10,13 +10,15 @@ Modes:
 from __future__ import annotations
 
 import os
+import shutil
 import time
+import warnings
 from pathlib import Path
 
 from ..index.faiss import FaissIndex, IndexMismatch
 from ..stage import StageBase, as_queries, check_candidates, check_k
 from ..types import Corpus, Queries, Ranking
-from ..util import default_cache_dir
+from ..util import CacheWarning, DamagedArtefact, default_cache_dir
 from .fusion import Fusion
 
 MODES = ("retrieve", "rescore", "hybrid")
@@ -34,8 +36,12 @@ def document_index(encoder, corpus: Corpus, factory: str = "Flat", cache_dir: st
     fp = encoder.fingerprint("document")
     key = f"{corpus.fingerprint()[:16]}-{fp.replace(':', '_').replace('+', '-')}-{factory.replace(',', '_')}"
     path = root / key
-    if (path / "index_config.json").is_file():
-        return FaissIndex.load(path, encoder_fingerprint=fp), False, path
+    if path.exists():
+        try:  # a cache entry is reused only when every file and setting is as it was written
+            return FaissIndex.load(path, encoder_fingerprint=fp, require_seal=True), False, path
+        except (DamagedArtefact, FileNotFoundError, ValueError) as e:
+            warnings.warn(f"rebuilding the cached document index: {e}", CacheWarning, stacklevel=2)
+            shutil.rmtree(path)
     t0 = time.perf_counter()
     ids = list(corpus)
     vectors = encoder.encode_documents([corpus[d] for d in ids], batch_size=batch_size, show_progress=True)

@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from ...stages.bm25 import BM25, CONFIG_NAME
+from ...stages.bm25 import BM25, write_config
 from ...types import Corpus, Document
-from ...util import write_json
 from ..registry import LoadContext, PipelineMismatch, StageKind, register
 
 
@@ -43,8 +42,7 @@ class BM25Kind(StageKind):
     def snapshot(self, stage: BM25, entry: dict, src: Path, dst: Path, corpus: Corpus) -> dict:
         # the working copy, committed by every write; not Lucene's lock file
         shutil.copytree(stage.index_dir, dst, ignore=shutil.ignore_patterns("write.lock", "*.tmp-*"))
-        write_json(dst / CONFIG_NAME, {**stage.config, "corpus_fingerprint": corpus.fingerprint(),
-                                       "num_docs": len(corpus)})
+        write_config(dst, {**stage.config, "corpus_fingerprint": corpus.fingerprint(), "num_docs": len(corpus)})
         return entry
 
     def close(self, stage: BM25) -> None:

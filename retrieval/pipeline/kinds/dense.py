@@ -45,7 +45,7 @@ class DenseKind(StageKind):
     def load(self, entry: dict, folder: Path, context: LoadContext) -> Dense:
         name = entry["name"]
         encoder = (context.models.encoder(folder / "encoder", context.adapter_name(name)) if context.models is not None
-                   else BiEncoder.load(folder / "encoder", device=context.device))
+                   else BiEncoder.load(folder / "encoder", device=context.device, verify=not context.check_files))
         for side in ("query", "document"):
             if encoder.fingerprint(side) != entry[f"encoder_{side}"]:
                 raise PipelineMismatch(f"{name}: the encoder in {folder / 'encoder'} encodes {side}s as "

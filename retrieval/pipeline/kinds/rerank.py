@@ -26,7 +26,8 @@ class RerankKind(StageKind):
     def load(self, entry: dict, folder: Path, context: LoadContext) -> Rerank:
         name = entry["name"]
         reranker = (context.models.reranker(folder / "reranker", context.adapter_name(name))
-                    if context.models is not None else CrossEncoderReranker.load(folder / "reranker", device=context.device))
+                    if context.models is not None
+                    else CrossEncoderReranker.load(folder / "reranker", device=context.device, verify=not context.check_files))
         if reranker.fingerprint() != entry["reranker"]:
             raise PipelineMismatch(f"{name}: the reranker in {folder / 'reranker'} is {reranker.fingerprint()}, "
                                    f"the pipeline was built with {entry['reranker']}")
