@@ -148,10 +148,10 @@ class BiEncoder(AdapterHost):
         super().load_adapter(path, name, info=info, side=side or "both")
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False, extra_json: dict[str, object] | None = None) -> Path:
         """Write ``retrieval_config.json`` and, with adapters, peft's own files (default at the top,
         other adapters in sub-folders). A merged encoder writes a full sentence-transformers model
-        and no adapter files."""
+        and no adapter files. ``extra_json`` (file name -> data) is written beside them and checksummed too."""
         path = Path(path)
         with self.lock, atomic_dir(path, overwrite=overwrite) as tmp:
             config = {
@@ -171,7 +171,7 @@ class BiEncoder(AdapterHost):
                     self._doc_model.save(str(tmp / "document_model"))
             else:
                 self.save_adapters(tmp)
-            write_model_config(tmp, config)
+            write_model_config(tmp, config, extra_json)
         return path
 
     @classmethod

@@ -281,9 +281,10 @@ class CrossEncoderReranker(AdapterHost):
             "library_version": library_version(),
         }
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False, extra_json: dict[str, object] | None = None) -> Path:
         """Write ``retrieval_config.json`` and peft's adapter files (head included), or, merged, a full
-        transformers model + tokenizer in ``model/`` that any cross-encoder loader reads."""
+        transformers model + tokenizer in ``model/`` that any cross-encoder loader reads. ``extra_json`` (file name
+        -> data) is written beside them and checksummed too."""
         path = Path(path)
         with self.lock, atomic_dir(path, overwrite=overwrite) as tmp:
             if self.is_merged:
@@ -291,7 +292,7 @@ class CrossEncoderReranker(AdapterHost):
                 self.tokenizer.save_pretrained(str(tmp / "model"))
             else:
                 self.save_adapters(tmp)
-            write_model_config(tmp, self._config())
+            write_model_config(tmp, self._config(), extra_json)
         return path
 
     @classmethod

@@ -80,3 +80,11 @@ def test_damaged_cached_document_index_and_adapter_are_rebuilt(adi, tiny_model_d
         third, _ = dense_adapter("query", adi.corpus, adi.queries, adi.qrels, again, epochs=1, cache_dir=tmp_path,
                                  model=str(tiny_model_dir))
     assert third.fingerprint("query") == first.fingerprint("query")
+    # the training record beside it decides which queries the fusion weights are chosen on: covered too
+    record = json.loads((root / "train_result.json").read_text())
+    record["settings"]["seed"] = 1
+    (root / "train_result.json").write_text(json.dumps(record))
+    with pytest.warns(CacheWarning, match="train_result.json does not match its checksum"):
+        _, info = dense_adapter("query", adi.corpus, adi.queries, adi.qrels, again, epochs=1, cache_dir=tmp_path,
+                                model=str(tiny_model_dir))
+    assert info["settings"]["seed"] == 0

@@ -187,6 +187,7 @@ def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tm
     """`python -m retrieval train`, then the runner on `full`, `bm25>>ce`, the saved folder and a config with
     expected figures; significance against bm25 and the plots."""
     from retrieval.__main__ import main as retrieval_main
+    from retrieval.cli import run_cli
 
     cache, pipe = tmp_path / "cache", tmp_path / "pipe"
     flags = ["--dense-model", models["dense"], "--rerank-model", models["rerank"], "--rerank-precision", "float32",
@@ -195,8 +196,8 @@ def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tm
                            "--output", str(pipe), "--cache-dir", str(cache), "--bm25-k", "50", "--dense-k", "20",
                            "--neighbours", "20", *flags]) == 0
     assert (pipe / "pipeline.json").is_file() and (pipe / "test_nDCG@10.json").is_file()
-    assert retrieval_main(["train", "--dataset", str(datasets_root / "adi"), "--split", "test", "--output", str(pipe),
-                           *flags]) == 2  # exists, no --overwrite
+    assert run_cli(retrieval_main, ["train", "--dataset", str(datasets_root / "adi"), "--split", "test", "--output",
+                                    str(pipe), *flags]) == 2  # exists, no --overwrite
 
     out = tmp_path / "out"
     config = tmp_path / "bench.toml"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 
 from retrieval.data import load_corpus, load_queries
 from retrieval.pipeline.folder import write_corpus
-from retrieval.types import Corpus, DataFormatError
+from retrieval.types import DataFormatError
 
 KEY = "property-key-0123456789"
 AUTH = {"X-API-Key": KEY}

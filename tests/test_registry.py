@@ -12,6 +12,7 @@ from retrieval.pipeline.folder import load_pipeline, save_pipeline
 from retrieval.pipeline.registry import StageKind, kind_of, kinds, register
 from retrieval.stage import StageBase, as_queries, check_candidates, check_k
 from retrieval.types import Ranking
+from retrieval.util import sealed
 
 
 class Prior(StageBase):
@@ -73,8 +74,8 @@ def test_unregistered_kinds_are_named_in_the_error(adi, adi_lucene, tmp_path):
     assert not (tmp_path / "pipe").exists()  # nothing half-written
     folder = save_pipeline(adi_lucene, tmp_path / "bm25-only", adi.corpus)
     config = json.loads((folder / "pipeline.json").read_text())
-    config["stages"][0]["type"] = "prior"
-    (folder / "pipeline.json").write_text(json.dumps(config))
+    config["stages"][0]["type"] = "prior"  # a folder saved where that kind was registered
+    (folder / "pipeline.json").write_text(json.dumps(sealed(config)))
     with pytest.raises(ValueError, match="unknown stage type 'prior'.*registered kinds"):
         load_pipeline(folder)
 

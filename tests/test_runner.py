@@ -48,7 +48,7 @@ def test_run_rejects_unknown_pipeline_and_split(datasets_root, tmp_path):
         main(["run", "--dataset", str(datasets_root / "adi"), "--split", "dev", "--pipeline", "bm25",
               "--output", str(tmp_path)])
     # bm25-fit needs a training split; ADI has none, and the error says so
-    with pytest.raises(DataFormatError, match="unknown split 'train'"):
+    with pytest.raises(DataFormatError, match="unknown training split \\(--train-split\\) 'train'"):
         main(["run", "--dataset", str(datasets_root / "adi"), "--split", "test", "--pipeline", "bm25-fit",
               "--output", str(tmp_path), "--index-dir", str(tmp_path / "idx")])
 

@@ -109,7 +109,7 @@ def test_search_add_delete_search_on_a_real_server(server, adi):
     metrics = c.get("/metrics").text
     assert 'retrieval_requests_total{method="POST",route="/v1/domains/{domain}/search",status="200"}' in metrics
     assert 'retrieval_stage_seconds_count{domain="alpha",stage="rerank"}' in metrics
-    assert 'retrieval_errors_total{class="4xx",route="/v1/domains/{domain}/documents/{doc_id}"}' in metrics
+    assert 'retrieval_errors_total{class="4xx",route="/v1/domains/{domain}/documents/{doc_id:path}"}' in metrics
     assert 'retrieval_documents{domain="alpha"} 82.0' in metrics
     paths = c.get("/openapi.json").json()["paths"]
     assert {"/v1/domains/{domain}/search", "/v1/domains/{domain}/documents", "/v1/domains", "/healthz",

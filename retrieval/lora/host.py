@@ -29,9 +29,11 @@ from .settings import LoraSettings
 CONFIG_NAME = "retrieval_config.json"  # what a saved model folder holds beside peft's own files
 
 
-def write_model_config(folder: Path, config: dict) -> None:
+def write_model_config(folder: Path, config: dict, extra_json: dict[str, object] | None = None) -> None:
     """Write a saved model's ``retrieval_config.json`` last: ``config`` with the checksum of every other file in
-    ``folder`` (peft's, or a merged model's), sealed."""
+    ``folder`` (peft's, or a merged model's, and the ``extra_json`` files written here first), sealed."""
+    for name, data in (extra_json or {}).items():
+        write_json(folder / name, data)
     write_json(folder / CONFIG_NAME, sealed({**config, "checksums": file_checksums(folder, skip=(CONFIG_NAME,))}))
 
 

@@ -13,13 +13,11 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..util import write_json
 
 
 @dataclass
@@ -157,8 +155,8 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
 
 def save_trained(model, result: TrainResult, output, dataset, split: str, overwrite: bool, what: str) -> int:
     """The training CLIs' last step: save the model, write ``train_result.json`` beside it, say what happened."""
-    model.save(output, overwrite=overwrite)
-    write_json(Path(output) / "train_result.json", {"dataset": str(dataset), "split": split, **result.to_dict()})
+    model.save(output, overwrite=overwrite,
+               extra_json={"train_result.json": {"dataset": str(dataset), "split": split, **result.to_dict()}})
     print(f"best epoch {result.best_epoch}: validation nDCG@10 {result.start_val:.4f} -> {result.best_val:.4f}; "
           f"trainable {result.trainable_share:.2%}; {result.seconds:.0f} s; {what} in {output}")
     return 0

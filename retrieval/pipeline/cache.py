@@ -23,7 +23,7 @@ from rerankers.train import RerankTrainSettings, train_reranker
 from ..stages.bm25 import BM25
 from ..stages.dense import document_index
 from ..types import Corpus, Qrels, Queries
-from ..util import CacheWarning, DamagedArtefact, default_cache_dir, read_json, write_json
+from ..util import CacheWarning, DamagedArtefact, default_cache_dir, read_json
 
 CORPUS_RERANK_ITEMS = 800  # corpus-only reranker: pseudo-queries trained on by default (~7 minutes an epoch on 2 cores)
 
@@ -78,10 +78,9 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
         return hit
     enc, result = train_dense(mode, corpus, queries if labelled else None, qrels if labelled else None,
                               settings, enc, index, bm25)
-    enc.save(root, overwrite=True)
     info = {"split": split if labelled else "none (pseudo-queries from the corpus)", "cached_at": str(root),
             **result.to_dict()}
-    write_json(root / "train_result.json", info)
+    enc.save(root, overwrite=True, extra_json={"train_result.json": info})  # its held-out split decides weights
     return enc, info
 
 
@@ -115,11 +114,10 @@ def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettin
     states: dict[int, dict] = {}
     result = train_reranker(model, corpus, examples, first_stages, settings,
                             on_epoch=lambda epoch, state: states.__setitem__(epoch, state))
-    model.save(root, overwrite=True)
-    (root / "epochs").mkdir()
-    for epoch, state in states.items():
-        save_file({k: v.contiguous() for k, v in state.items()}, str(root / "epochs" / f"epoch-{epoch}.safetensors"))
     info = {"split": split if settings.mode == "supervised" else "none (pseudo-queries from the corpus)",
             "cached_at": str(root), "negatives_from": negatives_from, **result.to_dict()}
-    write_json(root / "train_result.json", info)
+    model.save(root, overwrite=True, extra_json={"train_result.json": info})
+    (root / "epochs").mkdir()  # each epoch's adapter, for the per-epoch report only
+    for epoch, state in states.items():
+        save_file({k: v.contiguous() for k, v in state.items()}, str(root / "epochs" / f"epoch-{epoch}.safetensors"))
     return model, info
