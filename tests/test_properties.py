@@ -59,6 +59,18 @@ def _dump(obj) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------- loaders
+def _load_or_refusal(load, path: Path):
+    """``load(path)``, or None if it refused the file with a ``DataFormatError`` naming the file (and line)."""
+    try:
+        loaded = load(path)
+    except DataFormatError as e:
+        assert re.match(rf"{re.escape(str(path))}(:\d+)?: ", str(e)), str(e)
+        event("refused")
+        return None
+    event("loaded")
+    return loaded
+
+
 GOOD_DOC = st.fixed_dictionaries({"_id": mostly(ID, st.integers(0, 10**9), 8)},
                                  optional={"title": TEXT, "text": TEXT, "metadata": JUNK})
 
@@ -69,15 +81,10 @@ GOOD_DOC = st.fixed_dictionaries({"_id": mostly(ID, st.integers(0, 10**9), 8)},
        raw=NOTHING_OR(st.binary(max_size=12)))
 def test_corpus_files_load_exactly_or_fail_naming_file_and_line(tmp_path, lines, raw):
     path = tmp_path / "corpus.jsonl"
-    content = b"\n".join([_dump(x) for x in lines] + raw) + b"\n"
-    path.write_bytes(content)
-    try:
-        corpus = load_corpus(path)
-    except DataFormatError as e:
-        assert re.match(rf"{re.escape(str(path))}(:\d+)?: ", str(e)), str(e)
-        event("refused")
+    path.write_bytes(b"\n".join([_dump(x) for x in lines] + raw) + b"\n")
+    corpus = _load_or_refusal(load_corpus, path)
+    if corpus is None:
         return
-    event("loaded")
     # what loaded is exactly what the file holds, and survives being written and read again (a compaction)
     expected = {str(x["_id"]).strip(): (x.get("title") or "", x.get("text") or "") for x in lines}
     assert {d: (doc.title, doc.text) for d, doc in corpus.items()} == expected
@@ -94,14 +101,8 @@ def test_queries_files_load_exactly_or_fail_naming_file_and_line(tmp_path, rows,
         path.write_bytes("\n".join(f"{q}\t{t}" for q, t in rows).encode("utf-8", "surrogatepass") + b"\n")
     else:
         path.write_bytes(b"\n".join(_dump({"_id": q, "text": t}) for q, t in rows) + b"\n")
-    try:
-        queries = load_queries(path)
-    except DataFormatError as e:
-        assert re.match(rf"{re.escape(str(path))}(:\d+)?: ", str(e)), str(e)
-        event("refused")
-        return
-    event("loaded")
-    assert len(queries) == len(rows)
+    queries = _load_or_refusal(load_queries, path)
+    assert queries is None or len(queries) == len(rows)
 
 
 # ------------------------------------------------------------------------------------------------- API
