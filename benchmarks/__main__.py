@@ -46,8 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="also report the evaluated split's nDCG@10 after every reranker training epoch (costs a pass each)")
     add_pipeline_args(r, exclude=("corpus_only",))  # which conditions are corpus-only is in their names
 
-    s = sub.add_parser("speed-bm25", help="BM25 stage vs plain Pyserini vs rank-bm25 on >= 100k passages")
+    s = sub.add_parser("speed-bm25", help="BM25 engines (bm25s, Lucene, rank-bm25) vs plain Pyserini: SciFact dev one "
+                                          "query at a time, and >= 100k passages in batches")
     s.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
+    s.add_argument("--parts", nargs="+", default=["scifact", "passages"], choices=["scifact", "passages"])
     s.add_argument("--min-docs", type=positive_int, default=100_000)
     s.add_argument("--queries", type=positive_int, default=1000, help="queries for the Lucene engines (default: 1000)")
     s.add_argument("--rank-bm25-queries", type=positive_int, default=100, help="queries for rank-bm25, which is slow (default: 100)")

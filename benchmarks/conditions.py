@@ -21,7 +21,6 @@ from retrieval.pipeline.build import BuiltPipeline, build_pipeline, dense_held_o
 from retrieval.pipeline.cache import base_index, bm25_stage, dense_adapter
 from retrieval.pipeline.folder import PipelineMismatch, is_pipeline_dir, load_pipeline, pipeline_config, save_pipeline
 from retrieval.stage import Pipeline
-from retrieval.stages.bm25 import BM25
 from retrieval.stages.dense import Dense
 from retrieval.stages.fusion import Fusion, fit_weight
 from retrieval.stages.rerank import Rerank, fit_rerank
@@ -43,17 +42,18 @@ class Condition:
 Builder = Callable[[Dataset, RunOptions], Condition]
 
 
-def _bm25_builder(backend: str, fit: bool = False) -> Builder:
+def _bm25_builder(backend: str | None, fit: bool = False) -> Builder:
+    """BM25 alone; ``backend`` None: the run's pipeline setting (bm25s by default)."""
+
     def build(ds: Dataset, opts: RunOptions) -> Condition:
-        cache = opts.cache_dir / "bm25" if opts.cache_dir else None
-        stage, built_now = BM25.from_corpus(ds.corpus, backend=backend, cache_dir=cache, k=opts.pipeline.bm25_k,
-                                            threads=opts.threads)
+        stage, built_now = bm25_stage(ds.corpus, opts.cache_dir, k=opts.pipeline.bm25_k, threads=opts.threads,
+                                      backend=backend or opts.pipeline.bm25_backend)
         extra: dict = {}
         if fit:
             train = load_dataset(ds.path, opts.train_split)
             result = stage.fit(train.queries, train.qrels, save=False)
             extra["fit"] = {"split": opts.train_split, "queries": len(train.queries), **result.to_dict()}
-        settings = {"backend": backend, "k": stage.k, "k1": stage.k1, "b": stage.b, "index": str(stage.index_dir)}
+        settings = {"backend": stage.backend, "k": stage.k, "k1": stage.k1, "b": stage.b, "index": str(stage.index_dir)}
         return Condition(Pipeline([stage], name="bm25"), stage.build_seconds, not built_now, settings, extra)
 
     return build
@@ -68,7 +68,8 @@ def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[B
     """
     s = opts.pipeline
     train = load_dataset(ds.path, opts.train_split) if mode in ("query", "supervised") else None
-    bm25 = bm25_stage(ds.corpus, opts.cache_dir, threads=opts.threads)[0] if mode in ("supervised", "corpus") else None
+    bm25 = (bm25_stage(ds.corpus, opts.cache_dir, threads=opts.threads, backend=s.bm25_backend)[0]
+            if mode in ("supervised", "corpus") else None)
     epochs = s.dense_epochs if mode in ("query", "corpus-query") else opts.dense_both_epochs
     return dense_adapter(mode, ds.corpus, train.queries if train else None, train.qrels if train else None, index,
                          epochs, opts.cache_dir, bm25, opts.train_split, s.dense_model)
@@ -89,7 +90,7 @@ def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
         if not hybrid:
             dense = Dense(enc, index, mode="retrieve", k=s.bm25_k)
             return Condition(Pipeline([dense], name="dense"), index.build_seconds, not built_now, settings, extra)
-        bm25, bm25_built = bm25_stage(ds.corpus, opts.cache_dir, k=s.bm25_k, threads=opts.threads)
+        bm25, bm25_built = bm25_stage(ds.corpus, opts.cache_dir, k=s.bm25_k, threads=opts.threads, backend=s.bm25_backend)
         # The fusion weight is chosen on training queries the adapter never took a gradient step on:
         # all of the training split for a zero-shot encoder, the adapter's held-out slice otherwise.
         train = load_dataset(ds.path, opts.train_split)
@@ -272,9 +273,10 @@ def condition_name(name: str) -> str:
 
 
 CONDITIONS: dict[str, Builder] = {
-    "bm25": _bm25_builder("lucene"),
+    "bm25": _bm25_builder(None),
+    "bm25-lucene": _bm25_builder("lucene"),
     "bm25-rank": _bm25_builder("rank_bm25"),
-    "bm25-fit": _bm25_builder("lucene", fit=True),
+    "bm25-fit": _bm25_builder(None, fit=True),
     "dense": _dense_builder(None, hybrid=False),
     "dense-lora-query": _dense_builder("query", hybrid=False),
     "dense-lora": _dense_builder("supervised", hybrid=False),
@@ -288,9 +290,11 @@ CONDITIONS: dict[str, Builder] = {
     "full-corpus": _full_builder(True),
 }
 DESCRIPTIONS = {
-    "bm25": "Lucene BM25 via Pyserini, k1=0.9 b=0.4, title + text",
-    "bm25-rank": "rank-bm25 (Java-free), k1=0.9 b=0.4, Porter-stemmed tokens",
-    "bm25-fit": "Lucene BM25 with k1 and b grid-searched on the training split",
+    "bm25": "BM25 with the run's engine (--bm25-backend; bm25s by default: Java-free, Lucene's BM25 and terms), "
+            "k1=0.9 b=0.4, title + text",
+    "bm25-lucene": "Lucene BM25 via Pyserini, k1=0.9 b=0.4, title + text (the reference the other engines match)",
+    "bm25-rank": "rank-bm25 (Java-free, slow), k1=0.9 b=0.4, Porter-stemmed word tokens",
+    "bm25-fit": "BM25 (the run's engine) with k1 and b grid-searched on the training split",
     "dense": "all-MiniLM-L6-v2 zero-shot, exact (Flat) FAISS search",
     "dense-lora-query": "MiniLM with a query-only LoRA adapter trained on the training split; base document index",
     "dense-lora": "MiniLM with a LoRA adapter on both sides, trained on the training split with BM25 hard negatives",

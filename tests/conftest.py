@@ -50,7 +50,15 @@ def adi_lucene(adi, tmp_path_factory):
     """A Lucene index of ADI (82 documents), built once per session."""
     from retrieval.stages.bm25 import BM25
 
-    return BM25.build(adi.corpus, tmp_path_factory.mktemp("idx") / "adi-lucene", k=50)
+    return BM25.build(adi.corpus, tmp_path_factory.mktemp("idx") / "adi-lucene", backend="lucene", k=50)
+
+
+@pytest.fixture(scope="session")
+def adi_bm25s(adi, tmp_path_factory):
+    """A bm25s index of ADI (the default, Java-free engine), built once per session."""
+    from retrieval.stages.bm25 import BM25
+
+    return BM25.build(adi.corpus, tmp_path_factory.mktemp("idx") / "adi-bm25s", backend="bm25s", k=50)
 
 
 @pytest.fixture(scope="session")

@@ -29,24 +29,26 @@ def _same(a, b) -> bool:
     return a.scores.keys() == b.scores.keys() and all(a.ranked(q) == b.ranked(q) for q in a.scores)
 
 
-def test_a_damaged_cached_bm25_index_is_rebuilt(adi, tmp_path):
-    stage, built = bm25_stage(adi.corpus, tmp_path, k=20)
+@pytest.mark.parametrize("backend", ["bm25s", "lucene"])
+def test_a_damaged_cached_bm25_index_is_rebuilt(adi, tmp_path, backend):
+    stage, built = bm25_stage(adi.corpus, tmp_path, k=20, backend=backend)
     assert built
     expected = stage.search(adi.queries)
-    _flip(_largest(stage.index_dir / "lucene"), 100)  # one bit of the index: scores would change silently
+    engine_files = stage.index_dir / ("lucene" if backend == "lucene" else "bm25s")
+    _flip(_largest(engine_files), 100)  # one bit of the index: scores would change silently
     with pytest.warns(CacheWarning, match="does not match its checksum"):
-        again, built_now = bm25_stage(adi.corpus, tmp_path, k=20)
+        again, built_now = bm25_stage(adi.corpus, tmp_path, k=20, backend=backend)
     assert built_now and _same(again.search(adi.queries), expected)
     config = json.loads((again.index_dir / "bm25_config.json").read_text())
     config["k1"] = 2.0  # a setting edited in the cache: caught by the seal
     (again.index_dir / "bm25_config.json").write_text(json.dumps(config))
     with pytest.warns(CacheWarning, match="does not match its seal"):
-        third, built_now = bm25_stage(adi.corpus, tmp_path, k=20)
+        third, built_now = bm25_stage(adi.corpus, tmp_path, k=20, backend=backend)
     assert built_now and third.k1 == 0.9 and _same(third.search(adi.queries), expected)
 
 
 def test_a_truncated_lucene_index_opened_directly_names_the_problem(adi, tmp_path):
-    BM25.build(adi.corpus, tmp_path / "idx")
+    BM25.build(adi.corpus, tmp_path / "idx", backend="lucene")
     victim = _largest(tmp_path / "idx" / "lucene")
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     with pytest.raises(DamagedArtefact, match="does not match its checksum"):

@@ -29,14 +29,16 @@ AUTH = {"X-API-Key": KEY}
 
 @pytest.fixture(scope="module")
 def root(adi, tiny_model_dir, tmp_path_factory) -> Path:
-    """A domains root with two saved pipelines, ``alpha`` and ``beta`` (same base models, other adapters)."""
+    """A domains root with two saved pipelines, ``alpha`` and ``beta`` (same base models, other adapters; alpha's
+    BM25 on Lucene, which writes in place, beta's on bm25s, which is made again on a write)."""
     from test_rerank import _backbone
 
     ce = _backbone(tmp_path_factory.mktemp("ce") / "hf", seed=0)
     out = tmp_path_factory.mktemp("domains")
     cache = tmp_path_factory.mktemp("cache")
-    for name, epochs in (("alpha", 1), ("beta", 2)):  # trained for longer: other adapters on the same bases
-        settings = PipelineSettings(dense_model=str(tiny_model_dir), rerank_model=str(ce), rerank_precision="float32",
+    for name, epochs, engine in (("alpha", 1, "lucene"), ("beta", 2, "bm25s")):  # other adapters on the same bases
+        settings = PipelineSettings(bm25_backend=engine, dense_model=str(tiny_model_dir), rerank_model=str(ce),
+                                    rerank_precision="float32",
                                     dense_epochs=epochs, rerank_epochs=epochs, rerank_depths=(5, 10), dense_k=20,
                                     neighbours=20, bm25_k=50, fit_queries=10)
         built = build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None)

@@ -2,7 +2,7 @@
 
 ``build_pipeline`` (and ``python -m retrieval train``):
 
-1. **BM25**: the Lucene index; with judgements, k1 and b grid-searched on the training queries (kept at
+1. **BM25**: the index (bm25s by default; ``bm25_backend="lucene"`` for domains that take many writes); with judgements, k1 and b grid-searched on the training queries (kept at
    the start values unless the gain is significant, see ``BM25.fit``).
 2. **Dense**: the base model's document index and a *query-side* LoRA adapter (documents keep the base
    vectors: nothing is re-encoded). Its loss is a softmax over every document of the corpus, so BM25's
@@ -35,7 +35,7 @@ from ..stages.dense import Dense
 from ..stages.fusion import Fusion, fit_weight
 from ..stages.rerank import Rerank, fit_rerank
 from ..types import Corpus, Qrels, Queries
-from .cache import base_index, bm25_stage, dense_adapter, rerank_settings, reranker
+from .cache import base_index, bm25_stage, dense_adapter, first_stage_facts, rerank_settings, reranker
 from .settings import PipelineSettings
 
 
@@ -74,12 +74,12 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
 
     # 1. BM25
     log("[1/3] BM25 index" + ("" if settings.corpus_only or not settings.bm25_fit else " and k1/b fit on training queries"))
-    bm25, built = bm25_stage(corpus, cache_dir, k=settings.bm25_k, threads=threads)
+    bm25, built = bm25_stage(corpus, cache_dir, k=settings.bm25_k, threads=threads, backend=settings.bm25_backend)
     bm25_info: dict = {"index_seconds": bm25.build_seconds, "index_reused": not built}
     if not settings.corpus_only and settings.bm25_fit:
         fit = bm25.fit(queries, qrels, save=False)
         bm25_info["fit"] = {"queries": sum(q in qrels for q in queries), **fit.to_dict()}
-    bm25_info.update(k1=bm25.k1, b=bm25.b)
+    bm25_info.update(backend=bm25.backend, k1=bm25.k1, b=bm25.b)
     info["stages"]["bm25"] = bm25_info
 
     # 2. dense: query-side adapter over the base document index
@@ -97,7 +97,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     miners, negatives_from = [], {}
     if "bm25" in settings.rerank_negatives:
         miners.append(bm25)
-        negatives_from["bm25"] = {"k1": bm25.k1, "b": bm25.b} if (bm25.k1, bm25.b) != (0.9, 0.4) else "default"
+        negatives_from["bm25"] = first_stage_facts(bm25)
     if "dense" in settings.rerank_negatives:
         miners.append(Dense(encoder, index, mode="retrieve", k=rs.negatives_depth, name="dense-retrieve"))
         negatives_from["dense"] = encoder.fingerprint("query")

@@ -20,7 +20,7 @@ from encoders.train import default_settings, train_dense
 from rerankers.cross_encoder import CrossEncoderReranker
 from rerankers.train import RerankTrainSettings, train_reranker
 
-from ..stages.bm25 import BM25
+from ..stages.bm25 import BM25, DEFAULT_BACKEND
 from ..stages.dense import document_index
 from ..types import Corpus, Qrels, Queries
 from ..util import CacheWarning, DamagedArtefact, default_cache_dir, read_json
@@ -49,9 +49,15 @@ def cache_root(cache_dir: str | os.PathLike | None) -> Path:
     return Path(cache_dir) if cache_dir else default_cache_dir()
 
 
-def bm25_stage(corpus: Corpus, cache_dir=None, k: int = 1000, threads: int | None = None) -> tuple[BM25, bool]:
-    """The Lucene BM25 stage over ``corpus`` (index cached by corpus checksum). Returns (stage, built_now)."""
-    return BM25.from_corpus(corpus, cache_dir=cache_root(cache_dir) / "bm25", k=k, threads=threads)
+def bm25_stage(corpus: Corpus, cache_dir=None, k: int = 1000, threads: int | None = None,
+               backend: str = DEFAULT_BACKEND) -> tuple[BM25, bool]:
+    """The BM25 stage over ``corpus`` (index cached by engine and corpus checksum). Returns (stage, built_now)."""
+    return BM25.from_corpus(corpus, backend=backend, cache_dir=cache_root(cache_dir) / "bm25", k=k, threads=threads)
+
+
+def first_stage_facts(stage: BM25) -> dict:
+    """What decides a BM25 stage's rankings, for the cache key of anything trained on its negatives."""
+    return {"backend": stage.backend, "k1": stage.k1, "b": stage.b}
 
 
 def base_index(encoder, corpus: Corpus, factory: str = "Flat", cache_dir=None):
@@ -70,7 +76,7 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
     data = ({"queries": sorted(queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in qrels.items())}
             if labelled else {"pseudo": "title/sentence pseudo-queries, seed 0"})
     key = _key({"mode": mode, "corpus": corpus.fingerprint(), **data, "encoder": enc.fingerprint("document"),
-                "settings": settings.to_dict()})
+                "settings": settings.to_dict(), **({"negatives": first_stage_facts(bm25)} if bm25 is not None else {})})
     root = cache_root(cache_dir) / "adapters" / f"dense-{mode}-{key}"
     hit = _cached(root, lambda: (BiEncoder.load(root, require_checksums=True),
                                  read_json(root / "train_result.json", "training result")))
@@ -100,12 +106,9 @@ def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettin
     from safetensors.torch import save_file
 
     model = CrossEncoderReranker(model, max_length=settings.max_length, precision=precision)
-    payload = {"mode": settings.mode, "corpus": corpus.fingerprint(),
-               "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
-               "base": model.base_fingerprint(), "settings": settings.to_dict()}
-    if negatives_from != {"bm25": "default"}:  # plain BM25 keeps the key adapters trained before this option had
-        payload["negatives_from"] = negatives_from
-    key = _key(payload)
+    key = _key({"mode": settings.mode, "corpus": corpus.fingerprint(),
+                "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
+                "base": model.base_fingerprint(), "settings": settings.to_dict(), "negatives_from": negatives_from})
     root = cache_root(cache_dir) / "adapters" / f"rerank-{settings.mode}-{key}"
     hit = _cached(root, lambda: (CrossEncoderReranker.load(root, precision=precision, require_checksums=True),
                                  read_json(root / "train_result.json", "training result")))

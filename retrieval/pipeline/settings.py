@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from rerankers.cross_encoder import PRECISIONS
 
+from ..stages.bm25 import BACKENDS, DEFAULT_BACKEND
 from ..stages.rerank import DEPTHS
 
 NEGATIVE_SOURCES = ("bm25", "dense")
@@ -30,6 +31,9 @@ class PipelineSettings:
     """How ``build_pipeline`` trains and composes BM25 >> hybrid LoRA dense >> LoRA reranker."""
 
     corpus_only: bool = _setting(False, "no judgements: pseudo-queries from the corpus train both adapters")
+    bm25_backend: str = _setting(DEFAULT_BACKEND, "BM25 engine: bm25s (Java-free, in memory: corpora that do not change), "
+                                                  "lucene (writes in place: service domains that take many writes), "
+                                                  "rank_bm25", choices=BACKENDS)
     bm25_k: int = _setting(1000, "BM25 candidates handed to the dense stage")
     bm25_fit: bool = _setting(True, "grid-search k1/b on the training queries (kept unless significantly better; "
                                     "never with corpus_only)",
@@ -74,6 +78,8 @@ class PipelineSettings:
         if max(self.rerank_depths) > self.dense_k:
             raise ValueError(f"the deepest rerank depth ({max(self.rerank_depths)}) exceeds the dense stage's "
                              f"k ({self.dense_k}): the reranker can only see what the dense stage hands on")
+        if self.bm25_backend not in BACKENDS:
+            raise ValueError(f"bm25_backend must be one of {BACKENDS}, got {self.bm25_backend!r}")
         if self.rerank_precision not in PRECISIONS:
             raise ValueError(f"rerank_precision must be one of {PRECISIONS}, got {self.rerank_precision!r}")
 

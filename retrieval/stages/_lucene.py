@@ -27,7 +27,7 @@ def _damaged(path: Path, e: Exception) -> DamagedArtefact:
                            f"build it again (BM25.build) or restore it from a copy")
 
 class LuceneEngine:
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, config: dict):
         start_jvm()
         from pyserini.search.lucene import LuceneSearcher
 
@@ -58,7 +58,7 @@ class LuceneEngine:
         return s
 
     @staticmethod
-    def build(corpus: Corpus, out: Path, threads: int, store_raw: bool = False) -> dict:
+    def build(corpus: Corpus, out: Path, threads: int, k1: float, b: float, store_raw: bool = False) -> dict:
         """Index with Anserini's IndexCollection (JsonCollection, contents = title + " " + text).
 
         ``store_raw`` also stores the raw JSON and document vectors, as Pyserini's prebuilt BEIR indexes do;
@@ -113,7 +113,7 @@ class LuceneEngine:
             self._term_query = autoclass("org.apache.lucene.search.TermQuery")
         return self._writer
 
-    def update(self, add: Sequence[tuple[str, str]], delete: Sequence[str]) -> None:
+    def update(self, add: Sequence[tuple[str, str]], delete: Sequence[str], k1: float, b: float) -> None:
         """Add or replace (id, contents) documents and delete ids, then commit and reopen the searchers."""
         with self._lock:
             writer = self._open_writer()
@@ -126,6 +126,9 @@ class LuceneEngine:
             old, self._searchers = self._searchers, {}
         for searcher in old.values():
             searcher.close()
+
+    def settings_changed(self, k1: float, b: float) -> None:
+        pass  # Lucene applies k1 and b at search time
 
     def close(self) -> None:
         with self._lock:

@@ -1,8 +1,15 @@
-"""BM25 first-pass retrieval: Lucene through Pyserini (default) or rank-bm25 (no Java).
+"""BM25 first-pass retrieval over one of three engines:
 
-An index folder holds ``bm25_config.json`` (backend, k1, b, corpus fingerprint, build time, analyzer)
-beside the engine's own files. Documents are indexed as ``title + " " + text``, as in Pyserini's
-BEIR "flat" condition. ``fit`` tunes k1 and b by grid search and saves them with the index.
+- ``bm25s`` (default): Java-free and in memory, Lucene's BM25 over an analyzer that gives Lucene's terms; the
+  choice for corpora that do not change (it rebuilds its matrix on a write) and fit in memory;
+- ``lucene``: Lucene through Pyserini (Java 21): incremental writes in place (the search service's domains
+  that take many writes) and indexes larger than memory;
+- ``rank_bm25``: Java-free and slow (pure Python), kept for comparison.
+
+An index folder holds ``bm25_config.json`` (backend, k1, b, corpus fingerprint, build time, analyzer, the
+checksum of every index file; sealed) beside the engine's own files. Documents are indexed as
+``title + " " + text``, as in Pyserini's BEIR "flat" condition. ``fit`` tunes k1 and b by grid search and
+saves them with the index.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from ..stage import StageBase, as_queries, check_candidates, check_k
 from ..types import Corpus, Document, Qrels, Queries, Ranking
 from ..util import (CacheWarning, DamagedArtefact, atomic_dir, check_seal, default_cache_dir, file_checksums,
                     library_version, read_json, sealed, verify_files, write_json)
+from ._bm25s import Bm25sEngine
 from ._lucene import LuceneEngine
 from ._rank_bm25 import RankBM25Engine
 
@@ -35,7 +43,10 @@ def _threads(threads: int | None) -> int:
     return max(1, threads or os.cpu_count() or 1)
 
 
-_ENGINES = {"lucene": LuceneEngine, "rank_bm25": RankBM25Engine}  # a new engine: one module + one line
+# a new engine: one module + one line. bm25s: Java-free, in memory, the default for corpora that do not change;
+# lucene: incremental writes in place (the search service's write-heavy domains) and indexes larger than memory.
+_ENGINES = {"bm25s": Bm25sEngine, "lucene": LuceneEngine, "rank_bm25": RankBM25Engine}
+DEFAULT_BACKEND = "bm25s"
 BACKENDS = tuple(_ENGINES)
 
 
@@ -96,7 +107,7 @@ class BM25(StageBase):
         _check_params(self.k1, self.b)
         self.name = name
         self.threads = _threads(threads)
-        self._engine = _ENGINES[backend](self.index_dir, self.threads)
+        self._engine = _ENGINES[backend](self.index_dir, self.threads, self.config)
 
     def __repr__(self) -> str:
         return f"BM25({str(self.index_dir)!r}, backend={self.backend!r}, k={self.k}, k1={self.k1}, b={self.b})"
@@ -115,7 +126,7 @@ class BM25(StageBase):
         cls,
         corpus: Corpus,
         index_dir: str | os.PathLike,
-        backend: str = "lucene",
+        backend: str = DEFAULT_BACKEND,
         k: int = 1000,
         k1: float = 0.9,
         b: float = 0.4,
@@ -134,7 +145,7 @@ class BM25(StageBase):
         threads = _threads(threads)
         t0 = time.perf_counter()
         with atomic_dir(index_dir, overwrite=overwrite) as tmp:
-            info = _ENGINES[backend].build(corpus, tmp, threads, store_raw=store_raw)
+            info = _ENGINES[backend].build(corpus, tmp, threads, k1, b, store_raw=store_raw)
             write_config(tmp, {
                 "kind": "bm25",
                 "backend": backend,
@@ -155,7 +166,7 @@ class BM25(StageBase):
     def from_corpus(
         cls,
         corpus: Corpus,
-        backend: str = "lucene",
+        backend: str = DEFAULT_BACKEND,
         cache_dir: str | os.PathLike | None = None,
         k: int = 1000,
         threads: int | None = None,
@@ -196,18 +207,20 @@ class BM25(StageBase):
 
     # ------------------------------------------------------------------ updating
     def update(self, add: Sequence[Document] = (), delete: Sequence[str] = ()) -> None:
-        """Add or replace ``add`` and delete the ids in ``delete``, in place, without rebuilding the index.
+        """Add or replace ``add`` and delete the ids in ``delete``, in the index folder.
 
-        Lucene: documents go through Lucene's IndexWriter with the analyzer and field options of the build
-        (scores equal those of an index built from scratch over the same documents, until deletions, which
-        Lucene's statistics count until segments merge), then a commit. Searches of this index must not run
-        while it updates (the search service holds a lock for that). The config's corpus checksum still
-        names the corpus the index was built from.
+        Lucene: in place, through Lucene's IndexWriter with the analyzer and field options of the build (scores
+        equal those of an index built from scratch over the same documents, until deletions, which Lucene's
+        statistics count until segments merge), then a commit. bm25s and rank-bm25: the new documents are
+        analysed and the whole index is made again from every stored term list (cheap for tens of thousands
+        of documents, not for millions: use Lucene for domains that take many writes). Searches of this index
+        must not run while it updates (the search service holds a lock for that). The config's corpus
+        checksum still names the corpus the index was built from.
         """
         for doc in add:
             if not isinstance(doc, Document):
                 raise TypeError(f"{self.name}: update takes Document objects, got {type(doc).__name__}")
-        self._engine.update([(d.id, d.contents) for d in add], [str(i) for i in delete])
+        self._engine.update([(d.id, d.contents) for d in add], [str(i) for i in delete], self.k1, self.b)
 
     def close(self) -> None:
         """Release the index writer (and Lucene's write lock), if ``update`` opened one."""
@@ -262,7 +275,8 @@ class BM25(StageBase):
                 "metric": metric, "queries": len(qids), "score": chosen[metric], "start": list(start),
                 "start_score": grid[0][metric], "best": result.best, "alpha": alpha,
             })
-            write_json(self.index_dir / CONFIG_NAME, sealed(self.config))  # the index files did not change
+            self._engine.settings_changed(self.k1, self.b)  # bm25s keeps its matrix for the settings saved
+            write_config(self.index_dir, self.config)
         return result
 
 
