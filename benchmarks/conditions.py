@@ -18,7 +18,7 @@ from encoders.bi_encoder import BiEncoder
 from retrieval.data import Dataset, load_dataset
 from retrieval.evaluation import evaluate
 from retrieval.pipeline.build import BuiltPipeline, build_pipeline, dense_held_out
-from retrieval.pipeline.cache import base_index, bm25_stage, dense_adapter
+from retrieval.pipeline.cache import base_index, bm25_stage, dense_adapter, with_inference
 from retrieval.pipeline.folder import PipelineMismatch, is_pipeline_dir, load_pipeline, pipeline_config, save_pipeline
 from retrieval.stage import Pipeline
 from retrieval.stages.dense import Dense
@@ -72,20 +72,22 @@ def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[B
             if mode in ("supervised", "corpus") else None)
     epochs = s.dense_epochs if mode in ("query", "corpus-query") else opts.dense_both_epochs
     return dense_adapter(mode, ds.corpus, train.queries if train else None, train.qrels if train else None, index,
-                         epochs, opts.cache_dir, bm25, opts.train_split, s.dense_model)
+                         epochs, opts.cache_dir, bm25, opts.train_split, s.dense_model, s.dense_inference)
 
 
 def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
     def build(ds: Dataset, opts: RunOptions) -> Condition:
         s = opts.pipeline
         enc = BiEncoder(s.dense_model)
+        inference = with_inference(enc, s.dense_inference, ds.corpus, opts.cache_dir)  # both sides, zero-shot
         index, built_now, path = base_index(enc, ds.corpus, s.dense_factory, opts.cache_dir)
-        extra: dict = {}
+        extra: dict = {"inference": inference}
         if adapter is not None:
             enc, extra["train"] = _trained_encoder(ds, opts, adapter, index)
+            extra["inference"] = extra["train"]["inference"]
             if adapter in ("supervised", "corpus"):  # documents are encoded with the adapter too: their own index
                 index, built_now, path = base_index(enc, ds.corpus, s.dense_factory, opts.cache_dir)
-        settings = {"factory": s.dense_factory, "index": str(path), "adapter": adapter,
+        settings = {"factory": s.dense_factory, "index": str(path), "adapter": adapter, "inference": enc.inference,
                     "base_model": enc.base_model, "max_length": enc.max_length}
         if not hybrid:
             dense = Dense(enc, index, mode="retrieve", k=s.bm25_k)
@@ -192,7 +194,8 @@ def _rerank_builder(corpus_only: bool) -> Builder:
             extra["epoch_curve"] = curve
         ce = stage.reranker
         settings = {"bm25_k": bm25.k, "rerank_k": depth, "fusion": fusion.to_dict(), "base_model": ce.base_model,
-                    "max_length": ce.max_length, "precision": ce.precision, "adapter": train_info["cached_at"]}
+                    "max_length": ce.max_length, "precision": ce.precision, "inference": ce.inference,
+                    "adapter": train_info["cached_at"]}
         return Condition(Pipeline([bm25, stage], name="bm25>>ce"), bm25.build_seconds, True, settings, extra)
 
     return build

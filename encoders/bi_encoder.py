@@ -12,14 +12,18 @@ so documents keep the frozen base model's vectors and an existing document index
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from retrieval.lora.base import PACKAGED_ID, default_device, resolve_model
-from retrieval.lora.host import CONFIG_NAME, AdapterHost, read_model_config, weights_fingerprint, write_model_config
+from retrieval.lora.host import (CONFIG_NAME, AdapterHost, QualityRefused, read_model_config, weights_fingerprint,
+                                 write_model_config)
+from retrieval.lora.openvino import batches_by_length, export
 from retrieval.lora.settings import LoraSettings
 from retrieval.types import Document
 from retrieval.util import atomic_dir, library_version
@@ -78,12 +82,13 @@ class BiEncoder(AdapterHost):
         return int(self.st.get_embedding_dimension())
 
     def fingerprint(self, side: str = "document") -> str:
-        """Identifies what encodes ``side`` ("document" or "query"): base weights and the adapter used."""
+        """Identifies what encodes ``side`` ("document" or "query"): base weights, the adapter used, and the
+        OpenVINO export that runs them (if ``use_openvino`` made one)."""
         if side == "document" and self._doc_model is not None:
             if self._doc_fp is None:
                 self._doc_fp = weights_fingerprint(self._doc_model[0].model, self._fingerprint_extra())
-            return f"base:{self._doc_fp}"
-        return self.adapter_fingerprint(self._adapter_for(side))
+            return f"base:{self._doc_fp}" + self._export_suffix(side)
+        return self.adapter_fingerprint(self._adapter_for(side)) + self._export_suffix(side)
 
     def _adapter_for(self, side: str) -> str | None:
         if side not in ("query", "document"):
@@ -99,6 +104,8 @@ class BiEncoder(AdapterHost):
     def _encode(self, texts: list[str], side: str, batch_size: int | None, show_progress: bool | None) -> np.ndarray:
         if show_progress is None:
             show_progress = len(texts) >= 2000
+        if side in self._exports:
+            return self._encode_exported(texts, side, batch_size or 32, show_progress)
         with self.lock:
             st = self._doc_model if self._doc_model is not None and side == "document" else self.st
             with self.base_only(self._adapter_for(side) is None and st is self.st):
@@ -106,6 +113,18 @@ class BiEncoder(AdapterHost):
                 vectors = st.encode(texts, batch_size=batch_size or self.batch_size, convert_to_numpy=True,
                                     normalize_embeddings=True, show_progress_bar=show_progress)
         return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
+
+    def _feeds(self, texts: Sequence[str], indices: Sequence[int]) -> dict:
+        return dict(self.st.tokenizer([texts[i] for i in indices], padding=True, truncation="longest_first",
+                                      max_length=self.max_length, return_tensors="np"))
+
+    def _encode_exported(self, texts: list[str], side: str, batch_size: int, show_progress: bool) -> np.ndarray:
+        model = self._exports[side]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        batches = list(batches_by_length(len(texts), [len(t) for t in texts], batch_size))
+        for idx in tqdm(batches, desc="encoding", unit="batch", disable=not show_progress, leave=False):
+            out[idx] = model(self._feeds(texts, idx))
+        return out
 
     def embed(self, texts: Sequence[str], side: str = "query"):
         """Normalised embeddings as a torch tensor *with* gradients, for training.
@@ -147,6 +166,76 @@ class BiEncoder(AdapterHost):
             raise ValueError(f"side {side!r} contradicts the adapter's recorded side {info.get('side')!r}")
         super().load_adapter(path, name, info=info, side=side or "both")
 
+    # ------------------------------------------------------------------ OpenVINO inference
+    def _side_copy(self, side: str):
+        """A plain torch copy (peft removed, the side's adapter merged in) of the SentenceTransformer for ``side``."""
+        if side == "document" and self._doc_model is not None:
+            return copy.deepcopy(self._doc_model)
+        st = copy.deepcopy(self.st)
+        if self.is_peft and not self.is_merged:
+            adapter, peft_model = self._adapter_for(side), st[0].model
+            if adapter is None:
+                st[0].model = peft_model.unload()
+            else:
+                for other in self.adapter_names:
+                    if other != adapter:
+                        peft_model.delete_adapter(other)
+                st[0].model = peft_model.merge_and_unload()
+        return st
+
+    def use_openvino(self, precision: str, texts: Mapping[str, Sequence[str]], sides: Sequence[str] = ("query", "document"),
+                     cache_dir=None, min_cosine: float | None = 0.99, batch_size: int = 32) -> dict:
+        """Encode ``sides`` through OpenVINO at ``precision`` (``fp32``, ``bf16``, ``int8``) from now on (the other
+        side keeps what it has).
+
+        ``texts[side]``: text like what that side encodes (queries, documents), taken from the corpus itself: every
+        other text calibrates the int8 export, the others check it. The check compares the export's vectors with
+        the torch model's (cosine); a side whose mean cosine is under ``min_cosine`` stays on torch and
+        ``QualityRefused`` says so once the other sides are done. Returns the report (kept in ``export_report``
+        and saved with the encoder)."""
+        import torch
+
+        if precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"OpenVINO precision must be fp32, bf16 or int8, got {precision!r}")
+        if any(e.precision != precision for side, e in self._exports.items() if side not in sides):
+            self._drop_exports()  # one precision per encoder
+        refused = []
+        with self.lock:
+            for side in sides:
+                self._exports.pop(side, None)
+                sample = [t for t in texts[side] if isinstance(t, str) and t.strip()]
+                calibration, check = sample[::2], sample[1::2]
+                if len(calibration) < 2 or not check:
+                    raise ValueError(f"use_openvino needs at least 4 {side} texts to calibrate and check, got {len(sample)}")
+                made = {"kind": "bi-encoder", "computes": self.fingerprint(side), "max_length": self.max_length,
+                        "calibration": hashlib.sha256("\x00".join(calibration).encode()).hexdigest()[:16]}
+                model = next((m for m in self._exports.values() if m.config["description"] == made), None)
+                if model is None:
+                    model = export(_embedding_module(self._side_copy(side)), self._feeds(calibration, [0, 1]),
+                                   precision, made,
+                                   lambda: (self._feeds(calibration, idx) for idx in
+                                            batches_by_length(len(calibration), [len(t) for t in calibration], 8)),
+                                   cache_dir)
+                with torch.inference_mode():
+                    expected = self._encode(check, side, batch_size, False)  # torch: this side has no export yet
+                self._exports[side] = model
+                got = self._encode(check, side, batch_size, False)
+                cosine = (expected * got).sum(axis=1)
+                self.export_report.update(precision=precision, min_cosine=min_cosine)
+                self.export_report[side] = {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
+                                            "checked_texts": len(check), "calibration_texts": len(calibration)}
+                if min_cosine is not None and cosine.mean() < min_cosine:
+                    del self._exports[side]
+                    self.export_report[side]["refused"] = True
+                    refused.append(side)
+        if refused:
+            side = refused[0]
+            raise QualityRefused(f"the {precision} export's {side} vectors have a mean cosine of "
+                                 f"{self.export_report[side]['cosine_mean']:.4f} to the torch model's, under "
+                                 f"{min_cosine}: that side stays on torch (use another precision, or "
+                                 f"min_cosine=None to take it anyway)")
+        return self.export_report
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, overwrite: bool = False, extra_json: dict[str, object] | None = None) -> Path:
         """Write ``retrieval_config.json`` and, with adapters, peft's own files (default at the top,
@@ -164,6 +253,7 @@ class BiEncoder(AdapterHost):
                 "active": self.active_adapter,
                 "merged": self.is_merged,
                 "library_version": library_version(),
+                "inference": self._save_exports(tmp),
             }
             if self.is_merged:
                 self.st.save(str(tmp / "model"))
@@ -191,10 +281,30 @@ class BiEncoder(AdapterHost):
             if (path / "document_model").is_dir():
                 enc._doc_model = SentenceTransformer(str(path / "document_model"), device=enc.device)
                 enc._doc_model.max_seq_length = config["max_length"]
-            return enc
-        enc = cls(config["base_model"], max_length=config["max_length"], device=device, batch_size=batch_size)
-        enc.restore_adapters(path, config)
+        else:
+            enc = cls(config["base_model"], max_length=config["max_length"], device=device, batch_size=batch_size)
+            enc.restore_adapters(path, config)
+        enc._load_exports(path, config, verify)
         return enc
+
+
+def _embedding_module(st):
+    """What an export computes (a torch module over tokenizer output): the sentence-transformers pipeline, then L2
+    normalisation."""
+    import torch
+
+    class Embedding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.st = st
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            features = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                features["token_type_ids"] = token_type_ids
+            return torch.nn.functional.normalize(self.st(features)["sentence_embedding"], dim=-1)
+
+    return Embedding()
 
 
 def _pooling(st) -> str:

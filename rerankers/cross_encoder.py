@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from retrieval.lora.base import PACKAGED_ID, default_device, resolve_model
-from retrieval.lora.host import CONFIG_NAME, AdapterHost, AdapterMismatch, read_model_config, write_model_config
+from retrieval.lora.host import (CONFIG_NAME, AdapterHost, AdapterMismatch, QualityRefused, read_model_config,
+                                 write_model_config)
+from retrieval.lora.openvino import batches_by_length, export
 from retrieval.lora.settings import LoraSettings
 from retrieval.util import atomic_dir, library_version, read_json
 
@@ -203,8 +207,8 @@ class CrossEncoderReranker(AdapterHost):
         return tuple(self._head().weight.shape)
 
     def fingerprint(self) -> str:
-        """What scores pairs: base weights plus the active adapter."""
-        return self.adapter_fingerprint(self.active_adapter)
+        """What scores pairs: base weights plus the active adapter (and the OpenVINO export that runs them)."""
+        return self.adapter_fingerprint(self.active_adapter) + self._export_suffix("pairs")
 
     # ------------------------------------------------------------------ scoring
     def _autocast(self):
@@ -224,28 +228,35 @@ class CrossEncoderReranker(AdapterHost):
         features = self._features(queries, docs)
         with self._autocast():
             out = self.model(**features).logits.float()
-        return out[:, 0] if out.shape[1] == 1 else out[:, 1] - out[:, 0]
+        return _score_of(out)
+
+    def _feeds(self, queries: Sequence[str], docs: Sequence[str], indices: Sequence[int]) -> dict:
+        return dict(self.tokenizer([queries[i] for i in indices], [docs[i] for i in indices], truncation="longest_first",
+                                   max_length=self.max_length, padding=True, return_tensors="np"))
 
     def score(self, queries: Sequence[str], docs: Sequence[str], batch_size: int | None = None,
               show_progress: bool | None = None) -> np.ndarray:
         """One relevance score per (queries[i], docs[i]) pair, as float32. Pairs are batched by length."""
         import torch
-        from tqdm.auto import tqdm
 
         queries, docs = _check_pairs(queries, docs)
         n = len(queries)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
         bs = batch_size or self.batch_size
-        order = sorted(range(n), key=lambda i: -(len(queries[i]) + len(docs[i])))
-        out = np.empty(n, dtype=np.float32)
         show = n >= 2000 if show_progress is None else show_progress
+        out = np.empty(n, dtype=np.float32)
+        batches = list(batches_by_length(n, [len(queries[i]) + len(docs[i]) for i in range(n)], bs))
+        model = self._exports.get("pairs")
+        if model is not None:
+            for idx in tqdm(batches, desc="rerank", unit="batch", disable=not show, leave=False):
+                out[idx] = _score_of(model(self._feeds(queries, docs, idx)))
+            return out
         with self.lock, torch.inference_mode(), self.base_only(self.active_adapter is None):
             training = self.model.training
             self.model.eval()  # no dropout when scoring, even between training steps
             try:
-                for start in tqdm(range(0, n, bs), desc="rerank", unit="batch", disable=not show, leave=False):
-                    idx = order[start : start + bs]
+                for idx in tqdm(batches, desc="rerank", unit="batch", disable=not show, leave=False):
                     out[idx] = self.logits([queries[i] for i in idx], [docs[i] for i in idx]).cpu().numpy()
             finally:
                 self.model.train(training)
@@ -262,6 +273,67 @@ class CrossEncoderReranker(AdapterHost):
     def load_adapter(self, path: str | os.PathLike, name: str = "default", info: dict | None = None) -> None:
         """Load a peft LoRA adapter folder under ``name``, refusing one made for another base model or head."""
         super().load_adapter(path, name, info=info, base_fingerprint=self.base_fingerprint())
+
+    # ------------------------------------------------------------------ OpenVINO inference
+    def use_openvino(self, precision: str, queries: Sequence[str], docs: Sequence[str], cache_dir=None,
+                     min_spearman: float | None = 0.98, batch_size: int | None = None) -> dict:
+        """Score pairs through OpenVINO at ``precision`` (``fp32``, ``bf16``, ``int8``) from now on.
+
+        ``queries[i]``, ``docs[i]``: pairs like those the reranker scores (e.g. queries and their first-stage
+        candidates from the corpus): every other pair calibrates the int8 export, the others check it against
+        the torch model (Spearman correlation of the scores); below ``min_spearman`` the export is refused
+        (``QualityRefused``) and the reranker stays on torch. Returns the report (kept and saved)."""
+        import torch
+        from scipy.stats import spearmanr
+
+        if precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"OpenVINO precision must be fp32, bf16 or int8, got {precision!r}")
+        queries, docs = _check_pairs(queries, docs)
+        cal = list(range(0, len(queries), 2))
+        check = list(range(1, len(queries), 2))
+        if len(cal) < 2 or len(check) < 3:
+            raise ValueError(f"use_openvino needs at least 6 pairs to calibrate and check, got {len(queries)}")
+        with self.lock:
+            self._drop_exports()
+            cq, cd = [queries[i] for i in cal], [docs[i] for i in cal]
+            made = {"kind": "cross-encoder", "computes": self.fingerprint(), "max_length": self.max_length,
+                    "calibration": hashlib.sha256("\x00".join(cq + cd).encode()).hexdigest()[:16]}
+            module = _logits_module(self._merged_copy())
+            model = export(module, self._feeds(cq, cd, [0, 1]), precision, made,
+                           lambda: (self._feeds(cq, cd, idx) for idx in
+                                    batches_by_length(len(cq), [len(a) + len(b) for a, b in zip(cq, cd)], 10)),
+                           cache_dir)
+            kq, kd = [queries[i] for i in check], [docs[i] for i in check]
+            with torch.inference_mode():
+                expected = self.score(kq, kd, batch_size, False)
+            self._exports = {"pairs": model}
+            try:
+                got = self.score(kq, kd, batch_size, False)
+            finally:
+                self._exports = {}
+            rho = float(spearmanr(expected, got).statistic)
+            report = {"precision": precision, "min_spearman": min_spearman, "pairs": {
+                "spearman": rho, "max_abs_difference": float(np.abs(expected - got).max()), "checked_pairs": len(check),
+                "calibration_pairs": len(cal), "torch_precision": self.precision}}
+            if min_spearman is not None and rho < min_spearman:
+                self.export_report = {**report, "refused": True}
+                raise QualityRefused(f"the {precision} export's scores have a Spearman correlation of {rho:.4f} with "
+                                     f"the torch model's, under {min_spearman}: refused (use another precision, or "
+                                     f"min_spearman=None to take it anyway)")
+            self._exports, self.export_report = {"pairs": model}, report
+            return report
+
+    def _merged_copy(self):
+        """A plain torch copy of the classification model with the active adapter (and its head) merged in."""
+        model = copy.deepcopy(self.model)
+        if self.is_peft and not self.is_merged:
+            if self.active_adapter is None:
+                return model.unload()
+            for other in self.adapter_names:
+                if other != self.active_adapter:
+                    model.delete_adapter(other)
+            return model.merge_and_unload()
+        return model
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict:
@@ -281,6 +353,9 @@ class CrossEncoderReranker(AdapterHost):
             "library_version": library_version(),
         }
 
+    def _save_config(self, folder: Path) -> dict:
+        return {**self._config(), "inference": self._save_exports(folder)}
+
     def save(self, path: str | os.PathLike, overwrite: bool = False, extra_json: dict[str, object] | None = None) -> Path:
         """Write ``retrieval_config.json`` and peft's adapter files (head included), or, merged, a full
         transformers model + tokenizer in ``model/`` that any cross-encoder loader reads. ``extra_json`` (file name
@@ -292,7 +367,7 @@ class CrossEncoderReranker(AdapterHost):
                 self.tokenizer.save_pretrained(str(tmp / "model"))
             else:
                 self.save_adapters(tmp)
-            write_model_config(tmp, self._config(), extra_json)
+            write_model_config(tmp, self._save_config(tmp), extra_json)
         return path
 
     @classmethod
@@ -310,6 +385,7 @@ class CrossEncoderReranker(AdapterHost):
                      precision=precision)
             ce.base_model, ce.new_head = config["base_model"], config.get("new_head", False)
             ce.restore_adapters(path, config)
+            ce._load_exports(path, config, verify)
             return ce
         ce = cls(config["base_model"], max_length=config["max_length"], device=device, batch_size=batch_size,
                  precision=precision, num_labels=config.get("num_labels"))
@@ -317,7 +393,29 @@ class CrossEncoderReranker(AdapterHost):
             raise RerankerMismatch(f"{path}: saved with a head of shape {tuple(config['head_shape'])}, but "
                                    f"{config['base_model']} loads with {ce.head_shape}")
         ce.restore_adapters(path, config)
+        ce._load_exports(path, config, verify)
         return ce
+
+
+def _score_of(logits):
+    """One relevance score per row of a model's logits (torch or numpy): the logit, or positive minus negative."""
+    return logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+
+
+def _logits_module(model):
+    """What an export computes (a torch module over tokenizer output): the classification logits."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).logits.float()
+
+    return Logits()
 
 
 def _align(model) -> None:

@@ -88,6 +88,29 @@ def test_saved_pipeline_loads_with_identical_rankings_in_a_fresh_process(built, 
         save_pipeline(b.pipeline, folder, b.corpus)
 
 
+def test_openvino_exports_are_saved_checked_and_loaded_apart_from_shared_models(built, adi, tmp_path):
+    """The default pipeline runs both models as OpenVINO int8 exports (calibrated on the corpus, checked against
+    torch); the folder holds them, loads them, and a service's shared models load them per domain."""
+    from retrieval.pipeline.shared import SharedModels
+
+    b, _ = built
+    _, dense, rerank = b.pipeline.stages
+    assert dense.encoder.inference == "openvino-int8" and "@openvino-int8:" in dense.encoder.fingerprint("query")
+    report = b.info["stages"]["dense"]["train"]["inference"]
+    assert report["used"] == "openvino-int8" and report["report"]["query"]["cosine_mean"] >= 0.99
+    # the tiny random reranker's near-tied scores do not survive int8: its export is refused, and the record says why
+    record = b.info["stages"]["rerank"]["train"]["inference"]
+    assert record["used"] == rerank.reranker.inference == "torch" and "refused" in record["reason"]
+    assert record["report"]["pairs"]["spearman"] < 0.98 and record["report"]["refused"]
+    folder = save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, b.info)
+    assert "stages/dense/encoder/openvino/query/model.bin" in json.loads((folder / "pipeline.json").read_text())["checksums"]
+    expected = b.pipeline.search(adi.queries)
+    alone, _, _ = load_pipeline(folder)
+    shared, _, _ = load_pipeline(folder, models=SharedModels(device="cpu"), adapter_prefix="ov")
+    for pipe in (alone, shared):
+        _rankings_equal(pipe.search(adi.queries), expected)
+
+
 def test_load_checks_that_the_parts_fit(built, adi, tmp_path):
     b, _ = built
     folder = save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, b.info)

@@ -30,7 +30,9 @@ AUTH = {"X-API-Key": KEY}
 @pytest.fixture(scope="module")
 def root(adi, tiny_model_dir, tmp_path_factory) -> Path:
     """A domains root with two saved pipelines, ``alpha`` and ``beta`` (same base models, other adapters; alpha's
-    BM25 on Lucene, which writes in place, beta's on bm25s, which is made again on a write)."""
+    BM25 on Lucene, which writes in place, beta's on bm25s, which is made again on a write). Their models run on
+    torch, so the service shares one base model of each kind between them (OpenVINO exports fold the adapter
+    in and are loaded per domain: tests/test_pipeline.py)."""
     from test_rerank import _backbone
 
     ce = _backbone(tmp_path_factory.mktemp("ce") / "hf", seed=0)
@@ -38,7 +40,7 @@ def root(adi, tiny_model_dir, tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
     for name, epochs, engine in (("alpha", 1, "lucene"), ("beta", 2, "bm25s")):  # other adapters on the same bases
         settings = PipelineSettings(bm25_backend=engine, dense_model=str(tiny_model_dir), rerank_model=str(ce),
-                                    rerank_precision="float32",
+                                    rerank_precision="float32", dense_inference="torch", rerank_inference="torch",
                                     dense_epochs=epochs, rerank_epochs=epochs, rerank_depths=(5, 10), dense_k=20,
                                     neighbours=20, bm25_k=50, fit_queries=10)
         built = build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None)

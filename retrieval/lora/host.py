@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 from ..util import DamagedArtefact, check_seal, file_checksums, read_json, sealed, verify_files, write_json
+from .openvino import OpenVinoModel, copy_export
 from .settings import LoraSettings
 
 CONFIG_NAME = "retrieval_config.json"  # what a saved model folder holds beside peft's own files
@@ -54,6 +55,10 @@ def read_model_config(folder: str | os.PathLike, what: str, verify: bool = True,
 
 class AdapterMismatch(ValueError):
     """An adapter that does not fit the model it is loaded into (another base model, head or kind)."""
+
+
+class QualityRefused(ValueError):
+    """An export whose outputs drift from the torch model's more than allowed (the report says how much)."""
 
 
 def check_adapter_name(name: str) -> None:
@@ -89,6 +94,8 @@ class AdapterHost:
         self.active_adapter: str | None = None
         self.merged_from: str | None = None
         self._base_fp: str | None = None
+        self._exports: dict[str, OpenVinoModel] = {}  # side -> the OpenVINO export that computes it
+        self.export_report: dict = {}
 
     @property
     def module(self):
@@ -196,6 +203,7 @@ class AdapterHost:
                 self._replace_module(get_peft_model(self.module, settings.peft_config(), adapter_name=name))
             self._adapters[name] = {**facts, "lora": settings.to_dict()}
             self.set_adapter(name)
+            self._drop_exports()
         return self
 
     def load_adapter(self, path: str | os.PathLike, name: str = "default", info: dict | None = None, **facts) -> None:
@@ -229,6 +237,7 @@ class AdapterHost:
                 info = {**facts, "lora": lora}
             self._adapters[name] = copy.deepcopy(info)
             self.set_adapter(name)
+            self._drop_exports()
 
     def set_adapter(self, name: str) -> None:
         if name not in self._adapters:
@@ -236,12 +245,16 @@ class AdapterHost:
         with self.lock:
             if not self.is_merged:
                 self.module.set_adapter(name)
+            if self.active_adapter != name:
+                self._drop_exports()
             self.active_adapter = name
 
     def disable_adapters(self) -> None:
         """Run the base model alone (the adapters stay loaded; ``set_adapter`` brings one back)."""
         with self.lock:
             self._check_unmerged()
+            if self.active_adapter is not None:
+                self._drop_exports()
             self.active_adapter = None
 
     def unload_adapter(self, name: str) -> None:
@@ -254,6 +267,7 @@ class AdapterHost:
             del self._adapters[name]
             if self.active_adapter == name:
                 self.active_adapter = None
+                self._drop_exports()
 
     @contextlib.contextmanager
     def base_only(self, when: bool = True):
@@ -276,6 +290,7 @@ class AdapterHost:
 
         with self.lock:
             set_peft_model_state_dict(self.module, state, adapter_name=name or self.active_adapter)
+            self._drop_exports()
 
     def save_adapters(self, folder: str | os.PathLike) -> None:
         """peft's own files for every adapter: ``default`` at the top, the others in sub-folders."""
@@ -298,6 +313,51 @@ class AdapterHost:
         else:
             self.disable_adapters()
 
+    # ------------------------------------------------------------------ OpenVINO inference
+    @property
+    def inference(self) -> str:
+        """``torch``, or ``openvino-<precision>`` once ``use_openvino`` exported the model (some side of it)."""
+        return f"openvino-{next(iter(self._exports.values())).precision}" if self._exports else "torch"
+
+    def inference_of(self, side: str) -> str:
+        model = self._exports.get(side)
+        return "torch" if model is None else f"openvino-{model.precision}"
+
+    def _drop_exports(self) -> None:
+        """An export has the adapter of its time folded in: a change of adapters or their weights returns to torch."""
+        self._exports, self.export_report = {}, {}
+
+    def use_torch(self) -> None:
+        """Compute with the torch model again (exports are dropped; ``use_openvino`` makes them again)."""
+        self._drop_exports()
+
+    def _export_suffix(self, side: str) -> str:
+        model = self._exports.get(side)
+        return "" if model is None else f"@openvino-{model.precision}:{model.fingerprint}"
+
+    def _save_exports(self, folder: Path) -> dict | None:
+        """Each side's export in ``openvino/<side>`` (a side that uses another side's export refers to it)."""
+        if not self._exports:
+            return None
+        sides: dict[str, str] = {}
+        written: dict[str, str] = {}
+        for side, model in self._exports.items():
+            if model.fingerprint not in written:
+                written[model.fingerprint] = f"openvino/{side}"
+                copy_export(model, folder / "openvino" / side)
+            sides[side] = written[model.fingerprint]
+        return {"precision": next(iter(self._exports.values())).precision, "sides": sides, "report": self.export_report}
+
+    def _load_exports(self, folder: Path, config: dict, verify: bool = True) -> None:
+        saved = config.get("inference")
+        if not saved:
+            return
+        models: dict[str, OpenVinoModel] = {}
+        for side, rel in saved["sides"].items():
+            models[side] = next((m for m in models.values() if m.folder == folder / rel), None) or OpenVinoModel(
+                folder / rel, verify=verify)
+        self._exports, self.export_report = models, saved.get("report", {})
+
     def merged(self):
         """A new model with the active adapter folded into the weights: no adapter cost at all."""
         name = self.active_adapter
@@ -314,5 +374,6 @@ class AdapterHost:
             clone._adapters = {name: {**copy.deepcopy(self._adapters[name]), "merged": True}}
             clone.active_adapter = clone.merged_from = name
             clone._base_fp = None
+            clone._exports, clone.export_report = {}, {}
             clone._after_merge(self)
         return clone

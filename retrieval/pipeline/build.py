@@ -35,7 +35,7 @@ from ..stages.dense import Dense
 from ..stages.fusion import Fusion, fit_weight
 from ..stages.rerank import Rerank, fit_rerank
 from ..types import Corpus, Qrels, Queries
-from .cache import base_index, bm25_stage, dense_adapter, first_stage_facts, rerank_settings, reranker
+from .cache import base_index, bm25_stage, dense_adapter, first_stage_facts, rerank_settings, reranker, with_inference
 from .settings import PipelineSettings
 
 
@@ -84,10 +84,11 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
 
     # 2. dense: query-side adapter over the base document index
     log("[2/3] dense: base document index and query-side LoRA adapter")
+    with_inference(base, settings.dense_inference, corpus, cache_dir, sides=("document",), log=log)
     index, index_built, _ = base_index(base, corpus, settings.dense_factory, cache_dir)
     mode = "corpus-query" if settings.corpus_only else "query"
     encoder, dense_train = dense_adapter(mode, corpus, queries, qrels, index, settings.dense_epochs, cache_dir, split=split,
-                                         model=settings.dense_model)
+                                         model=settings.dense_model, inference=settings.dense_inference)
     dense = Dense(encoder, index, mode="hybrid", k=settings.dense_k, neighbours=settings.neighbours)
 
     # 3. reranker: negatives from BM25 and the trained dense stage
@@ -102,7 +103,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
         miners.append(Dense(encoder, index, mode="retrieve", k=rs.negatives_depth, name="dense-retrieve"))
         negatives_from["dense"] = encoder.fingerprint("query")
     ce, rerank_train = reranker(corpus, examples, miners, rs, negatives_from, cache_dir, split,
-                                 settings.rerank_model, settings.rerank_precision)
+                                 settings.rerank_model, settings.rerank_precision, settings.rerank_inference)
     rerank = Rerank(ce, corpus, k=max(settings.rerank_depths), keep_rest=True)
 
     # fusion weights and depth

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from rerankers.cross_encoder import PRECISIONS
 
+from ..lora.openvino import INFERENCES
 from ..stages.bm25 import BACKENDS, DEFAULT_BACKEND
 from ..stages.rerank import DEPTHS
 
@@ -54,8 +55,12 @@ class PipelineSettings:
                                        type=str)
     rerank_model: str | None = _setting(None, "cross-encoder backbone: HF id or folder (default: the same MiniLM)",
                                         type=str)
-    rerank_precision: str = _setting("auto", "the reranker's precision (auto: bf16 where the hardware has it)",
-                                     choices=PRECISIONS)
+    rerank_precision: str = _setting("auto", "the reranker's torch precision, training included (auto: bf16 where the "
+                                     "hardware has it)", choices=PRECISIONS)
+    dense_inference: str = _setting("openvino-int8", "how the bi-encoder runs on a CPU once trained (documents and queries;"
+                                                     " a GPU always runs torch)", choices=INFERENCES)
+    rerank_inference: str = _setting("openvino-int8", "how the reranker runs on a CPU once trained (a GPU always runs "
+                                                      "torch)", choices=INFERENCES)
     seed: int = _setting(0, "seed of every split, shuffle and initialisation")
 
     def __post_init__(self):
@@ -80,6 +85,9 @@ class PipelineSettings:
                              f"k ({self.dense_k}): the reranker can only see what the dense stage hands on")
         if self.bm25_backend not in BACKENDS:
             raise ValueError(f"bm25_backend must be one of {BACKENDS}, got {self.bm25_backend!r}")
+        for name in ("dense_inference", "rerank_inference"):
+            if getattr(self, name) not in INFERENCES:
+                raise ValueError(f"{name} must be one of {INFERENCES}, got {getattr(self, name)!r}")
         if self.rerank_precision not in PRECISIONS:
             raise ValueError(f"rerank_precision must be one of {PRECISIONS}, got {self.rerank_precision!r}")
 

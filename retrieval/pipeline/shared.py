@@ -66,11 +66,12 @@ class SharedModels:
 
     def encoder(self, folder: str | os.PathLike, adapter_name: str) -> "EncoderView | BiEncoder":
         """A view of the saved encoder in ``folder`` over the shared base model, its active adapter loaded
-        under ``adapter_name``. A merged encoder cannot share weights: it is loaded on its own."""
+        under ``adapter_name``. A merged encoder, or one that runs an OpenVINO export (the adapter is folded into
+        it), cannot share weights: it is loaded on its own."""
         folder = Path(folder)
         config = read_model_config(folder, "bi-encoder folder", verify=False)  # its files: checked with the pipeline's
-        if config.get("merged"):
-            return BiEncoder.load(folder, device=self.device, verify=False)  # a model of its own: nothing to switch
+        if config.get("merged") or config.get("inference"):  # its weights are its own (merged, or an export with
+            return BiEncoder.load(folder, device=self.device, verify=False)  # the adapter folded in): not shared
         base, length = config["base_model"], int(config["max_length"])
         model = self._shared(("encoder", base, length),
                              lambda: BiEncoder(base, max_length=length, device=self.device))
@@ -80,7 +81,7 @@ class SharedModels:
         """Likewise for a saved cross-encoder."""
         folder = Path(folder)
         config = read_model_config(folder, "reranker folder", verify=False)
-        if config.get("merged"):
+        if config.get("merged") or config.get("inference"):
             return CrossEncoderReranker.load(folder, device=self.device, verify=False)
         base, length = config["base_model"], int(config["max_length"])
         labels, precision = config.get("num_labels"), config.get("precision", "auto")
