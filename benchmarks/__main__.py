@@ -10,7 +10,7 @@ from pathlib import Path
 from retrieval.cli import add_cache_args, add_debug_arg, count, positive_float, positive_int, run_cli
 from retrieval.pipeline.settings import add_pipeline_args, settings_from_args
 
-from . import cutoffs, service_load, speed_bm25, speed_dense, speed_rerank
+from . import cutoffs, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
 from .conditions import DESCRIPTIONS
 from .regression import load_config
 from .options import DEFAULT_BASELINE, RunOptions
@@ -78,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--repeats", type=positive_int, default=3)
     c.add_argument("--output", type=Path, default=Path("results/speed-rerank"))
 
+    i = sub.add_parser("speed-inference", help="a saved pipeline's nDCG@10 and latency as saved (OpenVINO exports) vs "
+                                               "on torch, float32 the reference")
+    i.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder")
+    i.add_argument("--dataset", type=Path, required=True)
+    i.add_argument("--split", default="dev")
+    i.add_argument("--latency-queries", type=count, default=100, help="queries timed one at a time per variant (default: 100)")
+    i.add_argument("--threads", type=positive_int, default=None, help="BM25 search threads (default: all cores)")
+    i.add_argument("--output", type=Path, default=Path("results/speed-inference"))
+
     t = sub.add_parser("tune-cutoffs", help="choose each stage's depth for the best nDCG@10 within a latency budget")
     t.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder (BM25 >> Dense >> Rerank)")
     t.add_argument("--dataset", type=Path, required=True)
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     commands = {"tune-cutoffs": cutoffs.main, "service-load": service_load.main, "speed-bm25": speed_bm25.main,
-                "speed-dense": speed_dense.main, "speed-rerank": speed_rerank.main}
+                "speed-dense": speed_dense.main, "speed-rerank": speed_rerank.main, "speed-inference": speed_inference.main}
     return commands[args.command](args)
 
 

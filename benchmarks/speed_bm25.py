@@ -28,6 +28,8 @@ from retrieval.stages._analysis import lucene_english
 from retrieval.types import Corpus, Document, Queries, Ranking
 from retrieval.util import write_json
 
+from .report import md_table
+
 
 DATASETS = ("scifact", "cranfield", "medline", "adi")
 
@@ -201,16 +203,16 @@ def main(args) -> int:
             r = result["scifact"] = scifact_part(args, Path(tmp))
             lines += [f"SciFact dev ({r['rows'][0]['queries']} queries), one query at a time, k={r['k']}, 1 thread, "
                       f"median of {args.repeats} alternating runs", "",
-                      "| engine | queries/s | nDCG@10 | R@100 |", "| --- | ---: | ---: | ---: |",
-                      *[f"| {x['engine']} | {x['qps']:.0f} | {x['nDCG@10']:.4f} | {x['R@100']:.4f} |" for x in r["rows"]],
+                      md_table(["engine", "queries/s", "nDCG@10", "R@100"],
+                               [[x["engine"], f"{x['qps']:.0f}", f"{x['nDCG@10']:.4f}", f"{x['R@100']:.4f}"] for x in r["rows"]]),
                       "", *[f"- {k}: {v:.4g}" for k, v in r["ratios"].items()],
                       f"- lucene stage ranks as plain Pyserini: {r['same_ranking_lucene_stage_and_pyserini']}", ""]
         if "passages" in args.parts:
             r = result["passages"] = passages_part(args, Path(tmp))
             lines += [f"{r['docs']:,} passages, {r['queries']} queries (rank_bm25: {r['rows'][-1]['queries']}), "
                       f"k={r['k']}, batches, {r['threads']} threads", "",
-                      "| engine | index s | ms/query |", "| --- | ---: | ---: |",
-                      *[f"| {x['engine']} | {x['index_seconds']:.1f} | {x['ms_per_query']:.3f} |" for x in r["rows"]],
+                      md_table(["engine", "index s", "ms/query"],
+                               [[x["engine"], f"{x['index_seconds']:.1f}", f"{x['ms_per_query']:.3f}"] for x in r["rows"]]),
                       "", *[f"- {k}: {v:.3g}" for k, v in r["ratios"].items()],
                       f"- lucene stage ranks as plain Pyserini: {r['same_ranking_as_pyserini']}"]
     text = "\n".join(lines)

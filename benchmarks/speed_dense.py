@@ -1,7 +1,9 @@
 """Dense-stage speed, in one run, against its peers measured beside it.
 
 1. Encode throughput: ``BiEncoder.encode_documents`` vs plain ``SentenceTransformer.encode`` of the
-   same model on the same real passages; the base model vs an unmerged LoRA adapter vs ``merged()``.
+   same model on the same real passages; the base model vs an unmerged LoRA adapter vs ``merged()`` vs
+   the OpenVINO exports (fp32, bf16, int8 calibrated on other abstracts of the corpus), each with the
+   cosine of its vectors to plain encode's.
 2. ANN: HNSW and IVF against exact (Flat) search on >= 100k vectors embedded from real sentences of
    the shared corpora, queried with the real queries: recall@100 of Flat's top 100 and queries/s.
 3. Training: LoRA vs full fine-tuning, time per step and peak memory, each in a fresh process.
@@ -57,7 +59,6 @@ def _timed(fn, repeats: int) -> list[float]:
 def encode_part(args) -> dict:
     import torch
 
-
     corpus = load_corpus(args.datasets_root / "scifact" / "corpus.jsonl")
     docs = list(corpus.values())[: args.encode_docs]
     texts = [d.contents for d in docs]
@@ -71,30 +72,47 @@ def encode_part(args) -> dict:
             if "lora_B" in n:
                 p.normal_(0, 0.01)
     merged = lora.merged()
+    calibration = [d.contents for d in list(corpus.values())[args.encode_docs : args.encode_docs + 256]]
+    exported = {}
+    for precision in ("fp32", "bf16", "int8"):
+        t0 = time.perf_counter()
+        exported[precision] = BiEncoder()
+        exported[precision].use_openvino(precision, {"document": calibration}, sides=("document",), min_cosine=None)
+        print(f"OpenVINO {precision} export ready in {time.perf_counter() - t0:.0f} s (cached afterwards)", file=sys.stderr)
+
+    def plain_encode():
+        return plain.encode(texts, batch_size=bs, normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False)
+
     runs = {
-        "plain SentenceTransformer.encode": lambda: plain.encode(texts, batch_size=bs, normalize_embeddings=True,
-                                                                 convert_to_numpy=True, show_progress_bar=False),
+        "plain SentenceTransformer.encode": plain_encode,
         "BiEncoder.encode_documents (base)": lambda: enc.encode_documents(docs, show_progress=False),
         "BiEncoder, unmerged LoRA adapter": lambda: lora.encode_documents(docs, show_progress=False),
         "BiEncoder, merged adapter": lambda: merged.encode_documents(docs, show_progress=False),
+        **{f"BiEncoder, openvino-{p}": (lambda e=e: e.encode_documents(docs, show_progress=False))
+           for p, e in exported.items()},
     }
-    for fn in runs.values():  # warm-up
-        fn()
+    vectors = {k: fn() for k, fn in runs.items()}  # warm-up, and the vectors compared
     times = {k: [] for k in runs}
     for _ in range(args.repeats):  # alternate so drift hits every variant alike
         for k, fn in runs.items():
             times[k] += _timed(fn, 1)
-    rows = [{"variant": k, "docs_per_s": len(docs) / statistics.median(v), "runs_s": v} for k, v in times.items()]
+    reference = vectors["plain SentenceTransformer.encode"]
+    rows = [{"variant": k, "docs_per_s": len(docs) / statistics.median(v), "runs_s": v,
+             "cosine_to_plain_mean": float((vectors[k] * reference).sum(axis=1).mean()),
+             "cosine_to_plain_min": float((vectors[k] * reference).sum(axis=1).min())} for k, v in times.items()]
     rate = {r["variant"]: r["docs_per_s"] for r in rows}
-    return {"docs": len(docs), "max_length": enc.max_length, "rows": rows, "ratios": {
-        "BiEncoder / plain ST (throughput)": rate["BiEncoder.encode_documents (base)"] / rate["plain SentenceTransformer.encode"],
-        "merged / base (throughput)": rate["BiEncoder, merged adapter"] / rate["BiEncoder.encode_documents (base)"],
-        "unmerged / base (throughput)": rate["BiEncoder, unmerged LoRA adapter"] / rate["BiEncoder.encode_documents (base)"],
-    }}
+    plain_rate = rate["plain SentenceTransformer.encode"]
+    return {"docs": len(docs), "max_length": enc.max_length, "threads": torch.get_num_threads(), "rows": rows,
+            "ratios": {
+                "BiEncoder / plain ST (throughput)": rate["BiEncoder.encode_documents (base)"] / plain_rate,
+                "merged / base (throughput)": rate["BiEncoder, merged adapter"] / rate["BiEncoder.encode_documents (base)"],
+                "unmerged / base (throughput)": rate["BiEncoder, unmerged LoRA adapter"] / rate["BiEncoder.encode_documents (base)"],
+                **{f"openvino-{p} / plain ST (throughput)": rate[f"BiEncoder, openvino-{p}"] / plain_rate for p in exported},
+            }}
 
 
 def ann_part(args) -> dict:
-
     cache = default_cache_dir() / "speed-dense"
     cache.mkdir(parents=True, exist_ok=True)
     vec_path = cache / f"sentences-{args.vectors}.npy"
@@ -202,8 +220,10 @@ def main(args) -> int:
     if "encode" in args.parts:
         e = result["encode"] = encode_part(args)
         lines += [f"Encode throughput: {e['docs']} SciFact abstracts, max length {e['max_length']}, "
-                  f"median of {args.repeats} alternating runs", "", "| variant | docs/s |", "| --- | ---: |",
-                  *[f"| {r['variant']} | {r['docs_per_s']:.1f} |" for r in e["rows"]], "",
+                  f"{e['threads']} threads, median of {args.repeats} alternating runs", "",
+                  "| variant | docs/s | cosine to plain (mean) | (min) |", "| --- | ---: | ---: | ---: |",
+                  *[f"| {r['variant']} | {r['docs_per_s']:.1f} | {r['cosine_to_plain_mean']:.4f} | "
+                    f"{r['cosine_to_plain_min']:.4f} |" for r in e["rows"]], "",
                   *[f"- {k}: {v:.3f}" for k, v in e["ratios"].items()], ""]
     if "ann" in args.parts:
         a = result["ann"] = ann_part(args)

@@ -1,8 +1,10 @@
 """Reranker speed, in one run, against its peers measured beside it.
 
 1. Throughput (pairs/s) on real (query, passage) pairs — SciFact dev queries and their BM25 top passages:
-   a plain transformers forward of the same model (tokenize a batch, call the model) vs
-   ``CrossEncoderReranker.score``; the base model vs an unmerged LoRA adapter vs ``merged()``.
+   a plain transformers forward of the same model (tokenize a batch, call the model; float32, and bf16
+   autocast where the CPU has it) vs ``CrossEncoderReranker.score``; the base model vs an unmerged LoRA
+   adapter vs ``merged()`` vs the OpenVINO exports (fp32, bf16, int8 calibrated on other dev queries' BM25
+   pairs), each with the Spearman correlation of its scores to the plain float32 forward's.
 2. How rerank time grows with depth: the ``Rerank`` stage over BM25 candidates at k = 10, 20, 50, 100.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -22,7 +25,6 @@ from retrieval.util import write_json
 
 
 def _data(args):
-
     ds = load_dataset(args.datasets_root / "scifact", "dev")
     bm25, _ = BM25.from_corpus(ds.corpus)
     return ds, bm25
@@ -31,11 +33,19 @@ def _data(args):
 def throughput_part(args, ds, bm25) -> dict:
     import torch
 
+    from scipy.stats import spearmanr
 
-    qids = list(ds.queries)[: max(1, args.pairs // 8)]
-    first = bm25.search(Queries({q: ds.queries[q] for q in qids}), k=8)
-    pairs = [(ds.queries[q], ds.corpus[d].contents) for q in qids for d, _ in first.ranked(q)][: args.pairs]
+    qids = list(ds.queries)
+    n = max(1, args.pairs // 8)
+    timed, other = qids[:n], qids[n : n + max(4, n)]  # as many other queries calibrate (and check) the exports
+
+    def pairs_of(some):
+        first = bm25.search(Queries({q: ds.queries[q] for q in some}), k=8)
+        return [(ds.queries[q], ds.corpus[d].contents) for q in some for d, _ in first.ranked(q)]
+
+    pairs = pairs_of(timed)[: args.pairs]
     queries, docs = [p[0] for p in pairs], [p[1] for p in pairs]
+    calibration = pairs_of(other) if other else pairs  # from other queries where there are any
     base = CrossEncoderReranker(max_length=args.max_length)
     lora = CrossEncoderReranker(max_length=args.max_length)
     lora.add_lora(RerankLoraSettings())
@@ -44,44 +54,61 @@ def throughput_part(args, ds, bm25) -> dict:
             if "lora_B" in n:
                 p.normal_(0, 0.01)
     merged = lora.merged()
+    exported = {}
+    for precision in ("fp32", "bf16", "int8"):
+        exported[precision] = CrossEncoderReranker(max_length=args.max_length)
+        exported[precision].use_openvino(precision, [q for q, _ in calibration], [d for _, d in calibration],
+                                         min_spearman=None)
     model, tok, bs = base.model, base.tokenizer, base.batch_size
 
-    def plain():
+    def plain(autocast: bool):
         out = []
-        with torch.inference_mode(), base._autocast():
+        with torch.inference_mode(), (torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext()):
             for i in range(0, len(pairs), bs):
                 f = tok(queries[i : i + bs], docs[i : i + bs], truncation=True, max_length=base.max_length,
                         padding=True, return_tensors="pt")
                 out.append(model(**f).logits.float()[:, 0])
         return torch.cat(out).numpy()
 
-    runs = {
-        "plain transformers forward": plain,
-        "CrossEncoderReranker.score (base)": lambda: base.score(queries, docs),
+    runs = {"plain transformers forward (float32)": lambda: plain(False)}
+    if base.precision == "bfloat16" and base.device == "cpu":
+        runs["plain transformers forward (bf16 autocast)"] = lambda: plain(True)
+    runs.update({
+        f"CrossEncoderReranker.score (base, {base.precision})": lambda: base.score(queries, docs),
         "unmerged LoRA adapter": lambda: lora.score(queries, docs),
         "merged adapter": lambda: merged.score(queries, docs),
-    }
-    for fn in runs.values():  # warm-up
-        fn()
+        **{f"openvino-{p}": (lambda r=r: r.score(queries, docs)) for p, r in exported.items()},
+    })
+    scores = {k: np.asarray(fn()) for k, fn in runs.items()}  # warm-up, and the scores compared
     times = {k: [] for k in runs}
     for _ in range(args.repeats):  # alternate so drift hits every variant alike
         for k, fn in runs.items():
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    rows = [{"variant": k, "pairs_per_s": len(pairs) / statistics.median(v), "runs_s": v} for k, v in times.items()]
+    reference = scores["plain transformers forward (float32)"]
+    rows = [{"variant": k, "pairs_per_s": len(pairs) / statistics.median(v), "runs_s": v,
+             "spearman_to_fp32": float(spearmanr(scores[k], reference).statistic)} for k, v in times.items()]
     rate = {r["variant"]: r["pairs_per_s"] for r in rows}
-    same = bool(np.allclose(plain(), base.score(queries, docs), atol=1e-2))
+    ours = rate[f"CrossEncoderReranker.score (base, {base.precision})"]
+    peer = "plain transformers forward (bf16 autocast)" if base.precision == "bfloat16" and base.device == "cpu" \
+        else "plain transformers forward (float32)"
+    fp32 = rate["plain transformers forward (float32)"]
     return {"pairs": len(pairs), "max_length": base.max_length, "precision": base.precision, "batch_size": bs,
-            "same_scores_as_plain": same, "rows": rows, "ratios": {
-                "reranker / plain transformers (throughput)": rate["CrossEncoderReranker.score (base)"] / rate["plain transformers forward"],
-                "merged / base (throughput)": rate["merged adapter"] / rate["CrossEncoderReranker.score (base)"],
-                "unmerged / base (throughput)": rate["unmerged LoRA adapter"] / rate["CrossEncoderReranker.score (base)"],
+            "threads": torch.get_num_threads(),
+            "same_scores_as_plain": bool(np.allclose(scores[peer], scores[f"CrossEncoderReranker.score (base, {base.precision})"],
+                                                     atol=1e-2)),
+            "rows": rows, "ratios": {
+                "reranker / plain transformers at the same precision (throughput)": ours / rate[peer],
+                "merged / base (throughput)": rate["merged adapter"] / ours,
+                "unmerged / base (throughput)": rate["unmerged LoRA adapter"] / ours,
+                **{f"openvino-{p} / plain float32 forward (throughput)": rate[f"openvino-{p}"] / fp32 for p in exported},
+                **({"openvino-int8 / plain bf16 forward (throughput)": rate["openvino-int8"] / rate[peer]}
+                   if peer != "plain transformers forward (float32)" else {}),
             }}
 
 
 def depth_part(args, ds, bm25) -> dict:
-
     ce = CrossEncoderReranker(max_length=args.max_length)
     qids = list(ds.queries)[: args.depth_queries]
     rows = []
@@ -106,9 +133,9 @@ def main(args) -> int:
     t = throughput_part(args, ds, bm25)
     d = depth_part(args, ds, bm25)
     lines = [f"Reranker throughput: {t['pairs']} real SciFact (query, passage) pairs, max length {t['max_length']}, "
-             f"{t['precision']}, batch {t['batch_size']}, median of {args.repeats} alternating runs", "",
-             "| variant | pairs/s |", "| --- | ---: |",
-             *[f"| {r['variant']} | {r['pairs_per_s']:.1f} |" for r in t["rows"]], "",
+             f"{t['precision']}, batch {t['batch_size']}, {t['threads']} threads, median of {args.repeats} alternating runs", "",
+             "| variant | pairs/s | Spearman to float32 |", "| --- | ---: | ---: |",
+             *[f"| {r['variant']} | {r['pairs_per_s']:.1f} | {r['spearman_to_fp32']:.4f} |" for r in t["rows"]], "",
              *[f"- {k}: {v:.3f}" for k, v in t["ratios"].items()],
              f"- same scores as the plain forward (within bf16 rounding): {t['same_scores_as_plain']}", "",
              f"Rerank time by depth: {d['queries']} SciFact dev queries one at a time, BM25 candidates", "",

@@ -121,3 +121,45 @@ def test_bad_settings_and_foreign_adapter(tiny_model_dir, tmp_path):
         enc.load_adapter(tmp_path / "foreign")
     with pytest.raises(ValueError, match="no active adapter to merge"):
         enc.merged()
+
+
+SIDE_TEXTS = [f"{w} of {v} in the {u} study" for w, v, u in zip(
+    ["measurement", "growth", "failure", "design", "theory", "analysis", "flow", "control"],
+    ["proteins", "wings", "cells", "engines", "layers", "plates", "nozzles", "shells"],
+    ["first", "second", "new", "old", "large", "small", "recent", "earlier"])]
+
+
+def test_openvino_export_matches_torch_is_saved_and_refused_when_it_disagrees(tiny_model_dir, tmp_path):
+    from retrieval.lora.host import QualityRefused
+
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    torch_q, torch_d = enc.encode_queries(TEXTS), enc.encode_documents(TEXTS)
+    plain_fp = enc.fingerprint("document")
+    report = enc.use_openvino("fp32", {"document": SIDE_TEXTS}, sides=("document",), cache_dir=tmp_path / "cache")
+    assert report["document"]["cosine_mean"] > 0.999 and enc.inference_of("document") == "openvino-fp32"
+    assert enc.inference_of("query") == "torch" and np.array_equal(enc.encode_queries(TEXTS), torch_q)
+    assert np.allclose(enc.encode_documents(TEXTS), torch_d, atol=1e-4)
+    assert enc.fingerprint("document") != plain_fp  # an index built by the export is not taken for torch's
+    folder = enc.save(tmp_path / "enc")
+    again = BiEncoder.load(folder, device="cpu")
+    assert again.inference_of("document") == "openvino-fp32"
+    assert np.array_equal(again.encode_documents(TEXTS), enc.encode_documents(TEXTS))
+    enc.use_torch()
+    assert enc.fingerprint("document") == plain_fp and np.array_equal(enc.encode_documents(TEXTS), torch_d)
+    # a check no export can pass: refused, the side stays on torch, the report says why
+    with pytest.raises(QualityRefused, match="document"):
+        enc.use_openvino("fp32", {"document": SIDE_TEXTS}, sides=("document",), cache_dir=tmp_path / "cache",
+                         min_cosine=1.01)
+    assert enc.inference_of("document") == "torch" and enc.export_report["document"]["cosine_mean"] < 1.01
+    with pytest.raises(ValueError, match="at least 4"):
+        enc.use_openvino("int8", {"document": SIDE_TEXTS[:2]}, sides=("document",), cache_dir=tmp_path / "cache")
+    # a damaged cached export is found before reuse and made again, with a warning
+    from retrieval.util import CacheWarning
+
+    (cached,) = (tmp_path / "cache" / "openvino").glob("fp32-*/model.bin")
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    with pytest.warns(CacheWarning, match="exporting again"):
+        enc.use_openvino("fp32", {"document": SIDE_TEXTS}, sides=("document",), cache_dir=tmp_path / "cache")
+    assert np.allclose(enc.encode_documents(TEXTS), torch_d, atol=1e-4)

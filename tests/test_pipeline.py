@@ -98,10 +98,13 @@ def test_openvino_exports_are_saved_checked_and_loaded_apart_from_shared_models(
     assert dense.encoder.inference == "openvino-int8" and "@openvino-int8:" in dense.encoder.fingerprint("query")
     report = b.info["stages"]["dense"]["train"]["inference"]
     assert report["used"] == "openvino-int8" and report["report"]["query"]["cosine_mean"] >= 0.99
-    # the tiny random reranker's near-tied scores do not survive int8: its export is refused, and the record says why
+    # the tiny random reranker's near-tied scores may not survive int8 (it depends on the CPU's int8 kernels): the
+    # record says which way it went, and why when refused
     record = b.info["stages"]["rerank"]["train"]["inference"]
-    assert record["used"] == rerank.reranker.inference == "torch" and "refused" in record["reason"]
-    assert record["report"]["pairs"]["spearman"] < 0.98 and record["report"]["refused"]
+    assert record["used"] == rerank.reranker.inference
+    refused = record["report"]["pairs"]["spearman"] < 0.98
+    assert record["used"] == ("torch" if refused else "openvino-int8")
+    assert refused == ("refused" in record.get("reason", "")) == bool(record["report"].get("refused"))
     folder = save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, b.info)
     assert "stages/dense/encoder/openvino/query/model.bin" in json.loads((folder / "pipeline.json").read_text())["checksums"]
     expected = b.pipeline.search(adi.queries)
@@ -109,6 +112,23 @@ def test_openvino_exports_are_saved_checked_and_loaded_apart_from_shared_models(
     shared, _, _ = load_pipeline(folder, models=SharedModels(device="cpu"), adapter_prefix="ov")
     for pipe in (alone, shared):
         _rankings_equal(pipe.search(adi.queries), expected)
+
+
+def test_speed_inference_compares_a_saved_pipeline_with_its_float32_torch_self(built, datasets_root, tmp_path):
+    from benchmarks.__main__ import main
+
+    b, _ = built
+    folder = save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, b.info)
+    code = main(["speed-inference", "--pipeline", str(folder), "--dataset", str(datasets_root / "adi"), "--split", "test",
+                 "--latency-queries", "3", "--output", str(tmp_path / "out")])
+    assert code == 0
+    rows = json.loads((tmp_path / "out" / "speed_inference.json").read_text())["rows"]
+    reranker_exported = b.pipeline.stages[2].reranker.inference != "torch"  # see the test above
+    assert [r["variant"] for r in rows] == ["as saved", *(["reranker on torch (auto precision)"] if reranker_exported
+                                                          else []), "all torch, float32 (reference)"]
+    assert rows[0]["inference"]["dense"] == "openvino-int8" and rows[-1]["inference"]["dense"] == "torch"
+    assert rows[-1]["inference"]["rerank"] == "torch (float32)" and rows[-1]["nDCG@10 - reference"] == 0
+    assert all(r["p50_ms"] > 0 and set(r["stage_p50_ms"]) == {"bm25", "dense", "rerank"} for r in rows)
 
 
 def test_load_checks_that_the_parts_fit(built, adi, tmp_path):

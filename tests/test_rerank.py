@@ -256,3 +256,22 @@ def test_negatives_pool_merges_first_stages_and_excludes_positives(adi, adi_luce
         first = [d for d, _ in lucene.ranked(q) if d not in exclude[q]]
         if first:  # each stage's hardest negative comes first
             assert pool[q][0] == first[0]
+
+
+def test_openvino_export_matches_torch_and_is_refused_when_it_disagrees(backbone, tmp_path):
+    from retrieval.lora.host import QualityRefused
+
+    ce = _ce(backbone)
+    queries, docs = (Q * 4)[:10], (D[::-1] * 4)[:10]
+    expected = ce.score(Q, D)
+    report = ce.use_openvino("fp32", queries, docs, cache_dir=tmp_path / "cache")
+    assert ce.inference == "openvino-fp32" and report["pairs"]["spearman"] > 0.99
+    assert np.allclose(ce.score(Q, D), expected, atol=1e-3)
+    folder = ce.save(tmp_path / "ce")
+    again = CrossEncoderReranker.load(folder, device="cpu")
+    assert again.inference == "openvino-fp32" and np.array_equal(again.score(Q, D), ce.score(Q, D))
+    int8 = ce.use_openvino("int8", queries, docs, cache_dir=tmp_path / "cache", min_spearman=None)  # no check: kept
+    assert ce.inference == "openvino-int8" and int8["precision"] == "int8" and "spearman" in int8["pairs"]
+    with pytest.raises(QualityRefused, match="refused"):
+        ce.use_openvino("fp32", queries, docs, cache_dir=tmp_path / "cache", min_spearman=1.01)
+    assert ce.inference == "torch" and ce.export_report["refused"] and np.allclose(ce.score(Q, D), expected, atol=1e-6)

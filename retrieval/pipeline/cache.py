@@ -90,12 +90,12 @@ def with_inference(model, inference: str, corpus: Corpus, cache_dir=None, sides=
         return record
     if model.device != "cpu":
         return {**record, "reason": f"the model runs on {model.device}: OpenVINO exports are for CPUs"}
-    root = cache_root(cache_dir) / "openvino"
+    root = cache_root(cache_dir)  # the exports go to its openvino/ folder
     try:
         if pairs is not None:
-            report = model.use_openvino(precision, *pairs, cache_dir=root.parent)
+            report = model.use_openvino(precision, *pairs, cache_dir=root)
         else:
-            report = model.use_openvino(precision, corpus_texts(corpus), sides=sides, cache_dir=root.parent)
+            report = model.use_openvino(precision, corpus_texts(corpus), sides=sides, cache_dir=root)
     except QualityRefused as e:
         if log:
             log(f"staying on torch: {e}")
