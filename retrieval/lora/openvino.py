@@ -9,7 +9,8 @@ choice), else in fp32; ``bf16`` and ``fp32`` export without quantizing.
 
 ``Inference`` names the choice (``torch``, ``openvino-fp32``, ``openvino-bf16``, ``openvino-int8``). An export is
 written to a folder (``model.xml`` + ``model.bin`` + ``openvino_config.json``) and cached by what it was made
-from (weights, adapter, precision, calibration), so the same model is exported once. The GPU path stays torch. No telemetry is sent (see ``_openvino``).
+from (weights, adapter, precision, calibration), so the same model is exported once. The GPU path stays torch.
+No telemetry is sent (see ``_openvino``).
 """
 
 from __future__ import annotations
