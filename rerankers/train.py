@@ -62,6 +62,7 @@ class RerankTrainSettings:
     seed: int = 0
     weight_decay: float = 0.01
     warmup: float = 0.1
+    dropout: bool = True              # dropout while training (off: 1.4x faster on CPUs, but lost on held-out queries)
     lora: RerankLoraSettings = field(default_factory=RerankLoraSettings)
     adapter_name: str = "default"
 
@@ -167,7 +168,8 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
                           epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
                           weight_decay=settings.weight_decay, warmup=settings.warmup, seed=settings.seed,
                           desc=f"{settings.mode} reranker LoRA", progress=progress,
-                          param_groups=[g for g in groups if g["params"]], on_epoch=on_epoch)
+                          param_groups=[g for g in groups if g["params"]], on_epoch=on_epoch,
+                          dropout=settings.dropout)
     finally:
         reranker.max_length = saved_len
     return TrainResult(**out, trainable_share=share, peak_memory_mb=peak_memory_mb(), train_queries=len(used_q),
@@ -202,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--negatives", type=positive_int, default=defaults.negatives)
     p.add_argument("--max-length", type=positive_int, default=defaults.max_length)
     p.add_argument("--max-items", type=positive_int, default=defaults.max_items)
+    p.add_argument("--no-dropout", dest="train_dropout", action="store_false",
+                   help="train with dropout (the backbone's and LoRA's) off: 1.4x faster on CPUs, worse on held-out queries")
     add_lora_args(p, defaults.lora)
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     add_device_args(p)
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_dataset(args.dataset, args.split)
     settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                                    batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
-                                   max_items=args.max_items, seed=args.seed,
+                                   max_items=args.max_items, seed=args.seed, dropout=args.train_dropout,
                                    lora=lora_from_args(args, RerankLoraSettings))
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision)
     teacher = None  # loaded before any work, so a wrong path is reported at once

@@ -85,14 +85,15 @@ def peak_memory_mb() -> float:
 def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validate: Callable[[], float], *,
                 epochs: int, lr: float, batch_size: int, weight_decay: float = 0.01, warmup: float = 0.1,
                 seed: int = 0, desc: str = "LoRA", progress: bool = True, param_groups: list[dict] | None = None,
-                train_module=None, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+                train_module=None, on_epoch: Callable[[int, dict], None] | None = None, dropout: bool = True) -> dict:
     """Train the adapter ``adapter_name`` of ``host`` (an ``AdapterHost``) on ``items`` with ``loss_fn(batch, rng) -> loss``.
 
     ``validate()`` returns the figure to maximise (nDCG@10 on held-out queries); the best epoch's adapter
     weights are put back at the end (epoch 0 = untrained, if nothing beats it). ``param_groups`` overrides
     the default single group of every trainable parameter (e.g. a higher rate for a new head);
     ``train_module`` is what ``.train()``/``.eval()`` is called on (default ``host.module``); ``on_epoch(epoch,
-    adapter_state)`` sees each epoch's weights. Returns ``{best_epoch, best_val, start_val, history, seconds}``;
+    adapter_state)`` sees each epoch's weights. ``dropout=False`` trains with every dropout layer (the backbone's
+    and LoRA's) switched off. Returns ``{best_epoch, best_val, start_val, history, seconds}``;
     parameters are frozen and the module left in eval mode.
     """
     import torch
@@ -120,6 +121,10 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
     try:
         for epoch in range(1, epochs + 1):
             module.train()
+            if not dropout:
+                for m in module.modules():
+                    if isinstance(m, torch.nn.Dropout):
+                        m.eval()
             rng.shuffle(items)
             losses = []
             for i in range(0, len(items), batch_size):
