@@ -209,7 +209,8 @@ class BiEncoder(AdapterHost):
                     raise ValueError(f"use_openvino needs at least 4 {side} texts to calibrate and check, got {len(sample)}")
                 made = {"kind": "bi-encoder", "computes": self.fingerprint(side), "max_length": self.max_length,
                         "calibration": hashlib.sha256("\x00".join(calibration).encode()).hexdigest()[:16]}
-                model = next((m for m in self._exports.values() if m.config["description"] == made), None)
+                model = next((m for m in self._exports.values()  # the other side's, when both compute the same
+                              if m.precision == precision and m.config["description"] == made), None)
                 if model is None:
                     model = export(_embedding_module(self._side_copy(side)), self._feeds(calibration, [0, 1]),
                                    precision, made,

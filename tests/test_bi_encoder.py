@@ -151,6 +151,12 @@ def test_openvino_export_matches_torch_is_saved_and_refused_when_it_disagrees(ti
         enc.use_openvino("fp32", {"document": SIDE_TEXTS}, sides=("document",), cache_dir=tmp_path / "cache",
                          min_cosine=1.01)
     assert enc.inference_of("document") == "torch" and enc.export_report["document"]["cosine_mean"] < 1.01
+    # both sides compute the same (no adapter): a new precision is exported for each, never the old one reused
+    both = {"query": SIDE_TEXTS, "document": SIDE_TEXTS}
+    enc.use_openvino("fp32", both, cache_dir=tmp_path / "cache")
+    enc.use_openvino("bf16", both, cache_dir=tmp_path / "cache", min_cosine=None)
+    assert enc.inference_of("query") == enc.inference_of("document") == "openvino-bf16"
+    enc.use_torch()
     with pytest.raises(ValueError, match="at least 4"):
         enc.use_openvino("int8", {"document": SIDE_TEXTS[:2]}, sides=("document",), cache_dir=tmp_path / "cache")
     # a damaged cached export is found before reuse and made again, with a warning
