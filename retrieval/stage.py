@@ -115,22 +115,25 @@ class Pipeline(StageBase):
         k: int | None = None,
         keep_stages: bool = False,
     ) -> Ranking:
+        """Run every stage at its own depth and return the final ranking, cut to its top ``k`` when given:
+        ``k`` never changes what a stage does (a reranker's depth stays the depth it was built with), so the
+        top 3 at ``k=3`` are the first 3 at ``k=10``. To change a stage's depth, set that stage's ``k``."""
         queries = as_queries(queries)
         k = check_k(k, self.name)
         candidates = check_candidates(candidates, queries, self.name)
         traces: list[StageTrace] = []
         per_stage: dict[str, Ranking] = {}
-        for i, stage in enumerate(self.stages):
-            last = i == len(self.stages) - 1
+        for stage in self.stages:
             n_in = candidates.num_candidates() if candidates is not None else 0
             t0 = time.perf_counter()
-            result = stage.search(queries, candidates, k if last else None)
+            result = stage.search(queries, candidates)
             seconds = time.perf_counter() - t0
-            traces.append(StageTrace(stage.name, stage.k if not (last and k) else k, seconds, len(queries), n_in, result.num_candidates()))
+            traces.append(StageTrace(stage.name, stage.k, seconds, len(queries), n_in, result.num_candidates()))
             if keep_stages:
                 per_stage[stage.name] = Ranking(result.scores)
                 for part, ranking in result.stages.items():  # a stage's own parts, e.g. a reranker before fusion
                     per_stage[f"{stage.name}/{part}"] = ranking
             candidates = result
         assert candidates is not None
-        return Ranking(candidates.scores, trace=traces, stages=per_stage)
+        final = candidates.top_k(k) if k else candidates
+        return Ranking(final.scores, trace=traces, stages=per_stage)

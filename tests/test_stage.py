@@ -33,11 +33,26 @@ def test_rshift_composes_and_keeps_trace():
     assert len(r.stages["first"].scores["q1"]) == 5
 
 
-def test_pipelines_flatten_and_k_applies_to_last_stage():
+def test_pipelines_flatten_and_k_cuts_the_final_ranking():
     pipe = (Fixed("a", k=5) >> Fixed("b", k=4)) >> Fixed("c", k=3)
     assert [s.name for s in pipe.stages] == ["a", "b", "c"]
     r = pipe.search(Queries({"q": "x"}), k=2)
-    assert len(r.scores["q"]) == 2 and r.trace[-1].k == 2
+    assert len(r.scores["q"]) == 2 and r.trace[-1].k == 3  # the last stage kept its own depth
+
+
+def test_k_never_changes_a_stage_depth():
+    class Reverse(StageBase):  # a "reranker" that reverses the order of its incoming top k (its depth)
+        name, k = "rerank", 4
+
+        def search(self, queries, candidates=None, k=None):
+            depth = k or self.k
+            return Ranking({q: {d: float(i) for i, (d, _) in enumerate(candidates.ranked(q)[:depth])} for q in queries})
+
+    pipe = Fixed("first", k=8) >> Reverse()
+    top10 = [d for d, _ in pipe.search_one("x", k=10)]
+    top3 = [d for d, _ in pipe.search_one("x", k=3)]
+    assert top3 == top10[:3] == ["d3", "d2", "d1"]
+    assert pipe.stages[1].k == 4
 
 
 def test_pipeline_input_checks():
@@ -55,4 +70,4 @@ def test_pipeline_input_checks():
     assert pipe.search({}).scores == {}
     hits = pipe.search_one("x", k=1)
     assert hits == [("d4", -6.0)]
-    assert [t.name for t in hits.trace] == [s.name for s in pipe.stages] and hits.trace[-1].candidates_out == 1
+    assert [t.name for t in hits.trace] == [s.name for s in pipe.stages] and hits.trace[-1].candidates_out == 5
