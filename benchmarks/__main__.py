@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from retrieval.cli import add_cache_args, add_debug_arg, count, positive_float, positive_int, run_cli
+from retrieval.evaluation import CORRECTIONS
 from retrieval.pipeline.settings import add_pipeline_args, settings_from_args
 
 from . import cutoffs, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                         + "; ".join(f"{k} ({v})" for k, v in DESCRIPTIONS.items()))
     r.add_argument("--baseline", default=None,
                    help="condition the others are tested against (paired t-test on per-query nDCG@10; default: bm25)")
+    r.add_argument("--correction", choices=CORRECTIONS, default="holm",
+                   help="multiple-comparison correction of the p-values against the baseline (default: holm)")
     r.add_argument("--output", type=Path, default=Path("results"), help="output folder (default: results)")
     r.add_argument("--train-split", default="train", help="split used by pipelines that fit settings (default: train)")
     add_cache_args(r)
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             split=split, train_split=args.train_split, output=args.output, cache_dir=args.cache_dir,
             latency_queries=args.latency_queries, threads=args.threads, pipeline=settings_from_args(args),
             dense_both_epochs=args.dense_both_epochs, rerank_epoch_curve=args.rerank_epoch_curve,
-            baseline=args.baseline or config.get("baseline") or DEFAULT_BASELINE,
+            baseline=args.baseline or config.get("baseline") or DEFAULT_BASELINE, correction=args.correction,
         )
         _, checks = run(datasets, conditions, opts, expected=config.get("expected"),
                         explicit_baseline=bool(args.baseline or config.get("baseline")))

@@ -25,3 +25,4 @@ class RunOptions:
     dense_both_epochs: int | None = None  # dense-lora / dense-corpus conditions (None: supervised 4, corpus 2)
     rerank_epoch_curve: bool = False
     baseline: str | None = DEFAULT_BASELINE  # the condition every other is tested against (paired t-test)
+    correction: str = "holm"  # of those p-values, for testing several conditions against one baseline

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .plots import stage_latency, stage_recall
+from .plots import stage_latency, stage_quality
 
 TABLE_METRICS = ("nDCG@10", "R@100", "R@1000", "RR@10", "AP")
 
@@ -56,7 +56,8 @@ def condition_report(r: dict) -> str:
         g = r["significance"]
         parts += ["", f"Against `{g['baseline']}` on the same {g['queries']} queries: {g['metric']} {g['delta']:+.4f}, "
                       f"paired t-test t={g['t']:.2f}, p={g['p_value']:.3g} ({g['wins']} queries better, "
-                      f"{g['losses']} worse)."]
+                      f"{g['losses']} worse); {g['correction'].capitalize()}-corrected over the {g['tests']} "
+                      f"conditions tested against it: p={g['p_corrected']:.3g}."]
     if r.get("dataset_plots"):
         parts += ["", *[f"![{Path(p).stem}]({p})" for p in r["dataset_plots"]]]
     if r.get("fit"):
@@ -102,7 +103,8 @@ def summary_table(records: Sequence[dict]) -> str:
     rows = []
     for r in records:
         sig = r.get("significance")
-        vs = f"{sig['delta']:+.4f} (p={sig['p_value']:.3g})" if sig else ("baseline" if r.get("is_baseline") else "-")
+        vs = (f"{sig['delta']:+.4f} (p={sig['p_value']:.3g}, {sig['correction']} {sig['p_corrected']:.3g})" if sig
+              else ("baseline" if r.get("is_baseline") else "-"))
         rows.append([r["dataset"], r["split"], r["pipeline"], *[r["metrics"].get(m) for m in TABLE_METRICS],
                      r["latency_ms"]["p50"], r["latency_ms"]["p95"], r["qps"],
                      r["index_bytes"] / 2**20 if r.get("index_bytes") is not None else None,
@@ -112,5 +114,5 @@ def summary_table(records: Sequence[dict]) -> str:
 
 def dataset_plots(records: list[dict], out_dir: Path) -> list[str]:
     name, split = records[0]["dataset"], records[0]["split"]
-    return [stage_recall(records, out_dir / "stage_recall.png", f"{name} ({split}): recall at each stage's cutoff").name,
+    return [stage_quality(records, out_dir / "stage_quality.png", f"{name} ({split}): quality after each stage").name,
             stage_latency(records, out_dir / "stage_latency.png", f"{name} ({split}): latency of each stage").name]

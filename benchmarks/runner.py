@@ -7,7 +7,7 @@ Per dataset and condition it writes ``OUTDIR/<dataset>/<condition>/``:
 - ``run.trec``: the final ranking; ``per_query.json``: every measure per query;
 - ``report.md``: the same figures for a person;
 
-per dataset the plots ``stage_recall.png`` and ``stage_latency.png``, and ``OUTDIR/summary.json`` +
+per dataset the plots ``stage_quality.png`` and ``stage_latency.png``, and ``OUTDIR/summary.json`` +
 ``OUTDIR/summary.md`` with every row (and ``expected.json`` with a config's regression checks). The jobs are
 split by file: ``conditions`` (what each name builds), ``measure`` (timing and metrics), ``report`` (tables and
 plots), ``regression`` (the config and its expected figures).
@@ -79,7 +79,7 @@ def run(datasets: Sequence[str | Path], pipelines: Sequence[str], opts: RunOptio
             per_query[condition_name(name)] = {}
             ds_records.append(run_one(ds, name, opts, per_query[condition_name(name)]))
         if opts.baseline in per_query:
-            tests = significance(per_query, opts.baseline)
+            tests = significance(per_query, opts.baseline, correction=opts.correction)
             for r in ds_records:
                 r["is_baseline"] = r["pipeline"] == opts.baseline
                 if r["pipeline"] in tests:
@@ -96,8 +96,9 @@ def run(datasets: Sequence[str | Path], pipelines: Sequence[str], opts: RunOptio
     table = summary_table(records)
     text = table + "\n"
     if opts.baseline:
-        text += (f"\nvs baseline: nDCG@10 difference from `{opts.baseline}` on the same queries, paired t-test p-value. "
-                 f"Plots per dataset: <dataset>/stage_recall.png, <dataset>/stage_latency.png.\n")
+        text += (f"\nvs baseline: nDCG@10 difference from `{opts.baseline}` on the same queries, paired t-test p-value "
+                 f"and the same corrected ({opts.correction}) for the {len(pipelines) - 1} conditions tested against it. "
+                 f"Plots per dataset: <dataset>/stage_quality.png, <dataset>/stage_latency.png.\n")
     checks = check_expected(records, expected) if expected else []
     if expected:
         write_json(opts.output / "expected.json", checks)

@@ -66,13 +66,22 @@ def paired_ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
-def significance(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], baseline: str,
-                 metric: str = "nDCG@10") -> dict[str, dict]:
-    """Paired t-test of each condition's per-query ``metric`` against ``baseline``'s, over the baseline's queries.
+CORRECTIONS = ("holm", "bonferroni")
 
-    ``per_query[condition][qid][metric]``; returns ``{condition: {baseline, metric, delta, t, p_value, queries,
-    wins, losses}}`` for every condition but the baseline.
+
+def significance(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], baseline: str,
+                 metric: str = "nDCG@10", correction: str = "holm") -> dict[str, dict]:
+    """Paired t-test of each condition's per-query ``metric`` against ``baseline``'s, over the baseline's queries,
+    with the p-values corrected for testing several conditions against one baseline (statsmodels
+    ``multipletests``: ``holm`` or ``bonferroni``, as PyTerrier offers).
+
+    ``per_query[condition][qid][metric]``; returns ``{condition: {baseline, metric, delta, t, p_value,
+    p_corrected, correction, tests, queries, wins, losses}}`` for every condition but the baseline.
     """
+    from statsmodels.stats.multitest import multipletests
+
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
     base = per_query[baseline]
     qids = sorted(base)
     out = {}
@@ -84,4 +93,8 @@ def significance(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], bas
         t, p = paired_ttest(a, b)
         out[name] = {"baseline": baseline, "metric": metric, "delta": float(a.mean() - b.mean()), "t": t, "p_value": p,
                      "queries": len(qids), "wins": int((a > b).sum()), "losses": int((a < b).sum())}
+    if out:
+        adjusted = multipletests([r["p_value"] for r in out.values()], method=correction)[1]
+        for r, p in zip(out.values(), adjusted):
+            r.update(p_corrected=float(p), correction=correction, tests=len(out))
     return out
