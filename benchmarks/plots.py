@@ -57,22 +57,40 @@ def fit_heatmap(fit: dict, path: str | Path, title: str = "") -> Path:
     return save(fig, ax, path, title or f"BM25 fit: {metric} by k1 and b")
 
 
-def stage_recall(records: list[dict], path: str | Path, title: str = "") -> Path:
-    """Recall at each stage's cutoff (R@k, k = the stage's depth), one line per condition."""
+STAGE_MEASURES = ("nDCG@10", "R@100")  # the same cutoffs for every stage, so the stages compare on one axis
+
+
+def stage_quality(records: list[dict], path: str | Path, title: str = "") -> Path:
+    """What each stage's ranking is worth: one row per condition, one dot per stage (in pipeline order, joined
+    by a line) on ``STAGE_MEASURES`` — nDCG@10 (the head of the ranking) and R@100 (what the candidates hold),
+    each at the same cutoff for every stage, so a reranker that reorders the top 30 is not drawn as losing recall."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for r in records:
-        xs = list(range(len(r["stages"])))
-        ys = [s["metrics"].get(f"R@{s['k']}", float("nan")) for s in r["stages"]]
-        ax.plot(xs, ys, marker="o", label=r["pipeline"])
-        for x, y, s in zip(xs, ys, r["stages"]):
-            ax.annotate(f"{s['name']}@{s['k']}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    ax.set_xlabel("stage (in pipeline order)")
-    ax.set_ylabel("recall at the stage's cutoff (R@k)")
-    ax.set_xticks(range(max(len(r["stages"]) for r in records)))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    return save(fig, ax, path, title or "Recall at each stage's cutoff")
+    fig, axes = plt.subplots(1, len(STAGE_MEASURES), figsize=(9.5, 1.1 + 0.42 * len(records)), sharey=True)
+    colours: dict[str, str] = {}
+    for ax, measure in zip(axes, STAGE_MEASURES):
+        for i, r in enumerate(records):
+            xs = [s["metrics"].get(measure, float("nan")) for s in r["stages"]]
+            ax.plot(xs, [i] * len(xs), color="0.6", linewidth=1, zorder=1)
+            for j, (x, s) in enumerate(zip(xs, r["stages"])):
+                c = colours.setdefault(s["name"], f"C{len(colours)}")
+                ax.scatter([x], [i], color=c, s=36 if j < len(xs) - 1 else 70, zorder=2, edgecolors="black",
+                           linewidths=0.5 if j < len(xs) - 1 else 1.2)
+            ax.text(xs[-1], i - 0.28, f"{xs[-1]:.3f}", ha="center", fontsize=7)
+        ax.set_xlabel(f"{measure} of each stage's ranking")
+        ax.grid(alpha=0.3, axis="x")
+        ax.margins(x=0.08)
+    axes[0].set_yticks(range(len(records)), [r["pipeline"] for r in records])
+    axes[0].set_ylim(len(records) - 0.5, -0.7)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, markeredgecolor="black", label=n)
+               for n, c in colours.items()]
+    axes[-1].legend(handles=handles, title="stage (large dot: the last)", fontsize=8, title_fontsize=8,
+                    loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title or "Quality after each stage")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def stage_latency(records: list[dict], path: str | Path, title: str = "") -> Path:
