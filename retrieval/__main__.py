@@ -1,4 +1,5 @@
 """``python -m retrieval train ...``: train the full pipeline and save it to one folder;
+``python -m retrieval search --pipeline DIR --topics FILE --output run.trec``: a saved pipeline over a topic file;
 ``python -m retrieval serve --root DIR``: serve the saved pipelines under DIR over HTTP, one domain each.
 
     python -m retrieval train --dataset ../shared/datasets/scifact --split train --dev-split dev --output PIPEDIR
@@ -15,14 +16,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from .cli import add_cache_args, add_dataset_args, add_debug_arg, add_output_args, check_split, count, positive_int, run_cli
-from .data import load_dataset
+from .data import load_dataset, load_queries
 from .evaluation import evaluate
 from .pipeline.build import build_pipeline
 from .pipeline.folder import load_pipeline, save_pipeline
 from .pipeline.settings import add_pipeline_args, settings_from_args
 from .service.app import serve as serve_domains
 from .service.settings import ServiceSettings
+from .types import Queries, Ranking
 from .util import write_json
 
 
@@ -39,6 +43,19 @@ def _parser() -> argparse.ArgumentParser:
     add_cache_args(t)
     t.add_argument("--threads", type=positive_int, default=None, help="BM25 search threads (default: all cores)")
     add_pipeline_args(t)
+
+    s = sub.add_parser("search", help="search a topic file with a saved pipeline and write a TREC run file")
+    s.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder (python -m retrieval train)")
+    s.add_argument("--topics", type=Path, required=True,
+                   help="the queries: a BEIR queries.jsonl or an MS MARCO-style 'qid<TAB>text' .tsv")
+    add_output_args(s, "the TREC run file")
+    s.add_argument("--k", type=positive_int, default=1000,
+                   help="results written per query (default: 1000); it cuts the final ranking and never changes a "
+                        "stage's depth")
+    s.add_argument("--tag", default=None, help="run tag in the last column (default: the pipeline folder's name)")
+    s.add_argument("--batch", type=positive_int, default=64, help="queries searched together (default: 64)")
+    s.add_argument("--threads", type=positive_int, default=None, help="BM25 search threads (default: all cores)")
+    s.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
 
     d = ServiceSettings()
     v = sub.add_parser("serve", help="HTTP search service over the domains (saved pipeline folders) under --root")
@@ -73,6 +90,26 @@ def serve(args) -> int:
         compact_after=args.compact_after)
     serve_domains(args.root, host=args.host, port=args.port, settings=settings, key_file=args.api_key_file,
                   work_dir=args.work_dir, log_level=args.log_level)
+    return 0
+
+
+def search(args) -> int:
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    tag = args.tag or "_".join(args.pipeline.resolve().name.split()) or "retrieval"
+    if any(c.isspace() for c in tag):
+        raise ValueError(f"--tag must be one word without spaces, got {tag!r}")
+    queries = load_queries(args.topics)
+    pipe, _, _ = load_pipeline(args.pipeline, device=args.device, threads=args.threads)
+    qids = list(queries)
+    scores: dict[str, dict[str, float]] = {}
+    with tqdm(total=len(qids), desc="search", unit="q") as bar:
+        for i in range(0, len(qids), args.batch):
+            part = Queries({q: queries[q] for q in qids[i : i + args.batch]})
+            scores.update(pipe.search(part, k=args.k).scores)
+            bar.update(len(part))
+    Ranking(scores).to_trec(args.output, tag=tag)
+    print(f"wrote {args.output}: {len(qids)} queries, at most {args.k} results each, by {pipe!r}")
     return 0
 
 
@@ -114,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         return train(args)
     if args.command == "serve":
         return serve(args)
+    if args.command == "search":
+        return search(args)
     return 2
 
 
