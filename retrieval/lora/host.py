@@ -23,6 +23,7 @@ import os
 import threading
 from pathlib import Path
 
+from ..card import CARD_NAME, model_card
 from ..util import DamagedArtefact, check_seal, file_checksums, read_json, sealed, verify_files, write_json
 from .openvino import OpenVinoModel, copy_export
 from .settings import LoraSettings
@@ -32,9 +33,11 @@ CONFIG_NAME = "retrieval_config.json"  # what a saved model folder holds beside 
 
 def write_model_config(folder: Path, config: dict, extra_json: dict[str, object] | None = None) -> None:
     """Write a saved model's ``retrieval_config.json`` last: ``config`` with the checksum of every other file in
-    ``folder`` (peft's, or a merged model's, and the ``extra_json`` files written here first), sealed."""
+    ``folder`` (peft's, or a merged model's, the ``extra_json`` files and the card written here first), sealed.
+    The card (``README.md``) replaces peft's empty template."""
     for name, data in (extra_json or {}).items():
         write_json(folder / name, data)
+    (folder / CARD_NAME).write_text(model_card(config, (extra_json or {}).get("train_result.json")), encoding="utf-8")
     write_json(folder / CONFIG_NAME, sealed({**config, "checksums": file_checksums(folder, skip=(CONFIG_NAME,))}))
 
 
@@ -293,9 +296,17 @@ class AdapterHost:
             self._drop_exports()
 
     def save_adapters(self, folder: str | os.PathLike) -> None:
-        """peft's own files for every adapter: ``default`` at the top, the others in sub-folders."""
+        """peft's own files for every adapter: ``default`` at the top, the others in sub-folders. Their
+        ``base_model_name_or_path`` names the base model as it was given (a Hugging Face id such as the packaged
+        all-MiniLM-L6-v2's), never the folder it was read from on this machine, so a copied folder still says
+        which model it adapts."""
         if self.is_peft and self._adapters:
             self.module.save_pretrained(str(folder), selected_adapters=list(self._adapters))
+            for name in self._adapters:
+                path = Path(folder) / ("" if name == "default" else name) / "adapter_config.json"
+                config = read_json(path, "adapter config")
+                config["base_model_name_or_path"] = self.base_model
+                write_json(path, config)
 
     def restore_adapters(self, folder: str | os.PathLike, config: dict) -> None:
         """Bring back what a saved model folder records (``config``: its ``retrieval_config.json``): every adapter

@@ -23,6 +23,7 @@ import os
 import warnings
 from pathlib import Path
 
+from ..card import CARD_NAME, pipeline_card
 from ..data import load_corpus
 from ..stage import Pipeline
 from ..types import Corpus
@@ -51,8 +52,10 @@ def write_corpus(corpus: Corpus, path: Path) -> None:
 
 
 def write_config(folder: Path, config: dict) -> None:
-    """Write ``pipeline.json`` last, with the checksum of every other file of the folder, sealed (the sha256 of
-    its own content), so a change of any file or setting is found when the folder is loaded."""
+    """Write the folder's card (``README.md``) and then ``pipeline.json`` last, with the checksum of every other
+    file of the folder, sealed (the sha256 of its own content), so a change of any file or setting is found when
+    the folder is loaded."""
+    (folder / CARD_NAME).write_text(pipeline_card(config), encoding="utf-8")
     write_json(folder / CONFIG_NAME, sealed({**config, "checksums": file_checksums(folder, skip=(CONFIG_NAME,))}))
 
 
