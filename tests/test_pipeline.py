@@ -17,6 +17,9 @@ import pytest
 from benchmarks.__main__ import main as bench_main
 from retrieval.pipeline.folder import DamagedPipeline, PipelineMismatch, load_pipeline, save_pipeline
 from retrieval.pipeline import PipelineSettings, build_pipeline
+from retrieval.data import load_dataset
+from retrieval.evaluation import evaluate
+from retrieval.types import Ranking
 from retrieval.util import DamagedArtefact, sealed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,8 +242,28 @@ def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tm
                            "--output", str(pipe), "--cache-dir", str(cache), "--bm25-k", "50", "--dense-k", "20",
                            "--neighbours", "20", *flags]) == 0
     assert (pipe / "pipeline.json").is_file() and (pipe / "test_nDCG@10.json").is_file()
+    card = (pipe / "README.md").read_text()
+    assert card.startswith("# Retrieval pipeline") and "| rerank | rerank |" in card and "reranker alone" in card
+    assert (pipe / "stages" / "dense" / "encoder" / "README.md").read_text().startswith("# LoRA bi-encoder")
     assert run_cli(retrieval_main, ["train", "--dataset", str(datasets_root / "adi"), "--split", "test", "--output",
                                     str(pipe), *flags]) == 2  # exists, no --overwrite
+
+    # `python -m retrieval search`: a TREC run of the saved pipeline; --k cuts the ranking, never the reranker's depth
+    topics = datasets_root / "adi" / "queries.jsonl"
+    runs = {k: tmp_path / f"run{k}.trec" for k in (3, 10)}
+    for k, run in runs.items():
+        assert retrieval_main(["search", "--pipeline", str(pipe), "--topics", str(topics), "--output", str(run),
+                               "--k", str(k), "--batch", "7"]) == 0
+    top3, top10 = (Ranking.from_trec(runs[k]) for k in (3, 10))
+    adi = load_dataset(datasets_root / "adi", "test")
+    assert set(top10.scores) == set(adi.queries)
+    assert all([d for d, _ in top3.ranked(q)] == [d for d, _ in top10.ranked(q)][:3] for q in adi.queries)
+    assert {len(top10.scores[q]) for q in adi.queries} == {10}
+    assert runs[3].read_text().split("\n")[0].split()[-1] == "pipe"
+    dev_figures = json.loads((pipe / "test_nDCG@10.json").read_text())["nDCG@10"]
+    assert evaluate(top10, adi.qrels, ["nDCG@10"]).aggregate["nDCG@10"] == pytest.approx(dev_figures["rerank"])
+    assert run_cli(retrieval_main, ["search", "--pipeline", str(pipe), "--topics", str(topics), "--output",
+                                    str(runs[3])]) == 2  # exists, no --overwrite
 
     out = tmp_path / "out"
     config = tmp_path / "bench.toml"
@@ -262,7 +285,7 @@ def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tm
     # the saved folder evaluated as-is gives what `full` (same data, same cached adapters) gives
     assert by["pipe"]["metrics"] == pytest.approx(by["full"]["metrics"])
     assert (out / "adi" / "full" / "pipeline" / "pipeline.json").is_file()
-    for png in ("stage_recall.png", "stage_latency.png"):
+    for png in ("stage_quality.png", "stage_latency.png"):
         assert (out / "adi" / png).stat().st_size > 1000
     assert json.loads((out / "expected.json").read_text())[0]["status"] == "above"
     # an expectation that is not met fails the run

@@ -1,5 +1,6 @@
 """Cross-encoder reranker, its LoRA adapters, training and the rerank stage: tiny random BERTs, ADI data."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +239,10 @@ def test_train_cli(backbone, datasets_root, tmp_path):
                  "--index-dir", str(tmp_path / "idx"), "--output", str(out)]) == 0
     ce = CrossEncoderReranker.load(out, device="cpu")
     assert ce.active_adapter == "default" and (out / "train_result.json").is_file()
+    card = (out / "README.md").read_text()  # a model card from what was recorded, not peft's empty template
+    result = json.loads((out / "train_result.json").read_text())
+    assert card.startswith("# LoRA cross-encoder reranker") and "More Information Needed" not in card
+    assert f"{result['start_val']:.4f} untrained -> {result['best_val']:.4f}" in card and "split `test`" in card
     with pytest.raises(SystemExit):
         main(["--dataset", str(datasets_root / "adi"), "--split", "test", "--output", str(out)])  # exists
 
@@ -297,3 +302,19 @@ def test_training_dropout_can_be_switched_off(backbone, adi, adi_lucene, dropout
     train_reranker(ce, adi.corpus, examples, [adi_lucene], settings, progress=False)
     assert modes and all(m == {dropout} for m in modes)
     assert RerankTrainSettings().dropout is True
+
+
+def test_saved_adapter_names_the_base_model_by_its_id_not_a_local_path(tmp_path):
+    """The packaged MiniLM is read from a folder inside the virtual environment; a saved adapter must name it by
+    its Hugging Face id so the folder still means something on another machine."""
+    from retrieval.lora.base import PACKAGED_ID
+
+    ce = CrossEncoderReranker(device="cpu", precision="float32").add_lora(RerankLoraSettings(r=2))
+    ce.add_lora(RerankLoraSettings(r=2), name="other")
+    ce.save(tmp_path / "ce")
+    for config in (tmp_path / "ce" / "adapter_config.json", tmp_path / "ce" / "other" / "adapter_config.json"):
+        assert json.loads(config.read_text())["base_model_name_or_path"] == PACKAGED_ID
+    card = (tmp_path / "ce" / "README.md").read_text()
+    assert f"`{PACKAGED_ID}`" in card and "Not recorded in this folder" in card and "`other`" in card
+    again = CrossEncoderReranker.load(tmp_path / "ce", device="cpu")  # checksums still hold
+    assert set(again.adapter_names) == {"default", "other"}
