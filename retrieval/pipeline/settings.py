@@ -44,6 +44,7 @@ class PipelineSettings:
     neighbours: int = _setting(100, "the index's own nearest neighbours the dense stage adds to BM25's candidates")
     dense_epochs: int | None = _setting(None, "query-side adapter epochs (default: 8; corpus-only 4)", type=int)
     rerank_epochs: int = _setting(3, "reranker epochs")
+    rerank_max_length: int = _setting(192, "query + passage tokens the reranker trains on")
     rerank_depths: tuple[int, ...] = _setting(DEPTHS, "rerank depths to choose from on held-out training queries")
     rerank_max_items: int | None = _setting(None, "cap on reranker training pairs (default: all; corpus-only 800)",
                                             type=int)
@@ -70,7 +71,7 @@ class PipelineSettings:
         self.rerank_negatives = tuple(self.rerank_negatives)
         if not self.rerank_negatives or set(self.rerank_negatives) - set(NEGATIVE_SOURCES):
             raise ValueError(f"rerank_negatives must name 'bm25' and/or 'dense', got {self.rerank_negatives}")
-        for name in ("bm25_k", "dense_k", "neighbours", "rerank_epochs", "fit_queries", "corpus_rerank_depth"):
+        for name in ("bm25_k", "dense_k", "neighbours", "rerank_epochs", "rerank_max_length", "fit_queries", "corpus_rerank_depth"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
