@@ -21,7 +21,7 @@ from typing import Sequence
 
 from encoders.bi_encoder import BiEncoder
 from retrieval.cli import check_split
-from retrieval.data import load_dataset
+from retrieval.data import dataset_name, load_dataset
 from retrieval.evaluation import significance
 from retrieval.index.faiss import FaissIndex
 from retrieval.lora.base import resolve_model
@@ -47,10 +47,11 @@ def check(datasets: Sequence[str | Path], conditions: Sequence[str], opts: RunOp
     folders = [Path(d) for d in datasets]
     by_name: dict[str, Path] = {}
     for folder in folders:
-        other = by_name.setdefault(folder.name, folder)
+        name = dataset_name(folder)
+        other = by_name.setdefault(name, folder)
         if other != folder:
-            raise ValueError(f"datasets {other} and {folder} are both named {folder.name!r}: their results would "
-                             f"overwrite each other in {opts.output / folder.name}; run them apart or rename one")
+            raise ValueError(f"datasets {other} and {folder} are both named {name!r}: their results would "
+                             f"overwrite each other in {opts.output / name}; run them apart or rename one")
         check_split(folder, opts.split)
         if NEEDS_TRAIN_SPLIT & set(conditions):
             check_split(folder, opts.train_split, "training split (--train-split)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .cli import add_cache_args, add_dataset_args, add_debug_arg, add_output_args, check_split, count, positive_int, run_cli
-from .data import load_dataset, load_queries
+from .data import is_irds, load_dataset, load_irds, load_queries
 from .evaluation import evaluate
 from .pipeline.build import build_pipeline
 from .pipeline.folder import load_pipeline, save_pipeline
@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search a topic file with a saved pipeline and write a TREC run file")
     s.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder (python -m retrieval train)")
     s.add_argument("--topics", type=Path, required=True,
-                   help="the queries: a BEIR queries.jsonl or an MS MARCO-style 'qid<TAB>text' .tsv")
+                   help="the queries: a BEIR queries.jsonl, an MS MARCO-style 'qid<TAB>text' .tsv, or irds:<id> "
+                        "(the judged queries of an ir_datasets id, e.g. irds:beir/scifact/test)")
     add_output_args(s, "the TREC run file")
     s.add_argument("--k", type=positive_int, default=1000,
                    help="results written per query (default: 1000); it cuts the final ranking and never changes a "
@@ -99,7 +100,7 @@ def search(args) -> int:
     tag = args.tag or "_".join(args.pipeline.resolve().name.split()) or "retrieval"
     if any(c.isspace() for c in tag):
         raise ValueError(f"--tag must be one word without spaces, got {tag!r}")
-    queries = load_queries(args.topics)
+    queries = load_irds(args.topics).queries if is_irds(args.topics) else load_queries(args.topics)
     pipe, _, _ = load_pipeline(args.pipeline, device=args.device, threads=args.threads)
     qids = list(queries)
     scores: dict[str, dict[str, float]] = {}

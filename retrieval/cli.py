@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .data import available_splits
+from .data import available_splits, is_irds, resolve_irds
 from .java import JavaUnavailable
 from .lora.settings import LoraSettings
 from .types import DataFormatError
@@ -73,7 +73,11 @@ def fraction(text: str) -> float:
 
 
 def check_split(path: Path, split: str, what: str = "split") -> None:
-    """Refuse a split a dataset folder does not have, naming the ones it has (before any work)."""
+    """Refuse a split a dataset folder does not have, naming the ones it has (before any work); for ``irds:<id>``,
+    an id (or ``<id>/<split>``) the ir_datasets catalogue does not have, or one without judgements."""
+    if is_irds(path):
+        resolve_irds(path, split)
+        return
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: dataset folder not found")
     splits = available_splits(path)
@@ -83,7 +87,8 @@ def check_split(path: Path, split: str, what: str = "split") -> None:
 
 def add_dataset_args(p: argparse.ArgumentParser, split: str | None = "train", split_help: str | None = None) -> None:
     """``--dataset DIR`` (BEIR or MS MARCO folder) and ``--split``."""
-    p.add_argument("--dataset", type=Path, required=True, help="BEIR or MS MARCO folder")
+    p.add_argument("--dataset", type=Path, required=True,
+                   help="BEIR or MS MARCO folder, or irds:<id> from the ir_datasets catalogue (irds:beir/scifact/test)")
     p.add_argument("--split", default=split, required=split is None,
                    help=split_help or f"split whose judgements are used (default: {split})")
 

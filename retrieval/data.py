@@ -24,6 +24,9 @@ from .types import (ID_RULE, Corpus, DataFormatError, DataWarning, Document, Qre
 __all__ = [
     "Dataset",
     "load_dataset",
+    "load_irds",
+    "is_irds",
+    "dataset_name",
     "load_beir",
     "load_msmarco",
     "load_corpus",
@@ -291,8 +294,60 @@ def load_msmarco(path: str | Path, split: str) -> Dataset:
     return Dataset(path.name, path, split, corpus, queries.subset(q for q in queries if q in qrels), qrels)
 
 
+IRDS = "irds:"
+
+
+def is_irds(path: str | Path) -> bool:
+    """``irds:<id>``: a dataset of the ir_datasets catalogue rather than a folder."""
+    return str(path).startswith(IRDS)
+
+
+def dataset_name(path: str | Path) -> str:
+    """What a dataset's results are filed under: the folder's name, or the ir_datasets id with ``-`` for ``/``."""
+    return str(path)[len(IRDS):].strip("/").replace("/", "-") if is_irds(path) else Path(path).name
+
+
+def resolve_irds(path: str | Path, split: str | None):
+    """The ir_datasets dataset ``irds:<id>`` names: ``<id>/<split>`` when the catalogue has it (``irds:beir/scifact``
+    with split ``test``), else ``<id>`` itself (``irds:beir/scifact/test``), which must have judgements."""
+    try:
+        import ir_datasets
+    except ImportError:
+        raise ImportError("irds: datasets are read with ir_datasets: pip install ir-datasets") from None
+    name = str(path)[len(IRDS):].strip("/")
+    for candidate in ([f"{name}/{split}"] if split else []) + [name]:
+        if candidate in ir_datasets.registry:
+            dataset = ir_datasets.load(candidate)
+            if dataset.has_docs() and dataset.has_queries() and dataset.has_qrels():
+                return candidate, dataset
+            if candidate == name:
+                raise DataFormatError(f"{path}: this ir_datasets dataset has no judged queries"
+                                      + (f" (and {name}/{split} is not in the catalogue)" if split else "")
+                                      + "; name a subset with documents, queries and qrels, e.g. irds:beir/scifact/test")
+    raise DataFormatError(f"{path}: not in the ir_datasets catalogue" + (f" (nor is {name}/{split})" if split else "")
+                          + "; see https://ir-datasets.com for the ids, e.g. irds:beir/scifact/test")
+
+
+def load_irds(path: str | Path, split: str | None = None) -> Dataset:
+    """``irds:<id>`` through ir_datasets (documents, queries and judgements as its catalogue gives them; what it
+    needs is downloaded by ir_datasets into ``$IR_DATASETS_HOME`` once, or read from there offline)."""
+    name, dataset = resolve_irds(path, split)
+    corpus = Corpus(Document(d.doc_id, getattr(d, "text", None) or d.default_text(), getattr(d, "title", "") or "")
+                    for d in dataset.docs_iter())
+    queries = Queries((q.query_id, getattr(q, "text", None) or q.default_text()) for q in dataset.queries_iter())
+    qrels: dict[str, dict[str, int]] = {}
+    for r in dataset.qrels_iter():
+        qrels.setdefault(r.query_id, {})[r.doc_id] = int(r.relevance)
+    qrels = _check_qrels(qrels, queries, corpus, Path(str(path)))
+    label = split if split and name.endswith(f"/{split}") else name.rsplit("/", 1)[-1]  # the id's own split wins
+    return Dataset(name.replace("/", "-"), Path(IRDS + name), label, corpus,
+                   queries.subset(q for q in queries if q in qrels), qrels)
+
+
 def load_dataset(path: str | Path, split: str) -> Dataset:
-    """Load a BEIR or MS MARCO folder, telling the two apart by their files."""
+    """Load a BEIR or MS MARCO folder, telling the two apart by their files, or ``irds:<id>`` (ir_datasets)."""
+    if is_irds(path):
+        return load_irds(path, split)
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: dataset folder not found")

@@ -192,3 +192,34 @@ def test_trec_qrels_with_graded_relevance(tmp_path):
     path = tmp_path / "q.txt"
     path.write_text("1 0 12 2\n1 0 13 -1\n", encoding="utf-8")
     assert load_qrels(path) == {"1": {"12": 2, "13": -1}}
+
+
+def test_irds_ids_load_offline_from_where_ir_datasets_keeps_its_files(datasets_root, tmp_path):
+    """`irds:beir/scifact/test` through ir_datasets, with no network: the BEIR zip is placed where ir_datasets
+    keeps its download (here: the ADI files under scifact's name), so it reads that instead of downloading.
+    Run in a child process, because ir_datasets fixes its home folder when it is first imported."""
+    import json
+    import subprocess
+    import sys
+    import zipfile
+
+    adi = datasets_root / "adi"
+    home = tmp_path / "irds"
+    (home / "beir" / "scifact").mkdir(parents=True)
+    with zipfile.ZipFile(home / "beir" / "scifact" / "source.zip", "w") as z:
+        for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+            z.write(adi / name, f"scifact/{name}")
+    code = ("import json, sys; from retrieval.data import load_dataset; from retrieval.cli import check_split\n"
+            "ds = load_dataset('irds:beir/scifact/test', 'train'); check_split('irds:beir/scifact', 'test')\n"
+            "print(json.dumps({'name': ds.name, 'split': ds.split, 'docs': {d: [ds.corpus[d].title, ds.corpus[d].text]"
+            " for d in ds.corpus}, 'queries': dict(ds.queries.items()), 'qrels': ds.qrels}))\n"
+            "try:\n    check_split('irds:beir/scifact', 'dev')\nexcept Exception as e:\n    print(type(e).__name__, e, file=sys.stderr)\n")
+    env = {**__import__("os").environ, "IR_DATASETS_HOME": str(home), "IR_DATASETS_SKIP_DISK_FREE": "true"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    want = load_dataset(adi, "test")
+    assert got["name"] == "beir-scifact-test" and got["split"] == "test"  # the id's own split wins over the default
+    assert got["docs"] == {d: [want.corpus[d].title, want.corpus[d].text] for d in want.corpus}
+    assert got["queries"] == dict(want.queries.items()) and got["qrels"] == want.qrels
+    assert "DataFormatError" in out.stderr and "no judged queries" in out.stderr  # beir/scifact/dev: not there
