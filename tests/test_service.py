@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -115,9 +116,23 @@ def test_search_add_delete_search_on_a_real_server(server, adi):
     assert 'retrieval_stage_seconds_count{domain="alpha",stage="rerank"}' in metrics
     assert 'retrieval_errors_total{class="4xx",route="/v1/domains/{domain}/documents/{doc_id:path}"}' in metrics
     assert 'retrieval_documents{domain="alpha"} 82.0' in metrics
-    paths = c.get("/openapi.json").json()["paths"]
+    schema = c.get("/openapi.json").json()
+    paths = schema["paths"]
     assert {"/v1/domains/{domain}/search", "/v1/domains/{domain}/documents", "/v1/domains", "/healthz",
             "/metrics"} <= set(paths)
+    # the API key is declared (either header) on every write, and on nothing else
+    assert schema["components"]["securitySchemes"]["APIKey"] == {
+        "type": "apiKey", "in": "header", "name": "X-API-Key", "description": ANY}
+    assert schema["components"]["securitySchemes"]["Bearer"]["scheme"] == "bearer"
+    secured = {(path, method) for path, ops in paths.items() for method, op in ops.items() if op.get("security")}
+    assert secured == {("/v1/domains/{domain}/documents", "post"), ("/v1/domains/{domain}/documents/{doc_id}", "delete"),
+                       ("/v1/domains/{domain}/reload", "post"), ("/v1/domains/{domain}/compact", "post")}
+    assert paths["/v1/domains/{domain}/compact"]["post"]["security"] == [{"APIKey": []}, {"Bearer": []}]
+    # the docs pages load their scripts from the service, not a CDN
+    for page in ("/docs", "/redoc"):
+        html = c.get(page).text
+        assert "cdn." not in html and "/static-offline-docs/" in html, page
+    assert c.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
     assert c.get("/healthz").json()["status"] == "ok"
     assert c.post("/v1/domains/alpha/compact").status_code == 401
     r = c.post("/v1/domains/alpha/compact", headers=AUTH)
@@ -625,6 +640,19 @@ def test_search_page_in_headless_chromium(server):
             "--disable-component-update", "--disable-sync"])
         try:
             page = browser.new_page()
+            outside: list[str] = []  # no network but the service: anything else is recorded and refused
+
+            def local_only(route):
+                if route.request.url.startswith(server.url):
+                    return route.continue_()
+                outside.append(route.request.url)
+                return route.abort()
+
+            page.route("**/*", local_only)
+            page.goto(server.url + "/docs")  # Swagger UI renders the service's own schema
+            page.wait_for_selector(".swagger-ui .information-container .title")
+            assert "retrieval" in page.inner_text(".swagger-ui .information-container .title")
+            page.wait_for_selector(".opblock-summary-path[data-path='/v1/domains/{domain}/search']")
             page.goto(server.url + "/")
             page.wait_for_selector("#domain option[value=beta]", state="attached")
             page.select_option("#domain", "beta")
@@ -645,5 +673,6 @@ def test_search_page_in_headless_chromium(server):
             page.click("#go")
             page.wait_for_selector("#status.error")
             assert "max_query_chars" in page.inner_text("#status")
+            assert outside == []
         finally:
             browser.close()

@@ -22,9 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
+from fastapi_offline import FastAPIOffline
 
 from ..pipeline.folder import is_pipeline_dir
 from ..pipeline.shared import SharedModels
@@ -242,9 +244,15 @@ def create_app(service: Service):
         yield
         service.close()
 
-    app = FastAPI(title="retrieval", version=__version__, lifespan=lifespan,
-                  description="Multi-domain search: BM25 >> LoRA dense >> LoRA reranker, one pipeline per domain.")
+    # /docs and /redoc with their scripts and styles served by the service itself (no CDN: they work offline)
+    app = FastAPIOffline(title="retrieval", version=__version__, lifespan=lifespan,
+                         description="Multi-domain search: BM25 >> LoRA dense >> LoRA reranker, one pipeline per domain.")
     metrics = service.metrics
+    # the API key of the writes, declared in the OpenAPI schema (either header); Service.authorize checks it
+    key = [Security(APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="APIKey",
+                                 description="an API key of the service (--api-key-file or $RETRIEVAL_API_KEY)")),
+           Security(HTTPBearer(auto_error=False, scheme_name="Bearer",
+                               description="the same API key as 'Authorization: Bearer KEY'"))]
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
@@ -319,7 +327,8 @@ def create_app(service: Service):
         return {"domain": domain, "query": body.query, "k": body.k, "took_ms": round(result.seconds * 1000, 3),
                 "stages": stages, "hits": hits}
 
-    @app.post("/v1/domains/{domain}/documents", summary="Add or replace a batch of documents (API key)")
+    @app.post("/v1/domains/{domain}/documents", summary="Add or replace a batch of documents (API key)",
+               dependencies=key)
     async def add_documents(domain: str, body: DocumentsRequest, request: Request):
         service.authorize(request.headers)
         d = service.domain(domain)
@@ -330,7 +339,8 @@ def create_app(service: Service):
         service.maybe_compact(d)
         return out
 
-    @app.delete("/v1/domains/{domain}/documents/{doc_id:path}", summary="Delete a document (API key)")
+    @app.delete("/v1/domains/{domain}/documents/{doc_id:path}", summary="Delete a document (API key)",
+               dependencies=key)
     async def delete_document(domain: str, doc_id: str, request: Request):
         service.authorize(request.headers)
         d = service.domain(domain)
@@ -340,7 +350,8 @@ def create_app(service: Service):
         service.maybe_compact(d)
         return out
 
-    @app.post("/v1/domains/{domain}/reload", summary="Open the domain's folder again (API key)")
+    @app.post("/v1/domains/{domain}/reload", summary="Open the domain's folder again (API key)",
+               dependencies=key)
     async def reload(domain: str, request: Request):
         service.authorize(request.headers)
         d = await service.gate.run(service.reload, domain)
@@ -349,7 +360,8 @@ def create_app(service: Service):
                                  "domain": d.describe()}, status_code=503)
         return d.describe()
 
-    @app.post("/v1/domains/{domain}/compact", summary="Save the live state as the domain's folder; empty the journal (API key)")
+    @app.post("/v1/domains/{domain}/compact", summary="Save the live state as the domain's folder; empty the journal (API key)",
+               dependencies=key)
     async def compact(domain: str, request: Request):
         service.authorize(request.headers)
         d = service.domain(domain)
