@@ -29,7 +29,7 @@ from retrieval.lora.host import (CONFIG_NAME, AdapterHost, AdapterMismatch, Qual
                                  write_model_config)
 from retrieval.lora.openvino import batches_by_length, export
 from retrieval.lora.settings import LoraSettings
-from retrieval.util import atomic_dir, library_version, read_json
+from retrieval.util import atomic_dir, library_version, read_json, write_json
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 HEAD_SEED = 0
@@ -365,10 +365,32 @@ class CrossEncoderReranker(AdapterHost):
             if self.is_merged:
                 self.model.save_pretrained(str(tmp / "model"))
                 self.tokenizer.save_pretrained(str(tmp / "model"))
+                self._sentence_transformers_files(tmp, "model")
             else:
                 self.save_adapters(tmp)
+                if self.active_adapter == "default":  # the adapter at the top is the one a plain loader applies
+                    self._sentence_transformers_files(tmp, "")
             write_model_config(tmp, self._save_config(tmp), extra_json)
         return path
+
+    def _sentence_transformers_files(self, root: Path, module: str) -> None:
+        """What sentence-transformers' ``CrossEncoder(root)`` reads to open this folder by itself, with no code of
+        this library: the tokenizer and a module list whose one module is the transformers model in ``module``
+        (for an unmerged folder: peft's files, which transformers applies to the base model they name), one
+        logit, scores as raw logits (``activation_fn`` identity), so ``predict`` gives ``score``'s numbers."""
+        folder = root / module
+        if module == "":
+            self.tokenizer.save_pretrained(str(folder))
+        write_json(root / "modules.json", [{"idx": 0, "name": "0", "path": module,
+                                            "type": "sentence_transformers.base.modules.transformer.Transformer"}])
+        write_json(root / "config_sentence_transformers.json", {
+            "model_type": "CrossEncoder", "activation_fn": "torch.nn.modules.linear.Identity", "prompts": {},
+            "default_prompt_name": None})
+        write_json(folder / "sentence_bert_config.json", {
+            "transformer_task": "sequence-classification", "config_kwargs": {"num_labels": self.num_labels},
+            "max_seq_length": self.max_length,
+            "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
+            "module_output_name": "scores"})
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None, batch_size: int = 32,

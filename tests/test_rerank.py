@@ -318,3 +318,35 @@ def test_saved_adapter_names_the_base_model_by_its_id_not_a_local_path(tmp_path)
     assert f"`{PACKAGED_ID}`" in card and "Not recorded in this folder" in card and "`other`" in card
     again = CrossEncoderReranker.load(tmp_path / "ce", device="cpu")  # checksums still hold
     assert set(again.adapter_names) == {"default", "other"}
+
+
+def test_saved_reranker_opens_with_plain_sentence_transformers_cross_encoder(backbone, adi, tmp_path):
+    """A saved reranker folder (adapter, or merged) opens with sentence-transformers' CrossEncoder(dir) alone — in
+    a child process that never imports this library — and gives our scores; so does a copy of it elsewhere."""
+    import shutil
+    import subprocess
+    import sys
+
+    ce = _ce(backbone, max_length=64).add_lora(RerankLoraSettings(r=4))
+    _perturb(ce)
+    ids = list(adi.corpus)[:6]
+    queries = [adi.queries[q] for q in list(adi.queries)[:6]]
+    docs = [adi.corpus[d].contents * 3 for d in ids]  # long enough to be truncated
+    ce.save(tmp_path / "ce")
+    ce.merged().save(tmp_path / "merged")
+    shutil.copytree(tmp_path / "ce", tmp_path / "elsewhere" / "copy")
+    expected = ce.score(queries, docs)
+    code = ("import json, sys, torch\nfrom sentence_transformers import CrossEncoder\n"
+            "pairs = json.loads(sys.stdin.read())\nout = {}\n"
+            "for folder in sys.argv[1:]:\n"
+            "    out[folder] = CrossEncoder(folder, device='cpu').predict(pairs, convert_to_numpy=True).tolist()\n"
+            "assert 'retrieval' not in sys.modules and 'rerankers' not in sys.modules\nprint(json.dumps(out))\n")
+    folders = [str(tmp_path / "ce"), str(tmp_path / "merged"), str(tmp_path / "elsewhere" / "copy")]
+    run = subprocess.run([sys.executable, "-c", code, *folders], input=json.dumps(list(zip(queries, docs))),
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    for folder in folders:
+        np.testing.assert_allclose(got[folder], expected, rtol=1e-4, atol=1e-5, err_msg=folder)
+    again = CrossEncoderReranker.load(tmp_path / "elsewhere" / "copy", device="cpu")
+    np.testing.assert_allclose(again.score(queries, docs), expected, rtol=1e-5, atol=1e-6)
