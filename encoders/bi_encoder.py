@@ -26,7 +26,7 @@ from retrieval.lora.host import (CONFIG_NAME, AdapterHost, QualityRefused, read_
 from retrieval.lora.openvino import batches_by_length, export
 from retrieval.lora.settings import LoraSettings
 from retrieval.types import Document
-from retrieval.util import atomic_dir, library_version
+from retrieval.util import atomic_dir, library_version, write_json
 
 
 
@@ -262,8 +262,36 @@ class BiEncoder(AdapterHost):
                     self._doc_model.save(str(tmp / "document_model"))
             else:
                 self.save_adapters(tmp)
+                if self.active_adapter == "default":  # the adapter at the top is the one a plain loader applies
+                    self._sentence_transformers_files(tmp)
             write_model_config(tmp, config, extra_json)
         return path
+
+    def _sentence_transformers_files(self, root: Path) -> None:
+        """What sentence-transformers' ``SentenceTransformer(root)`` reads to open this folder by itself, with no
+        code of this library: the tokenizer, the transformer module over peft's files at the top (transformers
+        applies them to the base model they name), and the base model's pooling and normalisation.
+
+        Only for an adapter of both sides: a query-only adapter would need a ``Router`` whose document route is
+        the bare base model, and sentence-transformers 6.2 cannot load a peft adapter from a Router's sub-folder
+        (the sub-folder is applied to the base model's path too), so such a folder opens as the model card says:
+        the base model for documents, ``load_adapter(folder)`` on it for queries."""
+        if self._adapters["default"]["side"] != "both":
+            return
+        st_type = lambda m: f"{type(m).__module__}.{type(m).__name__}"  # noqa: E731
+        self.st[0].tokenizer.save_pretrained(str(root))
+        write_json(root / "sentence_bert_config.json", {**self.st[0].get_config_dict(), "max_seq_length": self.max_length})
+        modules = [{"idx": 0, "name": "0", "path": "", "type": st_type(self.st[0])}]
+        for i, m in enumerate(self.st):
+            if i > 0:
+                folder = f"{i}_{type(m).__name__}"
+                (root / folder).mkdir()
+                m.save(str(root / folder))
+                modules.append({"idx": i, "name": str(i), "path": folder, "type": st_type(m)})
+        write_json(root / "modules.json", modules)
+        write_json(root / "config_sentence_transformers.json", {
+            "model_type": "SentenceTransformer", "prompts": dict(self.st.prompts or {}), "default_prompt_name": None,
+            "similarity_fn_name": self.st.similarity_fn_name or "cosine"})
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None, batch_size: int = 64, verify: bool = True,

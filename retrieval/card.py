@@ -71,13 +71,24 @@ def model_card(config: dict, train: dict | None = None) -> str:
                "held-out training queries), and alone it can score below its first stages.")
         load = ["from rerankers import CrossEncoderReranker", "",
                 "ce = CrossEncoderReranker.load(\"THIS_FOLDER\")", "scores = ce.score([\"a query\"], [\"a document\"])"]
+        if config.get("merged") or config.get("active") == "default":
+            load += ["", "# or with sentence-transformers alone (the same raw scores):",
+                     "from sentence_transformers import CrossEncoder", "",
+                     "scores = CrossEncoder(\"THIS_FOLDER\").predict([(\"a query\", \"a document\")])"]
     elif kind == "bi-encoder":
         title = "LoRA bi-encoder (sentence embeddings)"
         use = ("Encodes queries and documents into vectors compared by cosine (mean pooling, normalised) for "
                "dense retrieval; in this project's pipeline it rescores BM25's candidates and adds its own nearest "
                "neighbours, fused with BM25's score.")
         load = ["from encoders import BiEncoder", "", "enc = BiEncoder.load(\"THIS_FOLDER\")",
-                "q = enc.encode_queries([\"a query\"]); d = enc.encode_documents([\"a document\"])"]
+                "q = enc.encode_queries([\"a query\"]); d = enc.encode_documents([\"a document\"])", "",
+                "# or with sentence-transformers alone:", "from sentence_transformers import SentenceTransformer", ""]
+        side = ((config.get("adapters") or {}).get("default") or {}).get("side")
+        if config.get("merged") or side != "query":
+            load += ["st = SentenceTransformer(\"THIS_FOLDER\")  # queries and documents"]
+        else:  # a query-only adapter: documents keep the base model's vectors
+            load += [f"documents = SentenceTransformer(\"{base}\")",
+                     f"queries = SentenceTransformer(\"{base}\"); queries.load_adapter(\"THIS_FOLDER\")"]
     else:
         raise ValueError(f"no model card for a folder of kind {kind!r}")
     lines = [f"# {title}", "", f"Trained with the `retrieval` library from `{base}`.", "",

@@ -169,3 +169,31 @@ def test_openvino_export_matches_torch_is_saved_and_refused_when_it_disagrees(ti
     with pytest.warns(CacheWarning, match="exporting again"):
         enc.use_openvino("fp32", {"document": SIDE_TEXTS}, sides=("document",), cache_dir=tmp_path / "cache")
     assert np.allclose(enc.encode_documents(TEXTS), torch_d, atol=1e-4)
+
+
+@pytest.mark.parametrize("side", ["both"])
+def test_saved_encoder_opens_with_plain_sentence_transformer(tiny_model_dir, tmp_path, side):
+    """SentenceTransformer(dir) on a saved encoder folder with an adapter of both sides — in a child process that
+    never imports this library — gives the pipeline's vectors. (A query-only adapter cannot be expressed for
+    sentence-transformers 6.2: see BiEncoder._sentence_transformers_files.)"""
+    import subprocess
+    import sys
+
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    base = enc.encode_queries(TEXTS)
+    enc.add_lora(LoraSettings(r=4, side=side))
+    _perturb(enc, 3)
+    enc.save(tmp_path / "enc")
+    code = ("import json, sys\nfrom sentence_transformers import SentenceTransformer\n"
+            "texts = json.loads(sys.stdin.read())\nst = SentenceTransformer(sys.argv[1], device='cpu')\n"
+            "out = {'query': st.encode_query(texts).tolist(), 'document': st.encode_document(texts).tolist()}\n"
+            "assert 'retrieval' not in sys.modules and 'encoders' not in sys.modules\nprint(json.dumps(out))\n")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "enc")], input=json.dumps(TEXTS),
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(got["query"], enc.encode_queries(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(got["document"], enc.encode_documents(TEXTS), atol=1e-5)
+    assert not np.allclose(got["query"], base, atol=1e-3)  # the adapter is really applied
+    again = BiEncoder.load(tmp_path / "enc", device="cpu")  # our own loader is not confused by the extra files
+    np.testing.assert_allclose(again.encode_queries(TEXTS), enc.encode_queries(TEXTS), atol=1e-6)
