@@ -20,6 +20,7 @@ PACKAGES = ("retrieval", "encoders", "rerankers", "benchmarks")
 LAYERS = [
     (0, "core", ("retrieval/version.py", "retrieval/types.py", "retrieval/stage.py", "retrieval/util.py",
                  "retrieval/java.py", "retrieval/data.py", "retrieval/evaluation.py", "retrieval/cli.py", "retrieval/card.py",
+                 "retrieval/terrier.py",
                  "retrieval/lora/")),
     (1, "stages", ("retrieval/stages/", "retrieval/index/")),
     (2, "models", ("encoders/", "rerankers/")),
