@@ -128,6 +128,17 @@ def test_search_add_delete_search_on_a_real_server(server, adi):
     assert secured == {("/v1/domains/{domain}/documents", "post"), ("/v1/domains/{domain}/documents/{doc_id}", "delete"),
                        ("/v1/domains/{domain}/reload", "post"), ("/v1/domains/{domain}/compact", "post")}
     assert paths["/v1/domains/{domain}/compact"]["post"]["security"] == [{"APIKey": []}, {"Bearer": []}]
+    # every JSON endpoint documents its answer's schema, and its errors as ErrorBody
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            ok = op["responses"]["200"]["content"]
+            if path in ("/metrics", "/"):
+                continue
+            assert ok["application/json"]["schema"].get("$ref", "").startswith("#/components/schemas/"), (path, method)
+            if path.startswith("/v1/domains/"):
+                assert op["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert set(schema["components"]["schemas"]["SearchResponse"]["properties"]) == {
+        "domain", "query", "k", "took_ms", "stages", "hits"}
     # the docs pages load their scripts from the service, not a CDN
     for page in ("/docs", "/redoc"):
         html = c.get(page).text

@@ -35,7 +35,8 @@ from ..util import recover_dir
 from ..version import __version__
 from .domain import NAME, Domain, DomainError
 from .metrics import Metrics
-from .schemas import DocumentsRequest, SearchRequest
+from .schemas import (CompactResult, DeleteResult, DocumentOut, DocumentsRequest, DomainInfo, DomainsResponse, ErrorBody,
+                      Health, SearchRequest, SearchResponse, UpsertResult)
 from .settings import ServiceSettings
 
 KEY_ENV = "RETRIEVAL_API_KEY"
@@ -254,6 +255,18 @@ def create_app(service: Service):
            Security(HTTPBearer(auto_error=False, scheme_name="Bearer",
                                description="the same API key as 'Authorization: Bearer KEY'"))]
 
+    meaning = {401: "no API key, or a wrong one", 403: "writes are disabled (the service has no API key)",
+               404: "no such domain or document", 409: "the domain cannot take this write",
+               413: "the request body is over max_body_bytes", 422: "invalid request, or over a limit",
+               429: "too many requests waiting (max_queue)", 500: "the write failed; the domain says why",
+               503: "the domain is not ready"}
+
+    def errors(*codes: int) -> dict:
+        """The error answers an endpoint documents: each an ErrorBody."""
+        return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
+
+    reads, writes = errors(404, 413, 422, 429, 503), errors(401, 403, 404, 409, 413, 422, 429, 500, 503)
+
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
         body = {"error": e.code, "detail": e.detail}
@@ -308,7 +321,8 @@ def create_app(service: Service):
         return await call_next(request)
 
     # ------------------------------------------------------------------ endpoints
-    @app.post("/v1/domains/{domain}/search", summary="Search one domain")
+    @app.post("/v1/domains/{domain}/search", summary="Search one domain", response_model=SearchResponse,
+               responses=reads)
     async def search(domain: str, body: SearchRequest):
         d = service.domain(domain)
         service.check_search(body.query, body.k)
@@ -328,7 +342,7 @@ def create_app(service: Service):
                 "stages": stages, "hits": hits}
 
     @app.post("/v1/domains/{domain}/documents", summary="Add or replace a batch of documents (API key)",
-               dependencies=key)
+               dependencies=key, response_model=UpsertResult, responses=writes)
     async def add_documents(domain: str, body: DocumentsRequest, request: Request):
         service.authorize(request.headers)
         d = service.domain(domain)
@@ -340,7 +354,7 @@ def create_app(service: Service):
         return out
 
     @app.delete("/v1/domains/{domain}/documents/{doc_id:path}", summary="Delete a document (API key)",
-               dependencies=key)
+               dependencies=key, response_model=DeleteResult, responses=writes)
     async def delete_document(domain: str, doc_id: str, request: Request):
         service.authorize(request.headers)
         d = service.domain(domain)
@@ -351,7 +365,7 @@ def create_app(service: Service):
         return out
 
     @app.post("/v1/domains/{domain}/reload", summary="Open the domain's folder again (API key)",
-               dependencies=key)
+               dependencies=key, response_model=DomainInfo, responses=writes)
     async def reload(domain: str, request: Request):
         service.authorize(request.headers)
         d = await service.gate.run(service.reload, domain)
@@ -361,23 +375,25 @@ def create_app(service: Service):
         return d.describe()
 
     @app.post("/v1/domains/{domain}/compact", summary="Save the live state as the domain's folder; empty the journal (API key)",
-               dependencies=key)
+               dependencies=key, response_model=CompactResult, responses=writes)
     async def compact(domain: str, request: Request):
         service.authorize(request.headers)
         d = service.domain(domain)
         return await service.gate.run(d.compact)
 
-    @app.get("/v1/domains/{domain}/documents/{doc_id:path}", summary="One document as stored")
+    @app.get("/v1/domains/{domain}/documents/{doc_id:path}", summary="One document as stored", response_model=DocumentOut,
+              responses=reads)
     async def get_document(domain: str, doc_id: str):
         doc = service.domain(domain).document(doc_id)
         return {"id": doc.id, "title": doc.title, "text": doc.text}
 
-    @app.get("/v1/domains", summary="The domains, their stages, sizes and status")
+    @app.get("/v1/domains", summary="The domains, their stages, sizes and status", response_model=DomainsResponse)
     async def domains():
         return {"domains": [d.describe() for d in service.domains.values()],
                 "shared_models": service.models.base_models}
 
-    @app.get("/healthz", summary="200 when every domain is ready; 503 naming the ones that are not")
+    @app.get("/healthz", summary="200 when every domain is ready; 503 naming the ones that are not", response_model=Health,
+             responses={503: {"model": Health, "description": "a domain is not ready (problems names it)"}})
     async def healthz():
         bad = {n: d.error or d.status for n, d in service.domains.items() if d.status != "ready"}
         body = {"status": "ok" if not bad else "degraded", "domains": {n: d.status for n, d in service.domains.items()},

@@ -51,3 +51,105 @@ class DocumentIn(_Body):
 
 class DocumentsRequest(_Body):
     documents: list[DocumentIn] = Field(description="documents to add; one with an id already present replaces it")
+
+
+# ------------------------------------------------------------------ responses (what every endpoint answers)
+class Hit(BaseModel):
+    rank: int = Field(description="1 for the best")
+    id: str
+    score: float = Field(description="the last stage's score (higher is better; not comparable across queries)")
+    title: str
+    snippet: str = Field(description="the start of the text, cut at a word (snippet_chars)")
+
+
+class StageTiming(BaseModel):
+    name: str
+    k: int | None = Field(description="the stage's depth: how many candidates it hands on")
+    ms: float
+    candidates_in: int
+    candidates_out: int
+
+
+class SearchResponse(BaseModel):
+    domain: str
+    query: str
+    k: int
+    took_ms: float
+    stages: list[StageTiming] = Field(description="each stage that ran, in order, with its time")
+    hits: list[Hit]
+
+
+class UpsertResult(BaseModel):
+    seq: int = Field(description="the write's sequence number in the domain's journal")
+    added: int
+    replaced: int
+    documents: int = Field(description="documents in the domain after the write")
+
+
+class DeleteResult(BaseModel):
+    seq: int
+    deleted: int
+    documents: int
+
+
+class CompactResult(BaseModel):
+    compacted_records: int = Field(description="journal records folded into the saved folder")
+    documents: int
+    seconds: float
+
+
+class DocumentOut(BaseModel):
+    id: str
+    title: str
+    text: str
+
+
+class StageInfo(BaseModel):
+    name: str
+    type: str
+    k: int | None
+
+
+class JournalInfo(BaseModel):
+    records: int
+    last_seq: int
+    replayed_at_start: int
+    torn_bytes_cut: int
+
+
+class DomainInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")  # each kind of stage may add its own facts (e.g. vector_index)
+
+    name: str
+    status: str = Field(description="ready, or what keeps it from serving (then error says why)")
+    error: str | None
+    documents: int
+    stages: list[StageInfo]
+    journal: JournalInfo
+    open_seconds: float
+
+
+class DomainsResponse(BaseModel):
+    domains: list[DomainInfo]
+    shared_models: dict[str, list[str]] = Field(description="base models in memory and the adapters loaded into each")
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok, or degraded (503) when a domain is not ready")
+    domains: dict[str, str]
+    uptime_s: float
+    problems: dict[str, str] | None = None
+
+
+class LimitInfo(BaseModel):
+    name: str
+    value: int
+    got: int
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="a stable code, e.g. unauthorized, no_such_domain, max_k_exceeded, invalid_request")
+    detail: str = Field(description="what was wrong and what to do instead")
+    limit: LimitInfo | None = Field(None, description="for a *_exceeded error: the limit, and what was given")
+    errors: list[dict] | None = Field(None, description="for invalid_request: every problem pydantic found")
+    domain: DomainInfo | None = Field(None, description="for a reload that left the domain unavailable")
