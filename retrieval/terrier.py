@@ -7,11 +7,12 @@ incoming score. So our stages combine with PyTerrier's operators (``>>``, ``%``,
 ``pt.Experiment`` beside any PyTerrier system:
 
     >>> import pyterrier as pt
+    >>> from ir_measures import nDCG
     >>> from retrieval import load_pipeline
     >>> from retrieval.terrier import to_pyterrier
     >>> pipe, _, _ = load_pipeline("pipelines/scifact")
     >>> bm25, rest = to_pyterrier(pipe.stages[0]), to_pyterrier(pipe.stages[1] >> pipe.stages[2])
-    >>> pt.Experiment([bm25, bm25 >> rest], topics, qrels, ["nDCG@10"], baseline=0, correction="holm")
+    >>> pt.Experiment([bm25, bm25 >> rest], topics, qrels, [nDCG @ 10], baseline=0, correction="holm")
 """
 
 from __future__ import annotations
