@@ -275,7 +275,8 @@ class BiEncoder(AdapterHost):
         Only for an adapter of both sides: a query-only adapter would need a ``Router`` whose document route is
         the bare base model, and sentence-transformers 6.2 cannot load a peft adapter from a Router's sub-folder
         (the sub-folder is applied to the base model's path too), so such a folder opens as the model card says:
-        the base model for documents, ``load_adapter(folder)`` on it for queries."""
+        the base model for documents, ``load_adapter(folder)`` on it for queries — or is exported whole with
+        ``save_sentence_transformers``."""
         if self._adapters["default"]["side"] != "both":
             return
         st_type = lambda m: f"{type(m).__module__}.{type(m).__name__}"  # noqa: E731
@@ -292,6 +293,25 @@ class BiEncoder(AdapterHost):
         write_json(root / "config_sentence_transformers.json", {
             "model_type": "SentenceTransformer", "prompts": dict(self.st.prompts or {}), "default_prompt_name": None,
             "similarity_fn_name": self.st.similarity_fn_name or "cosine"})
+
+    def save_sentence_transformers(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """A self-contained sentence-transformers folder that gives this encoder's vectors with no code of this
+        library: ``SentenceTransformer(path).encode_query`` / ``encode_document``. The active adapter is merged into
+        full weights; a query-only adapter becomes a ``Router`` (query route: the merged model, document route: the
+        base model), so that folder holds the transformer's weights twice (for MiniLM, ~90 MB each) — which is why
+        the pipeline's own folders keep the adapter only."""
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Router
+
+        enc = self.merged() if self.is_peft and self.active_adapter is not None and not self.is_merged else self
+        path = Path(path)
+        with self.lock, atomic_dir(path, overwrite=overwrite) as tmp:
+            st = enc.st
+            if enc._doc_model is not None:
+                st = SentenceTransformer(modules=[Router.for_query_document([enc.st[0]], [enc._doc_model[0]]),
+                                                  *list(enc.st)[1:]], device=enc.device)
+            st.save(str(tmp))
+        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None, batch_size: int = 64, verify: bool = True,

@@ -88,7 +88,9 @@ def model_card(config: dict, train: dict | None = None) -> str:
             load += ["st = SentenceTransformer(\"THIS_FOLDER\")  # queries and documents"]
         else:  # a query-only adapter: documents keep the base model's vectors
             load += [f"documents = SentenceTransformer(\"{base}\")",
-                     f"queries = SentenceTransformer(\"{base}\"); queries.load_adapter(\"THIS_FOLDER\")"]
+                     f"queries = SentenceTransformer(\"{base}\"); queries.load_adapter(\"THIS_FOLDER\")",
+                     "# or one folder for both (full weights, a Router):",
+                     "# BiEncoder.load(\"THIS_FOLDER\").save_sentence_transformers(\"OUT\"); SentenceTransformer(\"OUT\")"]
     else:
         raise ValueError(f"no model card for a folder of kind {kind!r}")
     lines = [f"# {title}", "", f"Trained with the `retrieval` library from `{base}`.", "",

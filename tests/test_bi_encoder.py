@@ -197,3 +197,29 @@ def test_saved_encoder_opens_with_plain_sentence_transformer(tiny_model_dir, tmp
     assert not np.allclose(got["query"], base, atol=1e-3)  # the adapter is really applied
     again = BiEncoder.load(tmp_path / "enc", device="cpu")  # our own loader is not confused by the extra files
     np.testing.assert_allclose(again.encode_queries(TEXTS), enc.encode_queries(TEXTS), atol=1e-6)
+
+
+@pytest.mark.parametrize("side", ["query", "both"])
+def test_save_sentence_transformers_gives_the_pipeline_vectors_without_this_library(tiny_model_dir, tmp_path, side):
+    """save_sentence_transformers: a whole sentence-transformers folder (a Router for a query-only adapter) whose
+    encode_query / encode_document, in a child process that never imports this library, are this encoder's."""
+    import subprocess
+    import sys
+
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    enc.add_lora(LoraSettings(r=4, side=side))
+    _perturb(enc, 4)
+    enc.save_sentence_transformers(tmp_path / "st")
+    code = ("import json, sys\nfrom sentence_transformers import SentenceTransformer\n"
+            "texts = json.loads(sys.stdin.read())\nst = SentenceTransformer(sys.argv[1], device='cpu')\n"
+            "out = {'query': st.encode_query(texts).tolist(), 'document': st.encode_document(texts).tolist()}\n"
+            "assert 'retrieval' not in sys.modules and 'encoders' not in sys.modules\nprint(json.dumps(out))\n")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "st")], input=json.dumps(TEXTS),
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(got["query"], enc.encode_queries(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(got["document"], enc.encode_documents(TEXTS), atol=1e-5)
+    assert np.allclose(got["query"], got["document"], atol=1e-3) == (side == "both")
+    with pytest.raises(FileExistsError):
+        enc.save_sentence_transformers(tmp_path / "st")
