@@ -209,7 +209,7 @@ def _full_builder(corpus_only: bool) -> Builder:
         full = _pipeline_for(ds, opts, corpus_only)
         name = "full-corpus" if corpus_only else "full"
         folder = opts.output / ds.name / name / "pipeline"
-        save_pipeline(full.pipeline, folder, ds.corpus, full.info, overwrite=True)
+        save_pipeline(full.pipeline, folder, ds.corpus, {**full.info, "dataset": str(ds.path)}, overwrite=True)
         pipe, _, _ = load_pipeline(folder, threads=opts.threads, corpus=ds.corpus)
         pipe.name = name
         return _saved_condition(pipe, full.info, folder, ds, opts)

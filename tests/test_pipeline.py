@@ -285,6 +285,7 @@ def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tm
     # the saved folder evaluated as-is gives what `full` (same data, same cached adapters) gives
     assert by["pipe"]["metrics"] == pytest.approx(by["full"]["metrics"])
     assert (out / "adi" / "full" / "pipeline" / "pipeline.json").is_file()
+    assert f"| data | `{datasets_root / 'adi'}`, split `test` |" in (out / "adi" / "full" / "pipeline" / "README.md").read_text()
     for png in ("stage_quality.png", "stage_latency.png"):
         assert (out / "adi" / png).stat().st_size > 1000
     assert json.loads((out / "expected.json").read_text())[0]["status"] == "above"
