@@ -15,9 +15,13 @@ def pyplot():
 
 
 def save(fig, ax, path: str | Path, title: str) -> Path:
-    """Title, tight layout, write the PNG, free the figure."""
+    """Title (the axes', or the figure's when ``ax`` is None: several panels), tight layout, write the PNG, free
+    the figure."""
     plt = pyplot()
-    ax.set_title(title)
+    if ax is None:
+        fig.suptitle(title)
+    else:
+        ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -85,12 +89,7 @@ def stage_quality(records: list[dict], path: str | Path, title: str = "") -> Pat
                for n, c in colours.items()]
     axes[-1].legend(handles=handles, title="stage (large dot: the last)", fontsize=8, title_fontsize=8,
                     loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle(title or "Quality after each stage")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, None, path, title or "Quality after each stage")
 
 
 def stage_latency(records: list[dict], path: str | Path, title: str = "") -> Path:

@@ -171,27 +171,33 @@ def test_openvino_export_matches_torch_is_saved_and_refused_when_it_disagrees(ti
     assert np.allclose(enc.encode_documents(TEXTS), torch_d, atol=1e-4)
 
 
+def _plain_sentence_transformer_vectors(folder) -> dict:
+    """``SentenceTransformer(folder)``'s encode_query / encode_document of TEXTS, in a child process that never
+    imports this library (so the folder is shown to stand on its own)."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom sentence_transformers import SentenceTransformer\n"
+            "texts = json.loads(sys.stdin.read())\nst = SentenceTransformer(sys.argv[1], device='cpu')\n"
+            "out = {'query': st.encode_query(texts).tolist(), 'document': st.encode_document(texts).tolist()}\n"
+            "assert 'retrieval' not in sys.modules and 'encoders' not in sys.modules\nprint(json.dumps(out))\n")
+    run = subprocess.run([sys.executable, "-c", code, str(folder)], input=json.dumps(TEXTS),
+                         capture_output=True, text=True, timeout=300, cwd=folder.parent)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("side", ["both"])
 def test_saved_encoder_opens_with_plain_sentence_transformer(tiny_model_dir, tmp_path, side):
     """SentenceTransformer(dir) on a saved encoder folder with an adapter of both sides — in a child process that
     never imports this library — gives the pipeline's vectors. (A query-only adapter cannot be expressed for
     sentence-transformers 6.2: see BiEncoder._sentence_transformers_files.)"""
-    import subprocess
-    import sys
-
     enc = BiEncoder(tiny_model_dir, device="cpu")
     base = enc.encode_queries(TEXTS)
     enc.add_lora(LoraSettings(r=4, side=side))
     _perturb(enc, 3)
     enc.save(tmp_path / "enc")
-    code = ("import json, sys\nfrom sentence_transformers import SentenceTransformer\n"
-            "texts = json.loads(sys.stdin.read())\nst = SentenceTransformer(sys.argv[1], device='cpu')\n"
-            "out = {'query': st.encode_query(texts).tolist(), 'document': st.encode_document(texts).tolist()}\n"
-            "assert 'retrieval' not in sys.modules and 'encoders' not in sys.modules\nprint(json.dumps(out))\n")
-    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "enc")], input=json.dumps(TEXTS),
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = _plain_sentence_transformer_vectors(tmp_path / "enc")
     np.testing.assert_allclose(got["query"], enc.encode_queries(TEXTS), atol=1e-5)
     np.testing.assert_allclose(got["document"], enc.encode_documents(TEXTS), atol=1e-5)
     assert not np.allclose(got["query"], base, atol=1e-3)  # the adapter is really applied
@@ -203,21 +209,11 @@ def test_saved_encoder_opens_with_plain_sentence_transformer(tiny_model_dir, tmp
 def test_save_sentence_transformers_gives_the_pipeline_vectors_without_this_library(tiny_model_dir, tmp_path, side):
     """save_sentence_transformers: a whole sentence-transformers folder (a Router for a query-only adapter) whose
     encode_query / encode_document, in a child process that never imports this library, are this encoder's."""
-    import subprocess
-    import sys
-
     enc = BiEncoder(tiny_model_dir, device="cpu")
     enc.add_lora(LoraSettings(r=4, side=side))
     _perturb(enc, 4)
     enc.save_sentence_transformers(tmp_path / "st")
-    code = ("import json, sys\nfrom sentence_transformers import SentenceTransformer\n"
-            "texts = json.loads(sys.stdin.read())\nst = SentenceTransformer(sys.argv[1], device='cpu')\n"
-            "out = {'query': st.encode_query(texts).tolist(), 'document': st.encode_document(texts).tolist()}\n"
-            "assert 'retrieval' not in sys.modules and 'encoders' not in sys.modules\nprint(json.dumps(out))\n")
-    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "st")], input=json.dumps(TEXTS),
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = _plain_sentence_transformer_vectors(tmp_path / "st")
     np.testing.assert_allclose(got["query"], enc.encode_queries(TEXTS), atol=1e-5)
     np.testing.assert_allclose(got["document"], enc.encode_documents(TEXTS), atol=1e-5)
     assert np.allclose(got["query"], got["document"], atol=1e-3) == (side == "both")

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from rerankers.cross_encoder import PRECISIONS
+from rerankers.train import RerankTrainSettings
 
 from ..lora.openvino import INFERENCES
 from ..stages.bm25 import BACKENDS, DEFAULT_BACKEND
@@ -44,7 +45,7 @@ class PipelineSettings:
     neighbours: int = _setting(100, "the index's own nearest neighbours the dense stage adds to BM25's candidates")
     dense_epochs: int | None = _setting(None, "query-side adapter epochs (default: 8; corpus-only 4)", type=int)
     rerank_epochs: int = _setting(3, "reranker epochs")
-    rerank_max_length: int = _setting(192, "query + passage tokens the reranker trains on")
+    rerank_max_length: int = _setting(RerankTrainSettings.max_length, "query + passage tokens the reranker trains on")
     rerank_depths: tuple[int, ...] = _setting(DEPTHS, "rerank depths to choose from on held-out training queries")
     rerank_max_items: int | None = _setting(None, "cap on reranker training pairs (default: all; corpus-only 800)",
                                             type=int)
