@@ -58,7 +58,7 @@ def main(args) -> int:
         dense.encoder.use_torch()
         index, _, _ = document_index(dense.encoder, corpus, factory=dense.index.factory)
         stages = [Dense(dense.encoder, index, mode=dense.mode, k=dense.k, fusion=dense.fusion,
-                        neighbours=dense.neighbours, name=dense.name) if s is dense else s for s in pipeline.stages]
+                        neighbours=dense.neighbours, name=dense.name, base_ensemble=dense.base_ensemble) if s is dense else s for s in pipeline.stages]
         pipeline = type(pipeline)(stages, name=pipeline.name)
     if rerank is not None:
         rerank.reranker.use_torch()

@@ -90,6 +90,11 @@ class BiEncoder(AdapterHost):
             return f"base:{self._doc_fp}" + self._export_suffix(side)
         return self.adapter_fingerprint(self._adapter_for(side)) + self._export_suffix(side)
 
+    def documents_by_base(self) -> bool:
+        """Whether documents are encoded by the base model alone (no adapter, or a query-side one): then a query
+        encoded as a document is the untouched model's query vector."""
+        return "+" not in self.fingerprint("document").split("@")[0]
+
     def _adapter_for(self, side: str) -> str | None:
         if side not in ("query", "document"):
             raise ValueError(f"side must be 'query' or 'document', got {side!r}")

@@ -115,7 +115,10 @@ def pipeline_card(config: dict) -> str:
         detail = []
         if s.get("type") == "bm25":
             detail.append(f"{s.get('backend', 'lucene')} k1={s.get('k1')} b={s.get('b')}")
-        if s.get("fusion"):
+        if s.get("fusion") and s.get("base_ensemble"):
+            detail.append(f"the incoming score, the adapted and the untouched base model fused, weights "
+                          f"{s['fusion'].get('weights')}")
+        elif s.get("fusion"):
             detail.append(f"fused with the incoming score, weights {s['fusion'].get('weights')}")
         if s.get("mode"):
             detail.append(f"mode {s['mode']}")

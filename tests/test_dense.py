@@ -79,6 +79,51 @@ def test_dense_input_errors(tiny, tiny_model_dir, adi_index):
     assert Dense(tiny, index, mode="rescore").search({"q": "x"}, Ranking({"q": {"unknown-doc": 1.0}})).scores == {"q": {}}
 
 
+def _nonzero_adapter(enc, side: str, value: float = 0.05):
+    import torch
+
+    enc.add_lora(LoraSettings(r=2, side=side))
+    with torch.no_grad():
+        for n, p in enc.st.named_parameters():
+            if "lora_B" in n:
+                p.fill_(value)
+    return enc
+
+
+def test_base_ensemble_fuses_bm25_the_adapted_and_the_base_model(tiny_model_dir, adi, adi_index, adi_lucene):
+    """Dense(base_ensemble=True): three rankings — the incoming, the adapted model's, the untouched base
+    model's (queries encoded as documents are) — under one fusion; equal thirds by default."""
+    from retrieval.stages.fusion import weighted
+
+    index, _ = adi_index
+    enc = _nonzero_adapter(BiEncoder(tiny_model_dir, device="cpu"), "query")
+    bm25 = adi_lucene.search(adi.queries, k=20)
+    ens = Dense(enc, index, mode="hybrid", k=30, neighbours=10, base_ensemble=True)
+    assert ens.fusion.weights == (0.333333,) * 3 and "base_ensemble=True" in repr(ens)
+    base = BiEncoder(tiny_model_dir, device="cpu")  # the same weights with no adapter at all
+    adapted = Dense(enc, index, mode="hybrid", neighbours=10).dense_scores(adi.queries, bm25)
+    untouched = Dense(base, index, mode="hybrid", neighbours=10).dense_scores(adi.queries, bm25)
+    assert any(adapted.scores[q] != untouched.scores[q] for q in adi.queries), "the adapter changes the query vectors"
+    for q in list(adi.queries)[:5]:
+        assert ens.base_scores(adi.queries.subset([q]), bm25).scores[q] == pytest.approx(untouched.scores[q], abs=1e-5)
+    expected = weighted([bm25, adapted, untouched], (1 / 3,) * 3).top_k(30)
+    got = ens.search(adi.queries, bm25)
+    for q in adi.queries:
+        assert [d for d, _ in got.ranked(q)][:10] == [d for d, _ in expected.ranked(q)][:10]
+    # two rankings' worth of weights for three rankings is refused, not silently cut
+    with pytest.raises(ValueError, match="3 rankings but 2 fusion weights"):
+        Dense(enc, index, mode="hybrid", base_ensemble=True, fusion=Fusion("weighted", (0.5, 0.5))).search(adi.queries, bm25)
+
+
+def test_base_ensemble_needs_base_documents_and_hybrid(tiny_model_dir, adi_index):
+    index, _ = adi_index
+    with pytest.raises(ValueError, match="only mode='hybrid'"):
+        Dense(BiEncoder(tiny_model_dir, device="cpu"), index, mode="retrieve", base_ensemble=True)
+    both = _nonzero_adapter(BiEncoder(tiny_model_dir, device="cpu"), "both")
+    with pytest.raises(ValueError, match="needs the base model on the document side"):
+        Dense(both, index, mode="hybrid", base_ensemble=True, check_index=False)
+
+
 def test_split_queries_is_seeded_and_disjoint():
     ids = [str(i) for i in range(100)]
     a, b = split_queries(ids, 0.2, seed=1)

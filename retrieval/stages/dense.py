@@ -5,6 +5,11 @@ Modes:
 - ``rescore``: score the given candidates from their stored vectors (no document is re-encoded);
 - ``hybrid``: score the candidates and the index's own top-k neighbours, then fuse those dense scores
   with the scores the candidates came with (``Fusion``: RRF or a weighted sum of normalised scores).
+
+``base_ensemble`` (hybrid, a query-side adapter only): the base model's own ranking — queries encoded as the
+documents are, with no adapter, and its own neighbours — is fused as a third ranking beside the adapted one,
+so the fusion takes (incoming, adapted, base). It costs one more query encoding and neighbour search; it is
+how a corpus-only adapter, trained without labels, is used beside the untouched model it came from.
 """
 
 from __future__ import annotations
@@ -60,22 +65,28 @@ class Dense(StageBase):
 
     def __init__(self, encoder, index: FaissIndex, mode: str = "hybrid", k: int = 100,
                  fusion: Fusion | None = None, neighbours: int = 100, name: str = "dense",
-                 check_index: bool = True):
+                 check_index: bool = True, base_ensemble: bool = False):
         if mode not in MODES:
             raise ValueError(f"dense mode must be one of {MODES}, got {mode!r}")
+        if base_ensemble and mode != "hybrid":
+            raise ValueError(f"{name}: base_ensemble fuses three rankings, which only mode='hybrid' does (got {mode!r})")
+        if base_ensemble and not encoder.documents_by_base():
+            raise ValueError(f"{name}: base_ensemble needs the base model on the document side (a query-side adapter "
+                             f"or none); this encoder's documents are encoded as {encoder.fingerprint('document')}")
         if check_index and index.encoder_fingerprint is not None:
             fp = encoder.fingerprint("document")
             if fp != index.encoder_fingerprint:
                 raise IndexMismatch(f"the index was built with encoder {index.encoder_fingerprint}, this encoder "
                                     f"encodes documents as {fp}; rebuild the index or use the matching adapter")
-        self.encoder, self.index, self.mode = encoder, index, mode
+        self.encoder, self.index, self.mode, self.base_ensemble = encoder, index, mode, base_ensemble
         self.k = check_k(k, name)
-        self.fusion = fusion or Fusion()
+        self.fusion = fusion or Fusion("weighted", (1 / 3,) * 3 if base_ensemble else (0.5, 0.5))
         self.neighbours = check_k(neighbours, name)  # ANN neighbours added to the candidates in hybrid mode
         self.name = name
 
     def __repr__(self) -> str:
-        return f"Dense(mode={self.mode!r}, k={self.k}, factory={self.index.factory!r}, fusion={self.fusion})"
+        ensemble = ", base_ensemble=True" if self.base_ensemble else ""
+        return f"Dense(mode={self.mode!r}, k={self.k}, factory={self.index.factory!r}, fusion={self.fusion}{ensemble})"
 
     def search(self, queries: Queries, candidates: Ranking | None = None, k: int | None = None) -> Ranking:
         queries = as_queries(queries)
@@ -95,7 +106,10 @@ class Dense(StageBase):
         if self.mode == "rescore":
             return dense_ranking.top_k(k)
         first = Ranking({q: candidates.scores.get(q, {}) for q in qids})
-        return self.fusion([first, dense_ranking]).top_k(k)
+        rankings = [first, dense_ranking]
+        if self.base_ensemble:
+            rankings.append(self._base_scores(qids, [queries[q] for q in qids], candidates))
+        return self.fusion(rankings).top_k(k)
 
     def dense_scores(self, queries: Queries, candidates: Ranking) -> Ranking:
         """Dense scores of the candidates plus the ANN neighbours: the ranking hybrid mode fuses.
@@ -106,6 +120,16 @@ class Dense(StageBase):
         qids = list(queries)
         qv = self.encoder.encode_queries([queries[q] for q in qids])
         return self._dense_scores(qids, qv, candidates, True)
+
+    def base_scores(self, queries: Queries, candidates: Ranking) -> Ranking:
+        """The untouched base model's scores of the candidates plus its own neighbours: the third ranking that
+        ``base_ensemble`` fuses (queries encoded as the documents are: by the base model)."""
+        queries = as_queries(queries)
+        qids = list(queries)
+        return self._base_scores(qids, [queries[q] for q in qids], candidates)
+
+    def _base_scores(self, qids, texts, candidates: Ranking) -> Ranking:
+        return self._dense_scores(qids, self.encoder.encode_documents(texts), candidates, True)
 
     def _dense_scores(self, qids, qv, candidates: Ranking, add_neighbours: bool) -> Ranking:
         dense: dict[str, dict[str, float]] = {}

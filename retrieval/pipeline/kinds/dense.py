@@ -37,7 +37,7 @@ class DenseKind(StageKind):
         check_ids(stage.index.ids, corpus, stage.name)
         stage.encoder.save(folder / "encoder")
         stage.index.save(folder / "index")
-        return {"mode": stage.mode, "neighbours": stage.neighbours,
+        return {"mode": stage.mode, "neighbours": stage.neighbours, "base_ensemble": stage.base_ensemble,
                 "fusion": stage.fusion.to_dict() if stage.fusion is not None else None,
                 "factory": stage.index.factory, "encoder_query": stage.encoder.fingerprint("query"),
                 "encoder_document": stage.encoder.fingerprint("document")}
@@ -58,7 +58,7 @@ class DenseKind(StageKind):
             raise PipelineMismatch(f"{name}: {e}") from None
         check_ids(index.ids, context.corpus, name)
         return Dense(encoder, index, mode=entry["mode"], k=entry["k"], fusion=Fusion.from_dict(entry.get("fusion")),
-                     neighbours=entry["neighbours"], name=name)
+                     neighbours=entry["neighbours"], name=name, base_ensemble=entry.get("base_ensemble", False))
 
     def prepare(self, stage: Dense, docs: Sequence[Document]):
         return stage.encoder.encode_documents(list(docs)) if docs else None
