@@ -75,7 +75,10 @@ def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[B
                          epochs, opts.cache_dir, bm25, opts.train_split, s.dense_model, s.dense_inference)
 
 
-def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
+def _dense_builder(adapter: str | None, hybrid: bool, fusion: Fusion | None = None) -> Builder:
+    """The dense stage alone (``retrieve``) or after BM25 (``hybrid``); a hybrid's fusion is ``fusion`` when
+    given (no labels needed), else its weight is fitted on the training split."""
+
     def build(ds: Dataset, opts: RunOptions) -> Condition:
         s = opts.pipeline
         enc = BiEncoder(s.dense_model)
@@ -93,17 +96,21 @@ def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
             dense = Dense(enc, index, mode="retrieve", k=s.bm25_k)
             return Condition(Pipeline([dense], name="dense"), index.build_seconds, not built_now, settings, extra)
         bm25, bm25_built = bm25_stage(ds.corpus, opts.cache_dir, k=s.bm25_k, threads=opts.threads, backend=s.bm25_backend)
-        # The fusion weight is chosen on training queries the adapter never took a gradient step on:
-        # all of the training split for a zero-shot encoder, the adapter's held-out slice otherwise.
-        train = load_dataset(ds.path, opts.train_split)
-        fit_q = dense_held_out(train.queries, train.qrels, index, extra["train"]) if adapter else list(train.queries)
-        fit_queries = train.queries.subset(fit_q)
-        first = bm25.search(fit_queries)
-        dense = Dense(enc, index, mode="hybrid", k=s.bm25_k, neighbours=s.neighbours)
-        fusion, grid = fit_weight(first, dense.dense_scores(fit_queries, first), {q: train.qrels[q] for q in fit_q})
-        dense.fusion = fusion
-        extra["fusion"] = {"fitted_on": f"{opts.train_split} ({len(fit_q)} queries)", **fusion.to_dict(), "grid": grid}
-        settings.update(fusion=fusion.to_dict(), bm25_k=bm25.k, neighbours=s.neighbours)
+        dense = Dense(enc, index, mode="hybrid", k=s.bm25_k, neighbours=s.neighbours, fusion=fusion)
+        if fusion is not None:
+            extra["fusion"] = {"fitted_on": "nothing (fixed)", **fusion.to_dict()}
+        else:
+            # The fusion weight is chosen on training queries the adapter never took a gradient step on:
+            # all of the training split for a zero-shot encoder, the adapter's held-out slice otherwise.
+            train = load_dataset(ds.path, opts.train_split)
+            fit_q = dense_held_out(train.queries, train.qrels, index, extra["train"]) if adapter else list(train.queries)
+            fit_queries = train.queries.subset(fit_q)
+            first = bm25.search(fit_queries)
+            dense.fusion, grid = fit_weight(first, dense.dense_scores(fit_queries, first),
+                                            {q: train.qrels[q] for q in fit_q})
+            extra["fusion"] = {"fitted_on": f"{opts.train_split} ({len(fit_q)} queries)", **dense.fusion.to_dict(),
+                               "grid": grid}
+        settings.update(fusion=dense.fusion.to_dict(), bm25_k=bm25.k, neighbours=s.neighbours)
         return Condition(Pipeline([bm25, dense], name="hybrid"), index.build_seconds + bm25.build_seconds,
                          not (built_now or bm25_built), settings, extra)
 
@@ -113,10 +120,12 @@ def _dense_builder(adapter: str | None, hybrid: bool) -> Builder:
 _BUILT: dict[tuple, BuiltPipeline] = {}  # full pipelines built in this process, shared by `full` and `bm25>>ce`
 
 
-def _pipeline_for(ds: Dataset, opts: RunOptions, corpus_only: bool) -> BuiltPipeline:
+def _pipeline_for(ds: Dataset, opts: RunOptions, corpus_only: bool, reranker: bool = False) -> BuiltPipeline:
     """BM25 >> hybrid LoRA dense >> LoRA reranker, trained on the training split (or, corpus-only, on
-    pseudo-queries from the corpus): ``build_pipeline`` with the run's settings."""
-    settings = dataclasses.replace(opts.pipeline, corpus_only=corpus_only)
+    pseudo-queries from the corpus): ``build_pipeline`` with the run's settings. ``reranker``: a corpus-only
+    pipeline with its reranker even where the run's settings leave it out (``bm25>>ce-corpus`` needs one)."""
+    settings = dataclasses.replace(opts.pipeline, corpus_only=corpus_only,
+                                   corpus_reranker=corpus_only and (opts.pipeline.corpus_reranker or reranker))
     key = (str(ds.path), ds.corpus.fingerprint(), opts.train_split, str(opts.cache_dir), str(settings.to_dict()))
     if key not in _BUILT:
         log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -168,7 +177,7 @@ def _rerank_builder(corpus_only: bool) -> Builder:
 
     def build(ds: Dataset, opts: RunOptions) -> Condition:
         s = opts.pipeline
-        full = _pipeline_for(ds, opts, corpus_only)
+        full = _pipeline_for(ds, opts, corpus_only, reranker=True)
         bm25, _, full_rerank = full.pipeline.stages
         train_info = full.info["stages"]["rerank"]["train"]
         # keep_rest: BM25's candidates below the reranked top stay in the ranking, so recall is BM25's
@@ -255,7 +264,7 @@ def _saved_pipeline_builder(folder: Path) -> Builder:
 
 # What each condition needs besides the evaluated split, so that a run checks it all before any work.
 NEEDS_TRAIN_SPLIT = {"bm25-fit", "dense-lora-query", "dense-lora", "hybrid", "hybrid-lora-query", "bm25>>ce", "full"}
-USES_ENCODER = {"dense", "dense-lora-query", "dense-lora", "dense-corpus", "dense-corpus-query", "hybrid",
+USES_ENCODER = {"dense", "rrf", "dense-lora-query", "dense-lora", "dense-corpus", "dense-corpus-query", "hybrid",
                 "hybrid-lora-query", "bm25>>ce", "bm25>>ce-corpus", "full", "full-corpus"}
 USES_RERANKER = {"bm25>>ce", "bm25>>ce-corpus", "full", "full-corpus"}
 
@@ -286,6 +295,7 @@ CONDITIONS: dict[str, Builder] = {
     "dense-corpus": _dense_builder("corpus", hybrid=False),
     "dense-corpus-query": _dense_builder("corpus-query", hybrid=False),
     "hybrid": _dense_builder(None, hybrid=True),
+    "rrf": _dense_builder(None, hybrid=True, fusion=Fusion("rrf", (1.0, 1.0))),
     "hybrid-lora-query": _dense_builder("query", hybrid=True),
     "bm25>>ce": _rerank_builder(False),
     "bm25>>ce-corpus": _rerank_builder(True),
@@ -304,6 +314,8 @@ DESCRIPTIONS = {
     "dense-corpus": "MiniLM with a LoRA adapter on both sides trained on pseudo-queries from the corpus (no labels)",
     "dense-corpus-query": "MiniLM with a query-only LoRA adapter trained on pseudo-queries from the corpus (no labels, no re-encoding)",
     "hybrid": "BM25 top-k >> zero-shot dense: candidates + ANN neighbours, weighted fusion fitted on train",
+    "rrf": "BM25 top-k >> zero-shot dense: candidates + ANN neighbours, reciprocal rank fusion (k=60, equal "
+           "weights; no labels, no training: the floor of corpus-only adaptation)",
     "hybrid-lora-query": "BM25 top-k >> query-only LoRA dense, weighted fusion fitted on held-out training queries",
     "bm25>>ce": "BM25 >> the full pipeline's LoRA cross-encoder (MiniLM + new head, trained on the training split with "
                 "BM25 hard negatives by default, see --rerank-negatives); depth and BM25/reranker weight chosen on "
@@ -312,6 +324,7 @@ DESCRIPTIONS = {
                        "BM25/reranker weights and depth 20, fixed in advance",
     "full": "BM25 (k1/b fitted) >> hybrid dense with a query-side LoRA adapter >> LoRA cross-encoder; every weight and "
             "depth chosen on held-out training queries; evaluated as saved to and loaded from its folder",
-    "full-corpus": "the full pipeline trained with no labels (pseudo-queries from the corpus); equal fusion weights and "
-                   "rerank depth 20, fixed in advance",
+    "full-corpus": "the pipeline trained with no labels: BM25 >> hybrid dense fusing BM25, a query-side adapter trained "
+                   "on pseudo-queries from the corpus and the base model with equal weights (the reranker only with "
+                   "--corpus-reranker: equal weights, depth 20), all fixed in advance",
 }

@@ -130,9 +130,10 @@ def train(args) -> int:
     save_pipeline(built.pipeline, args.output, built.corpus, info, overwrite=args.overwrite)
     print(f"saved {built.pipeline!r} to {args.output}")
     s = info["stages"]
+    rerank = (f"rerank depth {s['rerank']['depth']}, weights {s['rerank']['fusion']['weights']}" if "rerank" in s
+              else "no reranker")
     print(f"BM25 k1={s['bm25']['k1']} b={s['bm25']['b']}; dense fusion weights {s['dense']['fusion']['weights']}; "
-          f"rerank depth {s['rerank']['depth']}, weights {s['rerank']['fusion']['weights']} "
-          f"(chosen on {s['rerank']['fusion']['fitted_on']}); training {info['train_seconds']:.0f} s")
+          f"{rerank} (chosen on {s['dense']['fusion']['fitted_on']}); training {info['train_seconds']:.0f} s")
     if args.dev_split:
         dev = load_dataset(args.dataset, args.dev_split)
         pipe, _, _ = load_pipeline(args.output, threads=args.threads)

@@ -219,13 +219,48 @@ def test_settings_reject_bad_values(models):
 
 
 def test_corpus_only_pipeline_needs_no_judgements(adi, models, tmp_path):
-    b = build_pipeline(adi.corpus, settings=_settings(models, corpus_only=True, rerank_max_items=40,
-                                                      corpus_rerank_depth=10), cache_dir=tmp_path, log=lambda m: None)
-    _, dense, rerank = b.pipeline.stages
-    assert dense.fusion.weights == (0.5, 0.5) and rerank.fusion.weights == (0.5, 0.5) and rerank.k == 10
-    assert b.info["held_out"] == [] and b.info["split"].startswith("none")
+    """No labels: BM25 >> a dense stage fusing BM25, the pseudo-query adapter and the base model in equal
+    thirds (the rule fixed in advance); no reranker unless asked for. The ensemble survives save and load."""
+    b = build_pipeline(adi.corpus, settings=_settings(models, corpus_only=True), cache_dir=tmp_path, log=lambda m: None)
+    assert [s.name for s in b.pipeline.stages] == ["bm25", "dense"]
+    dense = b.pipeline.stages[1]
+    assert dense.base_ensemble and dense.fusion.weights == (0.333333,) * 3 and dense.k == 50  # the last stage: BM25's k
+    assert b.info["held_out"] == [] and b.info["split"].startswith("none") and "rerank" not in b.info["stages"]
+    assert b.info["train_seconds"] == b.info["stages"]["dense"]["train"]["seconds"]
+    save_pipeline(b.pipeline, tmp_path / "pipe", adi.corpus, b.info)
+    loaded, _, _ = load_pipeline(tmp_path / "pipe")
+    assert loaded.stages[1].base_ensemble
+    assert "the adapted and the untouched base model fused" in (tmp_path / "pipe" / "README.md").read_text()
+    _rankings_equal(b.pipeline.search(adi.queries), loaded.search(adi.queries))
+    with_rerank = build_pipeline(adi.corpus, settings=_settings(models, corpus_only=True, corpus_reranker=True,
+                                                                rerank_max_items=40, corpus_rerank_depth=10),
+                                 cache_dir=tmp_path, log=lambda m: None)
+    _, dense, rerank = with_rerank.pipeline.stages
+    assert dense.base_ensemble and rerank.fusion.weights == (0.5, 0.5) and rerank.k == 10
     with pytest.raises(ValueError, match="corpus_only"):
         build_pipeline(adi.corpus, settings=_settings(models), cache_dir=tmp_path)
+
+
+def test_runner_corpus_only_conditions(datasets_root, models, tmp_path):
+    """`make benchmark-corpus`'s conditions (benchmarks/corpus_only.toml) on ADI with tiny models: RRF of BM25 and
+    the base model is the baseline every other condition is tested against; the corpus-only pipeline has two
+    stages and says how long it trained."""
+    import tomllib
+
+    real = tomllib.loads((REPO / "benchmarks" / "corpus_only.toml").read_text())
+    assert real["baseline"] == "rrf" and set(real["datasets"]) == {"cranfield", "medline", "adi"}
+    config = tmp_path / "corpus.toml"
+    config.write_text(f'split = "test"\nbaseline = "rrf"\ndatasets = ["adi"]\nconditions = {json.dumps(real["conditions"])}\n')
+    out = tmp_path / "out"
+    assert bench_main(["run", "--config", str(config), "--datasets-root", str(datasets_root), "--output", str(out),
+                       "--cache-dir", str(tmp_path / "cache"), "--latency-queries", "2", "--bm25-k", "50",
+                       "--neighbours", "20", "--dense-k", "20", "--rerank-depths", "10", "--dense-model", models["dense"],
+                       "--dense-epochs", "1"]) == 0
+    by = {r["pipeline"]: r for r in json.loads((out / "summary.json").read_text())}
+    assert set(by) == {"bm25", "dense", "rrf", "full-corpus"}
+    assert all(by[n]["significance"]["baseline"] == "rrf" for n in ("bm25", "dense", "full-corpus"))
+    assert [s["name"] for s in by["full-corpus"]["stages"]] == ["bm25", "dense"]
+    assert by["full-corpus"]["train_seconds"] > 0
 
 
 @pytest.mark.slow

@@ -12,9 +12,14 @@
    the trained dense stage; it reorders the dense stage's top candidates and is fused with their score.
 
 Settings are chosen without the evaluated split: the dense fusion weight, the rerank depth and the rerank
-fusion weight on training queries held out of both adapters' training (the same seeded slice). With
-``corpus_only`` there are no judgements: pseudo-queries made from the documents train both adapters, and
-the fusion weights (equal) and rerank depth (20) are a rule fixed in advance.
+fusion weight on training queries held out of both adapters' training (the same seeded slice).
+
+With ``corpus_only`` there are no judgements, so nothing can be chosen on queries; the rule fixed in advance
+(README, "Corpus-only"): pseudo-queries made from the documents train the query-side dense adapter, and the
+dense stage fuses three rankings with equal weights — BM25's, the adapted model's and the untouched base
+model's (``Dense(base_ensemble=True)``), so an adapter that learned nothing leaves the zero-shot fusion of BM25
+and the base model. The reranker is left out (it could not be shown to help without labels) unless
+``corpus_reranker``; then it is trained on the pseudo-queries, fused with equal weights at the fixed depth.
 
 Trained adapters are cached by data and settings (``retrieval.pipeline.cache``), so building again is fast.
 """
@@ -89,7 +94,20 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     mode = "corpus-query" if settings.corpus_only else "query"
     encoder, dense_train = dense_adapter(mode, corpus, queries, qrels, index, settings.dense_epochs, cache_dir, split=split,
                                          model=settings.dense_model, inference=settings.dense_inference)
-    dense = Dense(encoder, index, mode="hybrid", k=settings.dense_k, neighbours=settings.neighbours)
+    dense = Dense(encoder, index, mode="hybrid", k=settings.dense_k, neighbours=settings.neighbours,
+                  base_ensemble=settings.corpus_only)
+    dense_info = {"mode": "hybrid", "adapter": mode, "base_ensemble": dense.base_ensemble, "train": dense_train,
+                  "index_reused": not index_built}
+    info["stages"]["dense"] = dense_info
+    stages = [bm25, dense]
+    if settings.corpus_only:  # no labels: the rule fixed in advance (module docstring)
+        fitted_on = "nothing (no labels): equal weights and the fixed depth, chosen in advance"
+        dense.fusion = Fusion("weighted", (1 / 3,) * 3)
+        dense_info["fusion"] = {**dense.fusion.to_dict(), "fitted_on": fitted_on, "grid": []}
+        if not settings.corpus_reranker:  # the dense stage is the last: it ranks as deep as BM25 handed on
+            log("[3/3] reranker: left out (corpus-only; --corpus-reranker adds it)")
+            dense.k = max(settings.dense_k, settings.bm25_k)
+            return _built(stages, corpus, info, t_start, held=[])
 
     # 3. reranker: negatives from BM25 and the trained dense stage
     log(f"[3/3] reranker: LoRA cross-encoder, hard negatives from {' and '.join(settings.rerank_negatives)}")
@@ -106,13 +124,12 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     ce, rerank_train = reranker(corpus, examples, miners, rs, negatives_from, cache_dir, split,
                                  settings.rerank_model, settings.rerank_precision, settings.rerank_inference)
     rerank = Rerank(ce, corpus, k=max(settings.rerank_depths), keep_rest=True)
+    stages.append(rerank)
 
     # fusion weights and depth
     if settings.corpus_only:
-        dense.fusion = Fusion("weighted", (0.5, 0.5))
         rerank.k, rerank.fusion = settings.corpus_rerank_depth, Fusion("weighted", (0.5, 0.5))
-        fitted_on = "nothing (no labels): equal weights and the fixed depth, chosen in advance"
-        dense_grid, depth_rows, held = [], [], []
+        depth_rows, held = [], []
     else:
         # the slice both adapters held out: the dense trainer's validation queries that the reranker's held out too
         dense_val = set(dense_held_out(queries, qrels, index, dense_train))
@@ -127,12 +144,16 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
         candidates = dense.search(fit_q, first)
         rerank.k, rerank.fusion, depth_rows = fit_rerank(rerank, fit_q, candidates, fit_qrels, settings.rerank_depths)
         fitted_on = f"{len(held)} training queries held out of both adapters' training"
-    info["stages"]["dense"] = {"mode": "hybrid", "adapter": mode, "train": dense_train, "index_reused": not index_built,
-                               "fusion": {**dense.fusion.to_dict(), "fitted_on": fitted_on, "grid": dense_grid}}
+        dense_info["fusion"] = {**dense.fusion.to_dict(), "fitted_on": fitted_on, "grid": dense_grid}
     info["stages"]["rerank"] = {"train": rerank_train, "depth": rerank.k,
                                 "fusion": {**rerank.fusion.to_dict(), "fitted_on": fitted_on,
                                            "depths": [{k: v for k, v in r.items() if k != "grid"} for r in depth_rows]}}
+    return _built(stages, corpus, info, t_start, held)
+
+
+def _built(stages: list, corpus: Corpus, info: dict, t_start: float, held: list[str]) -> BuiltPipeline:
+    """The pipeline of ``stages`` with its build record: the held-out queries and the time spent."""
     info["held_out"] = held
-    info["train_seconds"] = dense_train["seconds"] + rerank_train["seconds"]
+    info["train_seconds"] = sum(s["train"]["seconds"] for s in info["stages"].values() if s and "train" in s)
     info["build_seconds"] = time.perf_counter() - t_start
-    return BuiltPipeline(Pipeline([bm25, dense, rerank], name="full"), corpus, info)
+    return BuiltPipeline(Pipeline(stages, name="full"), corpus, info)

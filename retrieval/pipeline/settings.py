@@ -32,7 +32,10 @@ def _setting(default, help: str, **flag):
 class PipelineSettings:
     """How ``build_pipeline`` trains and composes BM25 >> hybrid LoRA dense >> LoRA reranker."""
 
-    corpus_only: bool = _setting(False, "no judgements: pseudo-queries from the corpus train both adapters")
+    corpus_only: bool = _setting(False, "no judgements: pseudo-queries from the corpus train the dense adapter, used "
+                                        "beside the untouched base model")
+    corpus_reranker: bool = _setting(False, "corpus-only: also train the LoRA reranker on pseudo-queries and add it as a "
+                                            "third stage (off by default: without labels it could not be shown to help)")
     bm25_backend: str = _setting(DEFAULT_BACKEND, "BM25 engine: bm25s (Java-free, in memory: corpora that do not change), "
                                                   "lucene (writes in place: service domains that take many writes), "
                                                   "rank_bm25", choices=BACKENDS)
