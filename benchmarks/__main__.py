@@ -1,5 +1,6 @@
 """``python -m benchmarks run ...`` (quality), ``python -m benchmarks speed-bm25|speed-dense|speed-rerank ...`` (speed),
-``tune-cutoffs`` (depths within a latency budget) and ``service-load`` (the HTTP service vs in-process)."""
+``tune-cutoffs`` (depths within a latency budget), ``corpus-designs`` (label-free fusions side by side) and
+``service-load`` (the HTTP service vs in-process)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from retrieval.cli import add_cache_args, add_debug_arg, count, positive_float, 
 from retrieval.evaluation import CORRECTIONS
 from retrieval.pipeline.settings import add_pipeline_args, settings_from_args
 
-from . import cutoffs, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
+from . import corpus_designs, cutoffs, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
 from .conditions import DESCRIPTIONS
 from .regression import load_config
 from .options import DEFAULT_BASELINE, RunOptions
@@ -90,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--threads", type=positive_int, default=None, help="BM25 search threads (default: all cores)")
     i.add_argument("--output", type=Path, default=Path("results/speed-inference"))
 
+    c = sub.add_parser("corpus-designs", help="label-free fusions of the corpus-only pipeline's parts (BM25, base model, "
+                                              "pseudo-query adapter) side by side, scored on a split's judgements")
+    c.add_argument("--dataset", type=Path, required=True, help="BEIR or MS MARCO folder: its corpus trains the adapter")
+    c.add_argument("--split", required=True, help="split whose judgements score the designs (never used to train)")
+    c.add_argument("--output", type=Path, default=None, help="folder for corpus_designs.json")
+    add_cache_args(c)
+    add_pipeline_args(c, exclude=("corpus_only", "corpus_reranker"))
+
     t = sub.add_parser("tune-cutoffs", help="choose each stage's depth for the best nDCG@10 within a latency budget")
     t.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder (BM25 >> Dense >> Rerank)")
     t.add_argument("--dataset", type=Path, required=True)
@@ -152,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return 0
-    commands = {"tune-cutoffs": cutoffs.main, "service-load": service_load.main, "speed-bm25": speed_bm25.main,
+    commands = {"corpus-designs": corpus_designs.main, "tune-cutoffs": cutoffs.main, "service-load": service_load.main, "speed-bm25": speed_bm25.main,
                 "speed-dense": speed_dense.main, "speed-rerank": speed_rerank.main, "speed-inference": speed_inference.main}
     return commands[args.command](args)
 

@@ -263,6 +263,27 @@ def test_runner_corpus_only_conditions(datasets_root, models, tmp_path):
     assert by["full-corpus"]["train_seconds"] > 0
 
 
+def test_corpus_designs_scores_the_pipelines_own_fusion(datasets_root, models, tmp_path, capsys):
+    """`python -m benchmarks corpus-designs`: every label-free design over the corpus-only pipeline's parts; the one
+    marked as the pipeline's scores exactly what the trained pipeline scores."""
+    from benchmarks.corpus_designs import DESIGNS, PIPELINE_DESIGN
+
+    args = ["corpus-designs", "--dataset", str(datasets_root / "adi"), "--split", "test", "--output", str(tmp_path / "o"),
+            "--cache-dir", str(tmp_path / "cache"), "--dense-model", models["dense"], "--dense-epochs", "1",
+            "--bm25-k", "50", "--neighbours", "20", "--dense-k", "20", "--rerank-depths", "10"]
+    assert bench_main(args) == 0
+    assert "(the pipeline's)" in capsys.readouterr().out
+    result = json.loads((tmp_path / "o" / "corpus_designs.json").read_text())
+    by = {r["design"]: r for r in result["rows"]}
+    assert {d for d in DESIGNS if d != PIPELINE_DESIGN} | {f"{PIPELINE_DESIGN} (the pipeline's)"} <= set(by)
+    adi = load_dataset(datasets_root / "adi", "test")
+    built = build_pipeline(adi.corpus, settings=_settings(models, corpus_only=True, rerank_depths=(10,)),
+                           cache_dir=tmp_path / "cache", log=lambda m: None)  # the same adapter, from the cache
+    own = evaluate(built.pipeline.search(adi.queries), adi.qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+    assert by[f"{PIPELINE_DESIGN} (the pipeline's)"]["nDCG@10"] == pytest.approx(own, abs=5e-5)
+    assert result["queries"] == 35 and result["adapter"]["seconds"] > 0
+
+
 @pytest.mark.slow
 def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tmp_path):
     """`python -m retrieval train`, then the runner on `full`, `bm25>>ce`, the saved folder and a config with
