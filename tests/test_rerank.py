@@ -267,7 +267,8 @@ def test_openvino_export_matches_torch_and_is_refused_when_it_disagrees(backbone
     from retrieval.lora.host import QualityRefused
 
     ce = _ce(backbone)
-    queries, docs = (Q * 4)[:10], (D[::-1] * 4)[:10]
+    # distinct pairs: a repeated pair ties with itself, and an export may break the tie by 1e-7 (seen on AMD EPYC)
+    queries, docs = [q for q in Q for _ in D], [d for _ in Q for d in D]
     expected = ce.score(Q, D)
     report = ce.use_openvino("fp32", queries, docs, cache_dir=tmp_path / "cache")
     assert ce.inference == "openvino-fp32" and report["pairs"]["spearman"] > 0.99
