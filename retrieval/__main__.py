@@ -1,6 +1,11 @@
 """``python -m retrieval train ...``: train the full pipeline and save it to one folder;
 ``python -m retrieval search --pipeline DIR --topics FILE --output run.trec``: a saved pipeline over a topic file;
+``python -m retrieval shard --pipeline DIR --shards N --output DIR2``: a saved pipeline with its BM25 and dense indexes
+cut into N shards (the same rankings; each shard searched on its own, on one Ray actor each with --ray-address);
 ``python -m retrieval serve --root DIR``: serve the saved pipelines under DIR over HTTP, one domain each.
+
+``--ray-address`` (train, search, shard, serve) runs the corpus's encoding, the shards and batch search on a Ray
+cluster (``retrieval.distributed``): ``local``, ``auto`` or a cluster's address.
 
     python -m retrieval train --dataset ../shared/datasets/scifact --split train --dev-split dev --output PIPEDIR
     python -m retrieval train --dataset ../shared/datasets/medline --split test --corpus-only --output PIPEDIR
@@ -18,12 +23,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .cli import add_cache_args, add_dataset_args, add_debug_arg, add_output_args, check_split, count, positive_int, run_cli
+from .cli import (add_cache_args, add_dataset_args, add_debug_arg, add_output_args, add_ray_args, check_split, count,
+                  positive_int, run_cli)
 from .data import is_irds, load_dataset, load_irds, load_queries
+from .distributed.executor import executor_from_args
+from .distributed.search import search_batches
 from .evaluation import evaluate
 from .pipeline.build import build_pipeline
-from .pipeline.folder import load_pipeline, save_pipeline
+from .pipeline.folder import load_pipeline, pipeline_config, save_pipeline
 from .pipeline.settings import add_pipeline_args, settings_from_args
+from .pipeline.shard import shard_pipeline
 from .service.app import serve as serve_domains
 from .service.settings import ServiceSettings
 from .types import Queries, Ranking
@@ -43,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     add_cache_args(t)
     t.add_argument("--threads", type=positive_int, default=None, help="BM25 search threads (default: all cores)")
     add_pipeline_args(t)
+    add_ray_args(t)
 
     s = sub.add_parser("search", help="search a topic file with a saved pipeline and write a TREC run file")
     s.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder (python -m retrieval train)")
@@ -57,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=positive_int, default=64, help="queries searched together (default: 64)")
     s.add_argument("--threads", type=positive_int, default=None, help="BM25 search threads (default: all cores)")
     s.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    add_ray_args(s)
+
+    h = sub.add_parser("shard", help="cut a saved pipeline's BM25 and dense indexes into shards (the same rankings)")
+    h.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder (python -m retrieval train)")
+    h.add_argument("--shards", type=positive_int, required=True, help="shards of each index")
+    add_output_args(h, "the sharded pipeline folder")
+    add_cache_args(h)
+    add_ray_args(h)
 
     d = ServiceSettings()
     v = sub.add_parser("serve", help="HTTP search service over the domains (saved pipeline folders) under --root")
@@ -78,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"journal records that trigger a compaction in the background (default: {d.compact_after}; 0: never)")
     v.add_argument("--no-sync", action="store_true", help="do not fsync the journal (faster writes; a power cut may lose them)")
     v.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug", "trace"))
+    add_ray_args(v)
     for parser in sub.choices.values():
         add_debug_arg(parser)
     return p
@@ -89,8 +108,9 @@ def serve(args) -> int:
         max_batch_docs=args.max_batch_docs, max_doc_chars=args.max_doc_chars, max_id_chars=args.max_id_chars,
         max_body_bytes=args.max_body_bytes, threads=args.threads, device=args.device, sync=not args.no_sync,
         compact_after=args.compact_after)
+    executor = executor_from_args(args)
     serve_domains(args.root, host=args.host, port=args.port, settings=settings, key_file=args.api_key_file,
-                  work_dir=args.work_dir, log_level=args.log_level)
+                  work_dir=args.work_dir, log_level=args.log_level, placer=executor.place if executor else None)
     return 0
 
 
@@ -101,7 +121,17 @@ def search(args) -> int:
     if any(c.isspace() for c in tag):
         raise ValueError(f"--tag must be one word without spaces, got {tag!r}")
     queries = load_irds(args.topics).queries if is_irds(args.topics) else load_queries(args.topics)
-    pipe, _, _ = load_pipeline(args.pipeline, device=args.device, threads=args.threads)
+    executor = executor_from_args(args)
+    sharded = any(st.get("shards", 1) > 1 for st in pipeline_config(args.pipeline)["stages"])
+    if executor is not None and not sharded:  # copies of the pipeline on the cluster, each searching some batches
+        ranking = search_batches(args.pipeline, queries, executor.workers, k=args.k, batch=args.batch, device=args.device)
+        ranking.to_trec(args.output, tag=tag)
+        print(f"wrote {args.output}: {len(queries)} queries, at most {args.k} results each, by {executor.workers} "
+              f"copies of the pipeline on the Ray cluster")
+        return 0
+    # one pipeline here; a sharded one keeps each shard on a Ray actor with --ray-address
+    pipe, _, _ = load_pipeline(args.pipeline, device=args.device, threads=args.threads,
+                               placer=executor.place if executor else None)
     qids = list(queries)
     scores: dict[str, dict[str, float]] = {}
     with tqdm(total=len(qids), desc="search", unit="q") as bar:
@@ -110,7 +140,20 @@ def search(args) -> int:
             scores.update(pipe.search(part, k=args.k).scores)
             bar.update(len(part))
     Ranking(scores).to_trec(args.output, tag=tag)
-    print(f"wrote {args.output}: {len(qids)} queries, at most {args.k} results each, by {pipe!r}")
+    print(f"wrote {args.output}: {len(qids)} queries, at most {args.k} results each, by {pipe!r}"
+          + (" (shards on the Ray cluster)" if executor is not None and sharded else ""))
+    return 0
+
+
+def shard(args) -> int:
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    executor = executor_from_args(args)
+    pipe, corpus, config = load_pipeline(args.pipeline)
+    sharded = shard_pipeline(pipe, corpus, args.shards, args.cache_dir, executor=executor)
+    info = {**config.get("info", {}), "sharded_from": str(args.pipeline), "shards": args.shards}
+    save_pipeline(sharded, args.output, corpus, info, overwrite=args.overwrite)
+    print(f"saved {sharded!r} with {args.shards} shards of each index to {args.output}")
     return 0
 
 
@@ -123,9 +166,10 @@ def train(args) -> int:
     if args.dev_split:
         check_split(args.dataset, args.dev_split, "--dev-split")
     ds = load_dataset(args.dataset, args.split)
+    executor = executor_from_args(args)
     built = build_pipeline(ds.corpus, None if args.corpus_only else ds.queries, None if args.corpus_only else ds.qrels,
                            settings, cache_dir=args.cache_dir, threads=args.threads, split=args.split,
-                           log=lambda m: print(m, file=sys.stderr, flush=True))
+                           log=lambda m: print(m, file=sys.stderr, flush=True), executor=executor)
     info = {**built.info, "dataset": str(args.dataset), "command": " ".join(["python -m retrieval", *sys.argv[1:]])}
     save_pipeline(built.pipeline, args.output, built.corpus, info, overwrite=args.overwrite)
     print(f"saved {built.pipeline!r} to {args.output}")
@@ -136,7 +180,7 @@ def train(args) -> int:
           f"{rerank} (chosen on {s['dense']['fusion']['fitted_on']}); training {info['train_seconds']:.0f} s")
     if args.dev_split:
         dev = load_dataset(args.dataset, args.dev_split)
-        pipe, _, _ = load_pipeline(args.output, threads=args.threads)
+        pipe, _, _ = load_pipeline(args.output, threads=args.threads, placer=executor.place if executor else None)
         ranking = pipe.search(dev.queries, keep_stages=True)
         rows = {name: evaluate(r, dev.qrels, ["nDCG@10"]).aggregate["nDCG@10"] for name, r in ranking.stages.items()}
         write_json(args.output / f"{args.dev_split}_nDCG@10.json", {"split": args.dev_split, "queries": len(dev.queries),
@@ -155,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "search":
         return search(args)
+    if args.command == "shard":
+        return shard(args)
     return 2
 
 

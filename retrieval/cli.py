@@ -23,7 +23,7 @@ from .types import DataFormatError
 # Errors a user can fix from the message alone (ValueError covers DataFormatError, the mismatch and damage errors
 # and bad settings); anything else is a bug and keeps its traceback.
 USER_ERRORS = (DataFormatError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError, JavaUnavailable, ImportError)
+               PermissionError, JavaUnavailable, ImportError, ConnectionError)
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -103,6 +103,18 @@ def add_cache_args(p: argparse.ArgumentParser) -> None:
     """``--cache-dir`` (also ``--index-dir``): where indexes and trained adapters are cached."""
     p.add_argument("--cache-dir", "--index-dir", dest="cache_dir", type=Path, default=None,
                    help="where indexes and trained adapters are cached (default: $RETRIEVAL_CACHE or ~/.cache/retrieval)")
+
+
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    """``--ray-address`` and ``--ray-workers``: run the command's encoding, index building, shards and batch
+    search on a Ray cluster (``retrieval.distributed``; ``pip install 'retrieval[ray]'``)."""
+    g = p.add_argument_group("Ray cluster (optional: pip install 'retrieval[ray]')")
+    g.add_argument("--ray-address", default=None,
+                   help="run encoding, index shards and batch search on a Ray cluster: 'local' (start one in this "
+                        "process), 'auto' (the one `ray start --head` started here), 'host:port' or 'ray://host:port' "
+                        "(default: no Ray, everything in this process)")
+    g.add_argument("--ray-workers", type=positive_int, default=None,
+                   help="encoder (or pipeline) actors on the cluster (default: one per CPU of the cluster)")
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:

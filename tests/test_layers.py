@@ -19,12 +19,14 @@ PACKAGES = ("retrieval", "encoders", "rerankers", "benchmarks")
 # (layer, name, path prefixes relative to the repository): a module may import from its own layer or below.
 LAYERS = [
     (0, "core", ("retrieval/version.py", "retrieval/types.py", "retrieval/stage.py", "retrieval/util.py",
+                 "retrieval/shards.py",
                  "retrieval/java.py", "retrieval/data.py", "retrieval/evaluation.py", "retrieval/cli.py", "retrieval/card.py",
                  "retrieval/terrier.py",
                  "retrieval/lora/")),
     (1, "stages", ("retrieval/stages/", "retrieval/index/")),
     (2, "models", ("encoders/", "rerankers/")),
     (3, "pipeline", ("retrieval/pipeline/",)),
+    (3, "distributed", ("retrieval/distributed/",)),
     (4, "apps", ("retrieval/service/", "retrieval/__main__.py", "retrieval/__init__.py")),
     (5, "benchmarks", ("benchmarks/",)),
 ]

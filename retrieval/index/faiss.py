@@ -186,8 +186,44 @@ class FaissIndex:
         rows = [self.rows[d] for d in doc_ids if d in self.rows]
         if not rows:
             return {}
-        values = self.vectors[rows] @ np.asarray(query, dtype=np.float32)
+        # row by row (not one matrix product), so a document's score does not depend on which others are scored
+        # with it: a shard scoring part of the pool gives the very scores one index gives
+        values = (self.vectors[rows] * np.asarray(query, dtype=np.float32)).sum(axis=1)
         return {self.ids[r]: float(v) for r, v in zip(rows, values)}
+
+    def score_batch(self, queries: np.ndarray, pools: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """``score`` for many queries at once: ``pools[i]`` are the ids to score for ``queries[i]``."""
+        queries = _check_vectors(queries, self.dim)
+        if len(pools) != len(queries):
+            raise ValueError(f"{len(queries)} query vectors but {len(pools)} id lists")
+        return [self.score(q, ids) for q, ids in zip(queries, pools)]
+
+    def doc_ids(self) -> list[str]:
+        """The ids of the documents in the index (deleted rows left out)."""
+        return [d for d in self.ids if d is not None]
+
+    def empty_copy(self) -> "FaissIndex":
+        """A new, empty index with this one's settings and training (IVF centroids, PQ codebooks, PCA): shards built
+        from one trained copy share their quantizer, so their scores are comparable."""
+        faiss = _faiss()
+        copy = FaissIndex.__new__(FaissIndex)
+        copy.__dict__.update(self.__dict__)
+        copy.index = faiss.clone_index(self.index)
+        copy.index.reset()
+        copy.ids, copy.rows, copy.params = [], {}, dict(self.params)
+        copy.vectors = np.zeros((0, self.dim), dtype=np.float32)
+        copy.build_seconds, copy._gpu = 0.0, None
+        return copy
+
+    def __getstate__(self) -> dict:  # picklable (to a worker process or a Ray actor): FAISS's own serialisation
+        state = dict(self.__dict__, _gpu=None)
+        state["index"] = _faiss().serialize_index(self.index)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["index"] = _faiss().deserialize_index(state["index"])
+        self.__dict__.update(state)
 
     def set_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
         if ef_search is not None:
@@ -235,11 +271,7 @@ class FaissIndex:
                                   f"cannot be checked")
         if verify:
             verify_files(path, config["checksums"], "FAISS index folder")
-        if encoder_fingerprint is not None and config["encoder_fingerprint"] != encoder_fingerprint:
-            raise IndexMismatch(
-                f"{path}: built with encoder {config['encoder_fingerprint']} ({config.get('encoder')}), "
-                f"but the given encoder is {encoder_fingerprint}; rebuild the index with this encoder, "
-                f"or load the encoder and adapter it was built with")
+        check_encoder(path, config, encoder_fingerprint)
         idx = cls.__new__(cls)
         idx.factory, idx.dim = config["factory"], int(config["dim"])
         idx.kind = "hnsw" if "HNSW" in idx.factory.upper() else ("ivf" if "IVF" in idx.factory.upper() else "flat")
@@ -261,6 +293,16 @@ class FaissIndex:
             raise DamagedArtefact(f"{path}: {idx.index.ntotal} vectors in FAISS, {len(idx.rows)} ids, "
                                   f"{config['count']} expected; the index is damaged, rebuild it")
         return idx
+
+
+def check_encoder(path: Path, config: dict, encoder_fingerprint: str | None) -> None:
+    """``IndexMismatch`` if the index whose ``config`` is at ``path`` was built with another encoder than the one
+    given (None: not checked)."""
+    if encoder_fingerprint is not None and config["encoder_fingerprint"] != encoder_fingerprint:
+        raise IndexMismatch(
+            f"{path}: built with encoder {config['encoder_fingerprint']} ({config.get('encoder')}), "
+            f"but the given encoder is {encoder_fingerprint}; rebuild the index with this encoder, "
+            f"or load the encoder and adapter it was built with")
 
 
 def _check_vectors(vectors, dim: int | None = None) -> np.ndarray:

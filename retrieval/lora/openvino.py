@@ -61,6 +61,13 @@ def _openvino():
     return openvino
 
 
+def default_threads() -> int:
+    """Threads an export runs on: ``$OMP_NUM_THREADS`` where it is set (Ray sets it to a worker's CPUs, so workers
+    sharing a node do not oversubscribe it), else every core."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+
 class OpenVinoModel:
     """An exported model compiled for the CPU; ``model(feed)`` runs one batch of tokenizer output (numpy)."""
 
@@ -72,7 +79,7 @@ class OpenVinoModel:
         if verify:
             verify_files(self.folder, self.config.get("checksums", {}), "OpenVINO export")
         self.precision = self.config["precision"]
-        settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1)}
+        settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads or default_threads())}
         if self.precision in ("fp32", "bf16"):
             settings["INFERENCE_PRECISION_HINT"] = "f32" if self.precision == "fp32" else "bf16"
         core = ov.Core()

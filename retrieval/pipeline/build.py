@@ -35,6 +35,7 @@ from rerankers.train import split_examples, training_examples
 
 from ..index.faiss import FaissIndex
 from ..lora.base import resolve_model
+from ..shards import Executor
 from ..stage import Pipeline
 from ..stages.dense import Dense
 from ..stages.fusion import Fusion, fit_weight
@@ -42,6 +43,7 @@ from ..stages.rerank import Rerank, fit_rerank
 from ..types import Corpus, Qrels, Queries
 from .cache import base_index, bm25_stage, dense_adapter, first_stage_facts, rerank_settings, reranker, with_inference
 from .settings import PipelineSettings
+from .shard import shard_pipeline
 
 
 @dataclass
@@ -62,8 +64,10 @@ def dense_held_out(queries: Queries, qrels: Qrels, index, train_info: dict) -> l
 
 def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels | None = None,
                    settings: PipelineSettings | None = None, cache_dir=None, threads: int | None = None,
-                   split: str = "train", log=print) -> BuiltPipeline:
-    """Train and compose BM25 >> hybrid LoRA dense >> LoRA reranker (see the module docstring)."""
+                   split: str = "train", log=print, executor: Executor | None = None) -> BuiltPipeline:
+    """Train and compose BM25 >> hybrid LoRA dense >> LoRA reranker (see the module docstring). ``executor``
+    encodes the corpus and builds and holds the shards (``settings.shards``; default: this process; a
+    ``retrieval.distributed.RayExecutor``: a Ray cluster)."""
     settings = settings or PipelineSettings()
     if not settings.corpus_only and (queries is None or qrels is None):
         raise ValueError("training needs queries and qrels; with no judgements use corpus_only=True")
@@ -90,7 +94,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     # 2. dense: query-side adapter over the base document index
     log("[2/3] dense: base document index and query-side LoRA adapter")
     with_inference(base, settings.dense_inference, corpus, cache_dir, sides=("document",), log=log)
-    index, index_built, _ = base_index(base, corpus, settings.dense_factory, cache_dir)
+    index, index_built, _ = base_index(base, corpus, settings.dense_factory, cache_dir, executor)
     mode = "corpus-query" if settings.corpus_only else "query"
     encoder, dense_train = dense_adapter(mode, corpus, queries, qrels, index, settings.dense_epochs, cache_dir, split=split,
                                          model=settings.dense_model, inference=settings.dense_inference)
@@ -107,7 +111,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
         if not settings.corpus_reranker:  # the dense stage is the last: it ranks as deep as BM25 handed on
             log("[3/3] reranker: left out (corpus-only; --corpus-reranker adds it)")
             dense.k = max(settings.dense_k, settings.bm25_k)
-            return _built(stages, corpus, info, t_start, held=[])
+            return _built(stages, corpus, info, t_start, [], settings, cache_dir, threads, executor, log)
 
     # 3. reranker: negatives from BM25 and the trained dense stage
     log(f"[3/3] reranker: LoRA cross-encoder, hard negatives from {' and '.join(settings.rerank_negatives)}")
@@ -148,12 +152,18 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     info["stages"]["rerank"] = {"train": rerank_train, "depth": rerank.k,
                                 "fusion": {**rerank.fusion.to_dict(), "fitted_on": fitted_on,
                                            "depths": [{k: v for k, v in r.items() if k != "grid"} for r in depth_rows]}}
-    return _built(stages, corpus, info, t_start, held)
+    return _built(stages, corpus, info, t_start, held, settings, cache_dir, threads, executor, log)
 
 
-def _built(stages: list, corpus: Corpus, info: dict, t_start: float, held: list[str]) -> BuiltPipeline:
-    """The pipeline of ``stages`` with its build record: the held-out queries and the time spent."""
+def _built(stages: list, corpus: Corpus, info: dict, t_start: float, held: list[str], settings: PipelineSettings,
+           cache_dir, threads, executor, log) -> BuiltPipeline:
+    """The pipeline of ``stages`` (cut into ``settings.shards``) with its build record: the held-out queries and
+    the time spent."""
+    pipeline = Pipeline(stages, name="full")
+    if settings.shards > 1:
+        log(f"cutting the BM25 and dense indexes into {settings.shards} shards")
+        pipeline = shard_pipeline(pipeline, corpus, settings.shards, cache_dir, threads, executor)
     info["held_out"] = held
     info["train_seconds"] = sum(s["train"]["seconds"] for s in info["stages"].values() if s and "train" in s)
     info["build_seconds"] = time.perf_counter() - t_start
-    return BuiltPipeline(Pipeline(stages, name="full"), corpus, info)
+    return BuiltPipeline(pipeline, corpus, info)

@@ -119,9 +119,10 @@ def first_stage_facts(stage: BM25) -> dict:
     return {"backend": stage.backend, "k1": stage.k1, "b": stage.b}
 
 
-def base_index(encoder, corpus: Corpus, factory: str = "Flat", cache_dir=None):
-    """The encoder's document index (cached by corpus, encoder and factory): (index, built_now, folder)."""
-    return document_index(encoder, corpus, factory, cache_dir=cache_root(cache_dir) / "dense")
+def base_index(encoder, corpus: Corpus, factory: str = "Flat", cache_dir=None, executor=None):
+    """The encoder's document index (cached by corpus, encoder and factory): (index, built_now, folder);
+    ``executor`` encodes the documents (default: here; a ``RayExecutor``: on a Ray cluster)."""
+    return document_index(encoder, corpus, factory, cache_dir=cache_root(cache_dir) / "dense", executor=executor)
 
 
 def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qrels | None, index,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..card import CARD_NAME, pipeline_card
 from ..data import load_corpus
+from ..shards import Placer
 from ..stage import Pipeline
 from ..types import Corpus
 from ..util import (DamagedArtefact, atomic_dir, check_seal, file_checksums, library_version, read_json, sealed,
@@ -116,13 +117,14 @@ def is_pipeline_dir(path: str | os.PathLike) -> bool:
 
 def load_pipeline(path: str | os.PathLike, device: str | None = None, threads: int | None = None,
                   corpus: Corpus | None = None, models=None, adapter_prefix: str | None = None,
-                  check_files: bool = True) -> tuple[Pipeline, Corpus, dict]:
+                  check_files: bool = True, placer: Placer | None = None) -> tuple[Pipeline, Corpus, dict]:
     """Load a saved pipeline: (pipeline, its corpus, pipeline.json). Checks that the parts fit together.
 
     ``check_files`` compares every file with the checksum recorded when the folder was saved
     (``DamagedPipeline`` names the file). With ``models`` (a ``retrieval.pipeline.shared.SharedModels``) the
     encoder and reranker are views over base models shared with other pipelines, their adapters loaded
-    under ``adapter_prefix``.
+    under ``adapter_prefix``. A sharded stage's shards are opened by ``placer`` (default: in this process;
+    ``retrieval.distributed.ray_placer``: one Ray actor each, on any node of the cluster).
     """
     path = Path(path)
     config = pipeline_config(path)
@@ -135,7 +137,7 @@ def load_pipeline(path: str | os.PathLike, device: str | None = None, threads: i
         raise PipelineMismatch(f"{path}: {CORPUS_NAME} is not the corpus the pipeline was built from "
                                f"({corpus.fingerprint()[:12]} vs {config['corpus']['fingerprint'][:12]}); it was changed")
     context = LoadContext(corpus, device=device, threads=threads, models=models, adapter_prefix=adapter_prefix,
-                          check_files=bool(check_files and config.get("checksums")))
+                          check_files=bool(check_files and config.get("checksums")), placer=placer)
     stages = [kind_named(entry.get("type"), f"{path}: stage {entry['name']!r}: ").load(entry, path / entry["path"], context)
               for entry in config["stages"]]
     return Pipeline(stages, name=config.get("name")), corpus, config

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..shards import Placer
 from ..types import Corpus, Document
 
 
@@ -40,6 +41,7 @@ class LoadContext:
     models: object | None = None          # a SharedModels: encoders and rerankers share base models
     adapter_prefix: str | None = None     # with models: adapters are loaded as f"{prefix}_{stage name}"
     check_files: bool = True              # the folder's files were (or will be) checked against their checksums
+    placer: Placer | None = None          # where index shards are opened (None: this process; or Ray actors)
 
     def adapter_name(self, stage_name: str) -> str:
         return f"{self.adapter_prefix}_{stage_name}"

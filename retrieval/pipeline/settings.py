@@ -66,6 +66,8 @@ class PipelineSettings:
                                                      " a GPU always runs torch)", choices=INFERENCES)
     rerank_inference: str = _setting("openvino-int8", "how the reranker runs on a CPU once trained (a GPU always runs "
                                                       "torch)", choices=INFERENCES)
+    shards: int = _setting(1, "shards of the BM25 and dense indexes, each searched on its own (in threads, or on one Ray "
+                              "actor each with --ray-address) and merged: the same rankings; needs the bm25s backend")
     seed: int = _setting(0, "seed of every split, shuffle and initialisation")
 
     def __post_init__(self):
@@ -75,7 +77,8 @@ class PipelineSettings:
         self.rerank_negatives = tuple(self.rerank_negatives)
         if not self.rerank_negatives or set(self.rerank_negatives) - set(NEGATIVE_SOURCES):
             raise ValueError(f"rerank_negatives must name 'bm25' and/or 'dense', got {self.rerank_negatives}")
-        for name in ("bm25_k", "dense_k", "neighbours", "rerank_epochs", "rerank_max_length", "fit_queries", "corpus_rerank_depth"):
+        for name in ("bm25_k", "dense_k", "neighbours", "rerank_epochs", "rerank_max_length", "fit_queries",
+                     "corpus_rerank_depth", "shards"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -90,6 +93,9 @@ class PipelineSettings:
                              f"k ({self.dense_k}): the reranker can only see what the dense stage hands on")
         if self.bm25_backend not in BACKENDS:
             raise ValueError(f"bm25_backend must be one of {BACKENDS}, got {self.bm25_backend!r}")
+        if self.shards > 1 and self.bm25_backend != "bm25s":
+            raise ValueError(f"shards={self.shards} needs bm25_backend='bm25s' (its shards score with the collection's "
+                             f"statistics), got {self.bm25_backend!r}")
         for name in ("dense_inference", "rerank_inference"):
             if getattr(self, name) not in INFERENCES:
                 raise ValueError(f"{name} must be one of {INFERENCES}, got {getattr(self, name)!r}")

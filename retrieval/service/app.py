@@ -100,7 +100,10 @@ class Service:
     """The domains, shared models, keys, limits and metrics behind the HTTP app."""
 
     def __init__(self, root: str | os.PathLike, settings: ServiceSettings | None = None,
-                 keys: list[bytes] | None = None, work_dir: str | os.PathLike | None = None):
+                 keys: list[bytes] | None = None, work_dir: str | os.PathLike | None = None, placer=None):
+        """``placer`` opens the index shards of sharded domains (default: in this process; a Ray executor's
+        ``place``: each shard on an actor of the cluster)."""
+        self.placer = placer
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: the domains root folder does not exist")
@@ -126,7 +129,8 @@ class Service:
             if not NAME.match(folder.name):
                 self.metrics.log(f"skipping {folder}: not a valid domain name")
                 continue
-            domain = Domain(folder.name, folder, self.work_dir).open(self.models, self.settings.threads, self.settings.sync)
+            domain = Domain(folder.name, folder, self.work_dir).open(self.models, self.settings.threads, self.settings.sync,
+                                                                     self.placer)
             self.domains[domain.name] = domain
             self.metrics.documents.labels(domain.name).set(len(domain.docs))
             self.metrics.log(f"domain {domain.name}: {domain.status}"
@@ -153,7 +157,7 @@ class Service:
             if old is not None:
                 old.close(self.models)  # its journal must be closed before the new domain replays it
             new = Domain(name, folder, self.work_dir, generation=old.generation + 1 if old else 0)
-            new.open(self.models, self.settings.threads, self.settings.sync)
+            new.open(self.models, self.settings.threads, self.settings.sync, self.placer)
             self.domains[name] = new
             self.metrics.documents.labels(name).set(len(new.docs))
             self.metrics.log(f"domain {name} reloaded: {new.status}" + (f": {new.error}" if new.error else ""))
@@ -416,10 +420,10 @@ def create_app(service: Service):
 
 
 def serve(root, host: str = "127.0.0.1", port: int = 8080, settings: ServiceSettings | None = None,
-          key_file=None, work_dir=None, log_level: str = "info") -> None:
+          key_file=None, work_dir=None, log_level: str = "info", placer=None) -> None:
     import uvicorn
 
-    service = Service(root, settings, keys=load_keys(key_file), work_dir=work_dir)
+    service = Service(root, settings, keys=load_keys(key_file), work_dir=work_dir, placer=placer)
     if not service.keys:
         service.metrics.log(f"no API key (${KEY_ENV} or --api-key-file): writes are disabled")
     uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=False,

@@ -106,12 +106,13 @@ class Domain:
         self._writes = threading.Lock()  # journal order: one write or compaction at a time
 
     # ------------------------------------------------------------------ opening
-    def open(self, models, threads: int | None = None, sync: bool = True) -> "Domain":
-        """Load the saved pipeline over the shared models and replay the journal. On any failure the domain
-        is marked ``damaged`` with the reason and raises nothing: a damaged domain is reported, not served."""
+    def open(self, models, threads: int | None = None, sync: bool = True, placer=None) -> "Domain":
+        """Load the saved pipeline over the shared models (a sharded stage's shards opened by ``placer``: here,
+        or on Ray actors) and replay the journal. On any failure the domain is marked ``damaged`` with the reason
+        and raises nothing: a damaged domain is reported, not served."""
         t0 = time.perf_counter()
         try:
-            self._open(models, threads, sync)
+            self._open(models, threads, sync, placer)
             self.status, self.error = "ready", None
         except Exception as e:  # noqa: BLE001 - any failure to open is reported per domain
             self.status, self.error = "damaged", f"{type(e).__name__}: {e}"
@@ -119,8 +120,9 @@ class Domain:
         self.open_seconds = time.perf_counter() - t0
         return self
 
-    def _open(self, models, threads, sync) -> None:
-        pipeline, corpus, config = load_pipeline(self.folder, threads=threads, models=models, adapter_prefix=self.prefix)
+    def _open(self, models, threads, sync, placer=None) -> None:
+        pipeline, corpus, config = load_pipeline(self.folder, threads=threads, models=models, adapter_prefix=self.prefix,
+                                                 placer=placer)
         self.config = config
         self.docs = dict(corpus.items())
         work = self.work_dir / self.name / f"g{self.generation}"

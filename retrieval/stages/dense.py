@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from ..index.faiss import FaissIndex, IndexMismatch
+from ..shards import LOCAL, Executor
 from ..stage import StageBase, as_queries, check_candidates, check_k
 from ..types import Corpus, Queries, Ranking
 from ..util import CacheWarning, DamagedArtefact, default_cache_dir
@@ -30,12 +31,13 @@ MODES = ("retrieve", "rescore", "hybrid")
 
 
 def document_index(encoder, corpus: Corpus, factory: str = "Flat", cache_dir: str | os.PathLike | None = None,
-                   batch_size: int | None = None, **index_kwargs) -> tuple[FaissIndex, bool, Path]:
+                   executor: Executor | None = None, **index_kwargs) -> tuple[FaissIndex, bool, Path]:
     """Load the cached index of ``corpus`` for this encoder's document side, or encode and build it.
 
     Returns (index, built_now, folder). The cache key is the corpus checksum, the encoder's document
     fingerprint (base weights + document-side adapter) and the factory string, so a query-only adapter
-    reuses the base model's index untouched.
+    reuses the base model's index untouched. ``executor`` encodes the documents (default: here; a
+    ``retrieval.distributed.RayExecutor``: Ray Data over a pool of actors, the same vectors).
     """
     root = Path(cache_dir) if cache_dir else default_cache_dir() / "dense"
     fp = encoder.fingerprint("document")
@@ -49,7 +51,7 @@ def document_index(encoder, corpus: Corpus, factory: str = "Flat", cache_dir: st
             shutil.rmtree(path)
     t0 = time.perf_counter()
     ids = list(corpus)
-    vectors = encoder.encode_documents([corpus[d] for d in ids], batch_size=batch_size, show_progress=True)
+    vectors = (executor or LOCAL).encode_documents(encoder, [corpus[d] for d in ids])
     encode_seconds = time.perf_counter() - t0
     index = FaissIndex.build(vectors, ids, factory=factory, encoder_fingerprint=fp,
                              encoder_info={"base_model": encoder.base_model, "adapter": encoder.active_adapter,
@@ -132,10 +134,10 @@ class Dense(StageBase):
         return self._dense_scores(qids, self.encoder.encode_documents(texts), candidates, True)
 
     def _dense_scores(self, qids, qv, candidates: Ranking, add_neighbours: bool) -> Ranking:
-        dense: dict[str, dict[str, float]] = {}
         neighbours = self.index.search(qv, self.neighbours) if add_neighbours else [[] for _ in qids]
-        for q, vec, hits in zip(qids, qv, neighbours):
+        pools = []
+        for q, hits in zip(qids, neighbours):
             given = candidates.scores.get(q, {})
-            pool = list(given) + [d for d, _ in hits if d not in given]
-            dense[q] = self.index.score(vec, pool)
-        return Ranking(dense)
+            pools.append(list(given) + [d for d, _ in hits if d not in given])
+        # one call for every query: a sharded index asks each of its shards once
+        return Ranking(dict(zip(qids, self.index.score_batch(qv, pools))))

@@ -57,9 +57,10 @@ def _normalise(scores: dict[str, float], norm: str) -> tuple[dict[str, float], f
     if not scores:
         return {}, 0.0
     values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
-    if norm == "zscore":
-        std = values.std()
-        out = (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+    if norm == "zscore":  # statistics of the sorted values: the same to the last bit whatever order they came in
+        ordered = np.sort(values)
+        std = ordered.std()
+        out = (values - ordered.mean()) / std if std > 0 else np.zeros_like(values)
     else:
         span = values.max() - values.min()
         out = (values - values.min()) / span if span > 0 else np.ones_like(values)

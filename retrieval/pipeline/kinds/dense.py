@@ -13,7 +13,8 @@ from typing import Sequence
 
 from encoders.bi_encoder import BiEncoder
 
-from ...index.faiss import FaissIndex, IndexMismatch
+from ...index.faiss import IndexMismatch
+from ...index.sharded import load_index
 from ...stages.dense import Dense
 from ...stages.fusion import Fusion
 from ...types import Corpus, Document
@@ -39,7 +40,8 @@ class DenseKind(StageKind):
         stage.index.save(folder / "index")
         return {"mode": stage.mode, "neighbours": stage.neighbours, "base_ensemble": stage.base_ensemble,
                 "fusion": stage.fusion.to_dict() if stage.fusion is not None else None,
-                "factory": stage.index.factory, "encoder_query": stage.encoder.fingerprint("query"),
+                "factory": stage.index.factory, "shards": getattr(stage.index, "shards", 1),
+                "encoder_query": stage.encoder.fingerprint("query"),
                 "encoder_document": stage.encoder.fingerprint("document")}
 
     def load(self, entry: dict, folder: Path, context: LoadContext) -> Dense:
@@ -52,8 +54,8 @@ class DenseKind(StageKind):
                                        f"{encoder.fingerprint(side)}, the pipeline was built with "
                                        f"{entry[f'encoder_{side}']}")
         try:  # its files were hashed with the folder's already, when the folder was checked
-            index = FaissIndex.load(folder / "index", encoder_fingerprint=encoder.fingerprint("document"),
-                                    verify=not context.check_files)
+            index = load_index(folder / "index", encoder_fingerprint=encoder.fingerprint("document"),
+                               verify=not context.check_files, placer=context.placer)
         except IndexMismatch as e:
             raise PipelineMismatch(f"{name}: {e}") from None
         check_ids(index.ids, context.corpus, name)
@@ -64,6 +66,10 @@ class DenseKind(StageKind):
         return stage.encoder.encode_documents(list(docs)) if docs else None
 
     def check_write(self, stage: Dense, replaced: Sequence[str], deleted: Sequence[str]) -> None:
+        if getattr(stage.index, "read_only", False):
+            raise WriteRefused("read_only", f"stage {stage.name!r} keeps its vectors in a sharded index "
+                                            f"({stage.index.shards} shards), which is read-only: build the domain "
+                                            f"again with the new documents, or from one index to take writes")
         if stage.index.kind != "hnsw" or not (replaced or deleted):
             return
         what, code = (("delete from", "cannot_delete") if deleted else ("replace", "cannot_replace"))
@@ -84,7 +90,15 @@ class DenseKind(StageKind):
         return entry
 
     def describe(self, stage: Dense) -> dict:
-        return {"vector_index": {"factory": stage.index.factory, "vectors": len(stage.index)}}
+        facts = {"factory": stage.index.factory, "vectors": len(stage.index)}
+        if getattr(stage.index, "read_only", False):
+            facts.update(shards=stage.index.shards, placed=getattr(stage.index.pool, "where", "local"))
+        return {"vector_index": facts}
+
+    def close(self, stage: Dense) -> None:
+        close = getattr(stage.index, "close", None)
+        if close is not None:
+            close()
 
 
 register(DenseKind())

@@ -1,0 +1,111 @@
+"""A real two-node Ray cluster on this machine: a head node and a second node process started with ``ray start``
+(loopback addresses only), so shard actors and pipeline copies really sit in other processes on other nodes; the
+commands a user runs (``python -m retrieval train / search --ray-address``) in child processes. Slow: each node
+takes seconds to start, and the tests train tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retrieval.types import Ranking
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+HEAD, NODE = "127.0.0.2", "127.0.0.3"  # loopback: Ray would turn 127.0.0.1 into the machine's network address
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """(address, environment) of a head node and a second node, one CPU each, stopped afterwards."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # the token `ray start` keeps in ~/.ray, for nodes and drivers
+    address = f"{HEAD}:{_free_port(HEAD)}"
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run([RAY, "start", "--head", f"--node-ip-address={HEAD}", f"--port={address.split(':')[1]}",
+                        "--include-dashboard=false", *common], env=env, check=True, timeout=180, capture_output=True)
+        subprocess.run([RAY, "start", f"--address={address}", f"--node-ip-address={NODE}", *common], env=env,
+                       check=True, timeout=180, capture_output=True)
+        yield address, env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, timeout=180, capture_output=True)
+
+
+def _run(args: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def folders(adi, adi_bm25s, tiny_model_dir, tmp_path_factory):
+    """A small pipeline (BM25 >> hybrid dense, tiny encoder) saved as it is and cut into 2 shards."""
+    from encoders.bi_encoder import BiEncoder
+    from retrieval.pipeline.folder import save_pipeline
+    from retrieval.pipeline.shard import shard_pipeline
+    from retrieval.stages.dense import Dense, document_index
+
+    root = tmp_path_factory.mktemp("folders")
+    enc = BiEncoder(str(tiny_model_dir))
+    index, _, _ = document_index(enc, adi.corpus, "Flat", cache_dir=root / "dense")
+    pipe = adi_bm25s >> Dense(enc, index, mode="hybrid", k=20, neighbours=20)
+    plain = save_pipeline(pipe, root / "plain", adi.corpus)
+    sharded = save_pipeline(shard_pipeline(pipe, adi.corpus, 2, cache_dir=root / "cache"), root / "sharded", adi.corpus)
+    return plain, sharded
+
+
+@pytest.mark.slow
+def test_shards_on_two_nodes_and_pipeline_copies_search_as_one_process(cluster, folders, datasets_root, tmp_path):
+    address, env = cluster
+    plain, sharded = folders
+    topics = str(datasets_root / "adi" / "queries.jsonl")
+    code = ("import json, sys; from retrieval.distributed import RayExecutor; from retrieval.pipeline.folder import "
+            "load_pipeline; ex = RayExecutor(sys.argv[1]); p, _, _ = load_pipeline(sys.argv[2], placer=ex.place); "
+            "print(json.dumps({'nodes': len([n for n in ex.nodes()]), 'shard_nodes': sorted({n for n in "
+            "p.stages[0].pool.nodes() + p.stages[1].index.pool.nodes()})}))")
+    placed = json.loads(_run(["-c", code, address, str(sharded)], env).stdout.strip().splitlines()[-1])
+    assert placed["nodes"] == 2 and len(placed["shard_nodes"]) == 2  # the shards sit on both nodes
+    runs = {}
+    for name, folder, ray in (("here", plain, []), ("shards", sharded, ["--ray-address", address]),
+                              ("copies", plain, ["--ray-address", address, "--ray-workers", "2"])):
+        runs[name] = tmp_path / f"{name}.trec"
+        _run(["-m", "retrieval", "search", "--pipeline", str(folder), "--topics", topics, "--output", str(runs[name]),
+              "--k", "20", "--batch", "8", *ray], env)
+    expected = Ranking.from_trec(runs["here"])
+    for name in ("shards", "copies"):
+        got = Ranking.from_trec(runs[name])
+        assert got.scores.keys() == expected.scores.keys()
+        assert all(got.ranked(q) == expected.ranked(q) for q in expected.scores), name
+
+
+@pytest.mark.slow
+def test_train_on_a_local_cluster_saves_a_sharded_pipeline(datasets_root, tiny_model_dir, tmp_path):
+    """``python -m retrieval train --shards 2 --ray-address local``: the corpus encoded through Ray Data, the shards
+    built and held on the cluster; the saved folder ranks as the same pipeline trained without Ray or shards."""
+    env = {**os.environ, "RETRIEVAL_CACHE": str(tmp_path / "cache")}
+    common = ["-m", "retrieval", "train", "--dataset", str(datasets_root / "adi"), "--split", "test", "--corpus-only",
+              "--dense-model", str(tiny_model_dir), "--dense-epochs", "1", "--bm25-k", "50", "--dense-k", "20",
+              "--neighbours", "20", "--rerank-depths", "5", "10"]
+    _run([*common, "--output", str(tmp_path / "one")], env)
+    _run([*common, "--shards", "2", "--ray-address", "local", "--output", str(tmp_path / "sharded")],
+         {**env, "RETRIEVAL_CACHE": str(tmp_path / "cache-ray")})  # nothing reused: encoded on the cluster
+    config = json.loads((tmp_path / "sharded" / "pipeline.json").read_text())
+    assert [(s["type"], s.get("shards")) for s in config["stages"]] == [("bm25-sharded", 2), ("dense", 2)]
+    topics = str(datasets_root / "adi" / "queries.jsonl")
+    for name in ("one", "sharded"):
+        _run(["-m", "retrieval", "search", "--pipeline", str(tmp_path / name), "--topics", topics, "--output",
+              str(tmp_path / f"{name}.trec"), "--k", "20"], env)
+    one, sharded = Ranking.from_trec(tmp_path / "one.trec"), Ranking.from_trec(tmp_path / "sharded.trec")
+    assert all([d for d, _ in one.ranked(q)] == [d for d, _ in sharded.ranked(q)] for q in one.scores)
