@@ -8,11 +8,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval.cli import add_cache_args, add_debug_arg, count, positive_float, positive_int, run_cli
+from retrieval.cli import add_cache_args, add_debug_arg, add_ray_args, count, positive_float, positive_int, run_cli
+from retrieval.distributed.executor import executor_from_args
 from retrieval.evaluation import CORRECTIONS
 from retrieval.pipeline.settings import add_pipeline_args, settings_from_args
 
-from . import corpus_designs, cutoffs, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
+from . import corpus_designs, cutoffs, scale_out, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
 from .conditions import DESCRIPTIONS
 from .regression import load_config
 from .options import DEFAULT_BASELINE, RunOptions
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rerank-epoch-curve", action="store_true",
                    help="also report the evaluated split's nDCG@10 after every reranker training epoch (costs a pass each)")
     add_pipeline_args(r, exclude=("corpus_only",))  # which conditions are corpus-only is in their names
+    add_ray_args(r)
 
     s = sub.add_parser("speed-bm25", help="BM25 engines (bm25s, Lucene, rank-bm25) vs plain Pyserini: SciFact dev one "
                                           "query at a time, and >= 100k passages in batches")
@@ -126,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument("--warmup", type=count, default=20, help="untimed requests first, on each side (default: 20)")
     lt.add_argument("--threads", type=positive_int, default=None, help="Lucene search threads in-process")
     lt.add_argument("--output", type=Path, default=Path("results/service-load"))
+    so = sub.add_parser("scale-out", help="Ray: encoding with 1 and 2 actors, indexing on the cluster vs here, search "
+                                          "QPS with 1/2/4 shards, compressed indexes (recall@100, bytes per document)")
+    so.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
+    so.add_argument("--parts", nargs="+", default=list(scale_out.PARTS), choices=scale_out.PARTS)
+    so.add_argument("--passages", type=positive_int, default=100_000, help="passages cut from the shared corpora (default: 100000)")
+    so.add_argument("--encode-docs", type=positive_int, default=2000, help="SciFact abstracts encoded (default: 2000)")
+    so.add_argument("--single-queries", type=positive_int, default=200, help="queries timed one at a time (default: 200)")
+    add_cache_args(so)
+    add_ray_args(so)
+    so.add_argument("--output", type=Path, default=Path("results/scale-out"))
     for parser in sub.choices.values():
         add_debug_arg(parser)
     return p
@@ -148,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             latency_queries=args.latency_queries, threads=args.threads, pipeline=settings_from_args(args),
             dense_both_epochs=args.dense_both_epochs, rerank_epoch_curve=args.rerank_epoch_curve,
             baseline=args.baseline or config.get("baseline") or DEFAULT_BASELINE, correction=args.correction,
+            executor=executor_from_args(args),
         )
         _, checks = run(datasets, conditions, opts, expected=config.get("expected"),
                         explicit_baseline=bool(args.baseline or config.get("baseline")))
@@ -162,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     commands = {"corpus-designs": corpus_designs.main, "tune-cutoffs": cutoffs.main, "service-load": service_load.main, "speed-bm25": speed_bm25.main,
-                "speed-dense": speed_dense.main, "speed-rerank": speed_rerank.main, "speed-inference": speed_inference.main}
+                "speed-dense": speed_dense.main, "speed-rerank": speed_rerank.main, "speed-inference": speed_inference.main,
+                "scale-out": scale_out.main}
     return commands[args.command](args)
 
 

@@ -83,13 +83,13 @@ def _dense_builder(adapter: str | None, hybrid: bool, fusion: Fusion | None = No
         s = opts.pipeline
         enc = BiEncoder(s.dense_model)
         inference = with_inference(enc, s.dense_inference, ds.corpus, opts.cache_dir)  # both sides, zero-shot
-        index, built_now, path = base_index(enc, ds.corpus, s.dense_factory, opts.cache_dir)
+        index, built_now, path = base_index(enc, ds.corpus, s.dense_factory, opts.cache_dir, opts.executor)
         extra: dict = {"inference": inference}
         if adapter is not None:
             enc, extra["train"] = _trained_encoder(ds, opts, adapter, index)
             extra["inference"] = extra["train"]["inference"]
             if adapter in ("supervised", "corpus"):  # documents are encoded with the adapter too: their own index
-                index, built_now, path = base_index(enc, ds.corpus, s.dense_factory, opts.cache_dir)
+                index, built_now, path = base_index(enc, ds.corpus, s.dense_factory, opts.cache_dir, opts.executor)
         settings = {"factory": s.dense_factory, "index": str(path), "adapter": adapter, "inference": enc.inference,
                     "base_model": enc.base_model, "max_length": enc.max_length}
         if not hybrid:
@@ -131,11 +131,11 @@ def _pipeline_for(ds: Dataset, opts: RunOptions, corpus_only: bool, reranker: bo
         log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
         if corpus_only:
             _BUILT[key] = build_pipeline(ds.corpus, settings=settings, cache_dir=opts.cache_dir, threads=opts.threads,
-                                         log=log)
+                                         log=log, executor=opts.executor)
         else:
             train = load_dataset(ds.path, opts.train_split)
             _BUILT[key] = build_pipeline(ds.corpus, train.queries, train.qrels, settings, cache_dir=opts.cache_dir,
-                                         threads=opts.threads, split=opts.train_split, log=log)
+                                         threads=opts.threads, split=opts.train_split, log=log, executor=opts.executor)
     return _BUILT[key]
 
 

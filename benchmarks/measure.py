@@ -9,17 +9,20 @@ import datetime as _dt
 import os
 import platform
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from retrieval.data import Dataset
+from retrieval.distributed.search import search_batches
 from retrieval.evaluation import DEFAULT_MEASURES, evaluate
-from retrieval.pipeline.folder import folder_bytes
+from retrieval.pipeline.folder import folder_bytes, save_pipeline
 from retrieval.stage import Pipeline
-from retrieval.types import Queries
+from retrieval.types import Queries, Ranking
 from retrieval.util import library_version, write_json
 
 from .conditions import DESCRIPTIONS, builder_for, condition_name
@@ -53,16 +56,26 @@ def measure_latency(pipeline: Pipeline, queries: Queries, n: int, seed: int = 0)
     return per_stage, total
 
 
+def batch_search(pipe: Pipeline, ds: Dataset, opts: RunOptions) -> Ranking:
+    """Every query of the split, each stage's ranking kept: in this process, or with ``--ray-address`` on copies of
+    the pipeline on the cluster (saved under the output folder, which every node must reach) — a sharded pipeline
+    is searched from here, its shards already on the cluster."""
+    sharded = any(getattr(s, "read_only", False) or getattr(getattr(s, "index", None), "read_only", False)
+                  for s in pipe.stages)
+    if opts.executor is None or sharded:
+        return pipe.search(ds.queries, keep_stages=True)
+    opts.output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=opts.output, prefix=".ray-pipeline-") as tmp:
+        folder = save_pipeline(pipe, Path(tmp) / "pipeline", ds.corpus)
+        return search_batches(folder, ds.queries, opts.executor.workers, keep_stages=True)
+
+
 def stage_index_bytes(stage) -> int:
     """Bytes of the stage's index: the BM25 index folder, or the FAISS index plus its stored vectors."""
     if getattr(stage, "index_dir", None) is not None:
         return folder_bytes(stage.index_dir)
     index = getattr(stage, "index", None)
-    if index is not None and hasattr(index, "vectors"):
-        import faiss
-
-        return int(faiss.serialize_index(index.index).nbytes + index.vectors.nbytes)
-    return 0
+    return index.nbytes() if hasattr(index, "nbytes") else 0
 
 
 def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions, per_query: dict | None = None) -> dict:
@@ -76,7 +89,7 @@ def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions, per_query: dict |
     # Latency first: its warm-up query also warms the batch pass (JIT, caches, lazy model loads).
     per_stage_lat, total_lat = measure_latency(pipe, ds.queries, opts.latency_queries)
     t0 = time.perf_counter()
-    ranking = pipe.search(ds.queries, keep_stages=True)
+    ranking = batch_search(pipe, ds, opts)
     batch_seconds = time.perf_counter() - t0
     ev = evaluate(ranking, ds.qrels, DEFAULT_MEASURES)
     stages = []

@@ -26,3 +26,4 @@ class RunOptions:
     rerank_epoch_curve: bool = False
     baseline: str | None = DEFAULT_BASELINE  # the condition every other is tested against (paired t-test)
     correction: str = "holm"  # of those p-values, for testing several conditions against one baseline
+    executor: object | None = None  # a retrieval.distributed.RayExecutor (--ray-address): encoding, shards, batch pass

@@ -106,3 +106,24 @@ def test_ray_flags_are_checked_before_any_work():
         executor_from_args(argparse.Namespace(ray_address=None, ray_workers=2))
     assert executor_from_args(argparse.Namespace(ray_address=None, ray_workers=None)) is None
     assert json.loads(json.dumps({"address": check_address(" auto ")})) == {"address": "auto"}
+
+
+def test_the_service_serves_a_sharded_domain_from_the_cluster_and_refuses_writes(executor, adi, small_pipeline, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from retrieval.service import Service, ServiceSettings, create_app
+
+    key = "test-key-0123456789abcdef"
+    save_pipeline(shard_pipeline(small_pipeline, adi.corpus, 2, cache_dir=tmp_path / "cache", executor=executor),
+                  tmp_path / "root" / "sharded", adi.corpus)
+    service = Service(tmp_path / "root", ServiceSettings(device="cpu"), keys=[key.encode()], placer=executor.place)
+    query = adi.queries[next(iter(adi.queries))]
+    with TestClient(create_app(service)) as client:
+        hits = client.post("/v1/domains/sharded/search", json={"query": query, "k": 10}).json()["hits"]
+        assert [(h["id"], round(h["score"], 5)) for h in hits] == [
+            (d, round(s, 5)) for d, s in small_pipeline.search_one(query)[:10]]
+        domain = client.get("/v1/domains").json()["domains"][0]
+        assert "ray" in json.dumps(domain)  # the shards are reported as placed on the cluster
+        r = client.post("/v1/domains/sharded/documents", json={"documents": [{"id": "new", "text": "x"}]},
+                        headers={"X-API-Key": key})
+        assert r.status_code == 409 and r.json()["error"] == "read_only"

@@ -109,3 +109,17 @@ def test_train_on_a_local_cluster_saves_a_sharded_pipeline(datasets_root, tiny_m
               str(tmp_path / f"{name}.trec"), "--k", "20"], env)
     one, sharded = Ranking.from_trec(tmp_path / "one.trec"), Ranking.from_trec(tmp_path / "sharded.trec")
     assert all([d for d, _ in one.ranked(q)] == [d for d, _ in sharded.ranked(q)] for q in one.scores)
+
+
+@pytest.mark.slow
+def test_the_benchmark_runner_on_a_local_cluster_reports_one_process_figures(datasets_root, tiny_model_dir, tmp_path):
+    """``python -m benchmarks run --ray-address local``: the corpus encoded on the cluster and the batch pass split
+    among copies of each condition's pipeline; the figures are the in-process run's."""
+    figures = {}
+    for name, ray in (("here", []), ("ray", ["--ray-address", "local", "--ray-workers", "2"])):
+        _run(["-m", "benchmarks", "run", "--dataset", str(datasets_root / "adi"), "--split", "test", "--pipeline", "bm25",
+              "--pipeline", "dense", "--dense-model", str(tiny_model_dir), "--latency-queries", "2",
+              "--output", str(tmp_path / name), *ray], {**os.environ, "RETRIEVAL_CACHE": str(tmp_path / f"cache-{name}")})
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        figures[name] = {r["pipeline"]: round(r["metrics"]["nDCG@10"], 4) for r in summary}
+    assert figures["ray"] == figures["here"] and set(figures["here"]) == {"bm25", "dense"}

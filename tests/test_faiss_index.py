@@ -72,3 +72,27 @@ def test_score_uses_stored_vectors_and_skips_unknown():
     s = idx.score(x[0], ["doc-0", "doc-1", "unknown"])
     assert set(s) == {"doc-0", "doc-1"} and s["doc-0"] == pytest.approx(1.0, abs=1e-5)
     assert s["doc-1"] == pytest.approx(float(x[0] @ x[1]), abs=1e-5)
+
+
+@pytest.mark.parametrize("factory, tolerance", [("Flat", 0.0), ("SQ8", 0.02), ("IVF16,SQ8", 0.02), ("PCAR8,Flat", 1.0),
+                                                ("HNSW16,SQ8", 0.02)])
+def test_an_index_without_exact_vectors_rescores_from_its_codes(factory, tolerance, tmp_path):
+    """``exact_vectors=False`` keeps only the index's codes: candidates are rescored from them (decoded), so the index
+    is as small as its codes; it saves and loads so, and IVF (a direct map) still deletes."""
+    x, ids = _vectors()
+    exact = FaissIndex.build(x, ids, factory=factory, nprobe=16)
+    compact = exact.without_vectors()
+    # the exact vectors are gone (an IVF index keeps a direct map instead: up to 16 bytes a document)
+    assert compact.vectors.size == 0 and compact.nbytes() <= exact.nbytes() - x.nbytes + 16 * len(ids) + 64
+    pool = ids[:40]
+    got, expected = compact.score(x[0], pool), exact.score(x[0], pool)
+    assert got.keys() == expected.keys() and max(abs(got[d] - expected[d]) for d in pool) <= tolerance
+    compact.save(tmp_path / "i")
+    assert not (tmp_path / "i" / "vectors.npy").exists()
+    back = FaissIndex.load(tmp_path / "i")
+    assert not back.exact_vectors and back.score(x[0], pool) == got and back.search(x[:3], 5) == compact.search(x[:3], 5)
+    if compact.kind != "hnsw":
+        back.remove(ids[:2])
+        assert back.score(x[0], ids[:3]).keys() == {ids[2]}
+    built = FaissIndex.build(x, ids, factory=factory, exact_vectors=False, nprobe=16)  # built so from the start
+    assert built.vectors.size == 0 and built.score(x[0], pool).keys() == expected.keys()

@@ -140,3 +140,24 @@ def test_a_pipeline_cut_into_shards_ranks_as_before_and_refuses_writes(adi, adi_
     assert not kind_of(loaded.stages[0]).writable  # the service refuses writes to the domain (409)
     with pytest.raises(ValueError, match="bm25s"):
         PipelineSettings(shards=2, bm25_backend="lucene")
+
+
+def test_a_pipeline_can_rescore_from_the_index_codes(adi, adi_bm25s, tiny_model_dir, tmp_path):
+    """``PipelineSettings(dense_exact_vectors=False)`` (``--no-dense-exact-vectors``): the dense index keeps no exact
+    vectors; with Flat the codes are the vectors, so the rankings stay; the folder holds no vectors.npy."""
+    from encoders.bi_encoder import BiEncoder
+    from retrieval.pipeline.folder import load_pipeline, save_pipeline
+    from retrieval.pipeline.shard import shard_pipeline
+    from retrieval.stages.dense import Dense, document_index
+
+    enc = BiEncoder(str(tiny_model_dir))
+    index, _, _ = document_index(enc, adi.corpus, "Flat", cache_dir=tmp_path / "dense")
+    pipe = adi_bm25s >> Dense(enc, index, mode="hybrid", k=20, neighbours=20)
+    for shards in (1, 2):
+        compact = shard_pipeline(pipe, adi.corpus, shards, cache_dir=tmp_path / "cache", exact_vectors=False)
+        assert compact.stages[1].index.nbytes() < index.nbytes() / 1.9  # the vectors were half of it
+        folder = save_pipeline(compact, tmp_path / f"pipe-{shards}", adi.corpus)
+        assert not list(folder.rglob("vectors.npy"))
+        loaded, _, _ = load_pipeline(folder)
+        expected = pipe.search(adi.queries)
+        assert all(loaded.search(adi.queries).ranked(q) == expected.ranked(q) for q in adi.queries)

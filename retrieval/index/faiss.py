@@ -4,7 +4,9 @@ One ``factory`` string chooses the index: ``"Flat"``, ``"HNSW32"``, ``"IVF1024,F
 (FAISS's own ``index_factory`` syntax). Scores are inner products of L2-normalised vectors (cosine).
 
 Folder layout: ``index.faiss`` (CPU index), ``docids.txt`` (row -> string id), ``vectors.npy`` (the
-exact float32 vectors, for rescoring candidates without re-encoding), ``index_config.json`` (factory,
+exact float32 vectors, for rescoring candidates without re-encoding; left out with ``exact_vectors=False``, when
+candidates are rescored from the index's own codes: the index is then only as large as its codes, e.g. 384 bytes a
+document for ``SQ8`` of 384 dimensions instead of 1,536 + the codes), ``index_config.json`` (factory,
 metric, dimension, search parameters, the encoder and adapter it was built with, sha256 checksums).
 Loading against another encoder, or a damaged folder, is an error. FAISS row numbers never leave here.
 """
@@ -12,6 +14,7 @@ Loading against another encoder, or a damaged folder, is an error. FAISS row num
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import time
 from pathlib import Path
@@ -48,7 +51,7 @@ class FaissIndex:
 
     def __init__(self, factory: str, dim: int, encoder_fingerprint: str | None = None,
                  encoder_info: dict | None = None, ef_construction: int = 200, ef_search: int = 128,
-                 nprobe: int = 16):
+                 nprobe: int = 16, exact_vectors: bool = True):
         faiss = _faiss()
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
@@ -66,8 +69,16 @@ class FaissIndex:
         self.ids: list[str | None] = []  # row -> id (None for deleted rows)
         self.rows: dict[str, int] = {}
         self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.exact_vectors = bool(exact_vectors)
         self.build_seconds = 0.0
         self._gpu = None
+        self._direct_map()
+
+    def _direct_map(self) -> None:
+        """An IVF index finds a stored vector by id only through a direct map (for rescoring from codes)."""
+        if not self.exact_vectors and self.kind == "ivf":
+            faiss = _faiss()
+            faiss.extract_index_ivf(self.index).set_direct_map_type(faiss.DirectMap.Hashtable)
 
     @staticmethod
     def check_factory(factory: str, dim: int, vectors: int | None = None):
@@ -129,7 +140,8 @@ class FaissIndex:
         start = len(self.ids)
         rows = np.arange(start, start + len(ids), dtype=np.int64)
         self.index.add_with_ids(vectors, rows)
-        self.vectors = np.concatenate([self.vectors, vectors]) if len(self.vectors) else vectors.copy()
+        if self.exact_vectors:
+            self.vectors = np.concatenate([self.vectors, vectors]) if len(self.vectors) else vectors.copy()
         self.ids.extend(ids)
         self.rows.update(zip(ids, range(start, start + len(ids))))
         self._gpu = None
@@ -186,9 +198,10 @@ class FaissIndex:
         rows = [self.rows[d] for d in doc_ids if d in self.rows]
         if not rows:
             return {}
+        stored = self.vectors[rows] if self.exact_vectors else self.index.reconstruct_batch(np.asarray(rows, np.int64))
         # row by row (not one matrix product), so a document's score does not depend on which others are scored
         # with it: a shard scoring part of the pool gives the very scores one index gives
-        values = (self.vectors[rows] * np.asarray(query, dtype=np.float32)).sum(axis=1)
+        values = (stored * np.asarray(query, dtype=np.float32)).sum(axis=1)
         return {self.ids[r]: float(v) for r, v in zip(rows, values)}
 
     def score_batch(self, queries: np.ndarray, pools: Sequence[Sequence[str]]) -> list[dict[str, float]]:
@@ -213,7 +226,19 @@ class FaissIndex:
         copy.ids, copy.rows, copy.params = [], {}, dict(self.params)
         copy.vectors = np.zeros((0, self.dim), dtype=np.float32)
         copy.build_seconds, copy._gpu = 0.0, None
+        copy._direct_map()
         return copy
+
+    def without_vectors(self) -> "FaissIndex":
+        """This index (a copy sharing nothing) rescoring from its own codes: the exact vectors dropped."""
+        copy = pickle.loads(pickle.dumps(self))
+        copy.vectors, copy.exact_vectors = np.zeros((0, self.dim), dtype=np.float32), False
+        copy._direct_map()
+        return copy
+
+    def nbytes(self) -> int:
+        """What the index holds: its serialised FAISS index, plus the exact vectors where it keeps them."""
+        return int(_faiss().serialize_index(self.index).nbytes + self.vectors.nbytes)
 
     def __getstate__(self) -> dict:  # picklable (to a worker process or a Ray actor): FAISS's own serialisation
         state = dict(self.__dict__, _gpu=None)
@@ -221,7 +246,7 @@ class FaissIndex:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state = dict(state)
+        state = {"exact_vectors": True, **state}
         state["index"] = _faiss().deserialize_index(state["index"])
         self.__dict__.update(state)
 
@@ -240,7 +265,8 @@ class FaissIndex:
             with open(tmp / "docids.txt", "w", encoding="utf-8") as f:
                 for doc_id in self.ids:
                     f.write(("" if doc_id is None else doc_id) + "\n")
-            np.save(tmp / "vectors.npy", self.vectors)
+            if self.exact_vectors:
+                np.save(tmp / "vectors.npy", self.vectors)
             write_json(tmp / CONFIG_NAME, sealed({
                 "kind": "faiss",
                 "factory": self.factory,
@@ -249,6 +275,7 @@ class FaissIndex:
                 "count": len(self),
                 "rows": len(self.ids),
                 "params": self.params,
+                "exact_vectors": self.exact_vectors,
                 "encoder_fingerprint": self.encoder_fingerprint,
                 "encoder": self.encoder_info,
                 "build_seconds": self.build_seconds,
@@ -277,7 +304,10 @@ class FaissIndex:
         idx.kind = "hnsw" if "HNSW" in idx.factory.upper() else ("ivf" if "IVF" in idx.factory.upper() else "flat")
         try:
             idx.index = faiss.read_index(str(path / "index.faiss"))
-            idx.vectors = np.load(path / "vectors.npy")
+            idx.exact_vectors = bool(config.get("exact_vectors", True))
+            idx.vectors = (np.load(path / "vectors.npy") if idx.exact_vectors
+                           else np.zeros((0, idx.dim), dtype=np.float32))
+            idx._direct_map()
         except (RuntimeError, ValueError, OSError) as e:
             raise DamagedArtefact(f"{path}: the index files cannot be read ({str(e).splitlines()[-1][:200]}); the "
                                   f"index is damaged or incomplete: rebuild it") from None

@@ -154,6 +154,10 @@ class ShardedIndex:
     def score(self, query: np.ndarray, doc_ids: Sequence[str]) -> dict[str, float]:
         return self.score_batch(np.asarray(query, dtype=np.float32)[None, :], [doc_ids])[0]
 
+    def nbytes(self) -> int:
+        """What the shards hold together (``FaissIndex.nbytes`` of each)."""
+        return int(sum(self.pool.broadcast("nbytes")))
+
     def set_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
         self.pool.broadcast("set_params", ef_search, nprobe)
         self.params.update({k: int(v) for k, v in (("ef_search", ef_search), ("nprobe", nprobe)) if v is not None})

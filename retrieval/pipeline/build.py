@@ -160,9 +160,11 @@ def _built(stages: list, corpus: Corpus, info: dict, t_start: float, held: list[
     """The pipeline of ``stages`` (cut into ``settings.shards``) with its build record: the held-out queries and
     the time spent."""
     pipeline = Pipeline(stages, name="full")
-    if settings.shards > 1:
-        log(f"cutting the BM25 and dense indexes into {settings.shards} shards")
-        pipeline = shard_pipeline(pipeline, corpus, settings.shards, cache_dir, threads, executor)
+    if settings.shards > 1 or not settings.dense_exact_vectors:
+        log(f"laying out the indexes: {settings.shards} shard(s), dense candidates rescored from "
+            f"{'exact vectors' if settings.dense_exact_vectors else 'the index codes'}")
+        pipeline = shard_pipeline(pipeline, corpus, settings.shards, cache_dir, threads, executor,
+                                  settings.dense_exact_vectors)
     info["held_out"] = held
     info["train_seconds"] = sum(s["train"]["seconds"] for s in info["stages"].values() if s and "train" in s)
     info["build_seconds"] = time.perf_counter() - t_start

@@ -43,7 +43,12 @@ class PipelineSettings:
     bm25_fit: bool = _setting(True, "grid-search k1/b on the training queries (kept unless significantly better; "
                                     "never with corpus_only)",
                               negated="keep k1=0.9, b=0.4 instead of grid-searching them on the training queries")
-    dense_factory: str = _setting("Flat", "FAISS factory string of the dense index (e.g. Flat, HNSW32, IVF1024,Flat)")
+    dense_factory: str = _setting("Flat", "FAISS factory string of the dense index (e.g. Flat, HNSW32, IVF1024,Flat; "
+                                          "compressed: SQ8, PCAR128,SQ8, OPQ32_128,IVF1024,PQ32)")
+    dense_exact_vectors: bool = _setting(True, "keep each document's exact float32 vector beside the index to rescore "
+                                               "candidates", negated="rescore candidates from the index's own codes: "
+                                               "the index is only as large as its codes (e.g. SQ8: 384 bytes a "
+                                               "document at 384 dimensions, not 1,536 more)")
     dense_k: int = _setting(100, "candidates the dense stage hands to the reranker")
     neighbours: int = _setting(100, "the index's own nearest neighbours the dense stage adds to BM25's candidates")
     dense_epochs: int | None = _setting(None, "query-side adapter epochs (default: 8; corpus-only 4)", type=int)

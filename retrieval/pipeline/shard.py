@@ -22,12 +22,20 @@ from .cache import cache_root
 
 
 def shard_pipeline(pipeline: Pipeline, corpus: Corpus, shards: int, cache_dir=None, threads: int | None = None,
-                   executor: Executor | None = None) -> Pipeline:
+                   executor: Executor | None = None, exact_vectors: bool = True) -> Pipeline:
     """``pipeline`` with its BM25 index and dense index cut into ``shards`` (see the module docstring); the sharded
-    BM25 index is cached by corpus, shards, k1 and b. ``executor`` builds and holds the shards (default: here)."""
+    BM25 index is cached by corpus, shards, k1 and b. ``executor`` builds and holds the shards (default: here).
+    ``exact_vectors=False``: the dense index (sharded or not) rescores from its own codes, its exact vectors dropped."""
     stages = []
     for stage in pipeline.stages:
-        if isinstance(stage, BM25):
+        if isinstance(stage, Dense) and isinstance(stage.index, FaissIndex) and shards == 1:
+            if not exact_vectors:
+                stage = Dense(stage.encoder, stage.index.without_vectors(), mode=stage.mode, k=stage.k,
+                              fusion=stage.fusion, neighbours=stage.neighbours, name=stage.name,
+                              base_ensemble=stage.base_ensemble)
+        elif shards == 1:
+            pass
+        elif isinstance(stage, BM25):
             if stage.backend != "bm25s":
                 raise ValueError(f"{stage.name}: a sharded BM25 stage is a bm25s index (each shard scores with the "
                                  f"collection's statistics); this pipeline's BM25 is {stage.backend!r}: train it "
@@ -41,6 +49,7 @@ def shard_pipeline(pipeline: Pipeline, corpus: Corpus, shards: int, cache_dir=No
             index = ShardedIndex.build(stage.index.vectors[rows], [stage.index.ids[r] for r in rows],
                                        stage.index.factory, shards, encoder_fingerprint=stage.index.encoder_fingerprint,
                                        encoder_info=stage.index.encoder_info, executor=executor,
+                                       exact_vectors=exact_vectors and stage.index.exact_vectors,
                                        ef_construction=stage.index.params["ef_construction"],
                                        ef_search=stage.index.params["ef_search"], nprobe=stage.index.params["nprobe"])
             stage = Dense(stage.encoder, index, mode=stage.mode, k=stage.k, fusion=stage.fusion,
