@@ -11,7 +11,7 @@ EXTRA ?= cpu
 DATA ?= ../shared/datasets
 OUT ?= results
 
-.PHONY: install benchmark benchmark-corpus tune speed serve load test test-fast
+.PHONY: install benchmark benchmark-corpus tune speed scale serve load test test-fast
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ speed: install
 	$(PY) -m benchmarks speed-rerank --datasets-root $(DATA) --output $(OUT)/speed-rerank
 	$(PY) -m benchmarks speed-inference --pipeline $(OUT)/scifact/full/pipeline --dataset $(DATA)/scifact --split dev \
 		--output $(OUT)/speed-inference
+
+# Scale-out on Ray (a local cluster of this machine's cores): encoding with 1 and 2 actors, indexing on the cluster vs
+# here, search with 1/2/4 shards, compressed indexes (~100K passages cut from the shared corpora).
+scale: install
+	$(PY) -m benchmarks scale-out --datasets-root $(DATA) --output $(OUT)/scale-out
 
 # The search service over the saved pipelines under $(ROOT) (writes need $$RETRIEVAL_API_KEY).
 ROOT ?= domains

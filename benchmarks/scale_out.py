@@ -47,8 +47,8 @@ from .speed_bm25 import all_queries, passage_corpus
 PARTS = ("encode", "index", "search", "compress")
 SHARDS = (1, 2, 4)
 # compressed index options: FAISS factory strings ({lists}: IVF lists for the corpus size)
-COMPRESSED = ("SQfp16", "SQ8", "PCAR128,Flat", "PCAR128,SQ8", "IVF{lists},SQ8", "HNSW32,SQ8", "OPQ32_128,IVF{lists},PQ32",
-              "IVF{lists},PQ48", "OPQ64_256,IVF{lists},PQ64")
+COMPRESSED = ("SQfp16", "SQ8", "SQ6", "SQ4", "PCAR128,Flat", "PCAR128,SQ8", "PCAR192,SQ8", "IVF{lists},SQ8", "HNSW32,SQ8",
+              "OPQ32_128,IVF{lists},PQ32", "IVF{lists},PQ48")
 
 
 def _lists(n: int) -> int:

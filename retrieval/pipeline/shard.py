@@ -3,9 +3,11 @@ cluster), ranking as the pipeline did.
 
 ``shard_pipeline`` turns the BM25 stage into a ``ShardedBM25`` (the same k1 and b, each shard scoring with the
 collection's statistics) and the dense stage's index into a ``ShardedIndex`` (the same vectors, one trained template
-for every shard); the encoder, the reranker and every weight and depth stay. ``build_pipeline`` does it after
-training when ``PipelineSettings.shards`` > 1 (training and the choices on held-out queries use the unsharded
-stages, which rank the same), and ``python -m retrieval shard`` does it to a saved pipeline folder.
+for every shard); the encoder, the reranker and every weight and depth stay. With ``exact_vectors=False`` the dense
+index (sharded or not) keeps only its codes and rescores candidates from them. ``build_pipeline`` does this after
+training when ``PipelineSettings.shards`` > 1 or ``dense_exact_vectors`` is off (training and the choices on
+held-out queries use the unsharded stages with exact vectors), and ``python -m retrieval shard`` does it to a saved
+pipeline folder.
 """
 
 from __future__ import annotations
