@@ -38,7 +38,7 @@ from retrieval.shards import Executor, contiguous
 from retrieval.stages.bm25 import BM25
 from retrieval.stages.bm25_sharded import ShardedBM25
 from retrieval.stages.dense import Dense
-from retrieval.types import Corpus, Queries, Ranking
+from retrieval.types import Corpus, Queries
 from retrieval.util import write_json
 
 from .report import md_table

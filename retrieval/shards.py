@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import heapq
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from .util import DamagedArtefact, sha256_file
 
 Opener = Callable[[], object]
 
@@ -78,6 +81,21 @@ class LocalShards:
             self._pool = None
 
 
+class Sharded:
+    """What an index cut into shards shares: its ``pool`` of shards and their document ``counts``."""
+
+    pool: ShardPool
+    counts: list[int]
+
+    @property
+    def shards(self) -> int:
+        return len(self.counts)
+
+    def close(self) -> None:
+        """Release the shards (a Ray pool's actors end)."""
+        self.pool.close()
+
+
 def local_placer(openers: Sequence[Opener]) -> LocalShards:
     """The default placer: every shard opened in this process."""
     return LocalShards([open_() for open_ in openers])
@@ -105,6 +123,29 @@ class Executor:
 
 
 LOCAL = Executor()
+
+
+def shard_folder(i: int) -> str:
+    """The folder of shard ``i`` inside a sharded index's folder."""
+    return f"shard-{i:03d}"
+
+
+def shard_entries(folder: Path, counts: Sequence[int], config_name: str) -> list[dict]:
+    """What a sharded index's config records of its shards (written in ``folder``): each one's folder, documents, and
+    the sha256 of its own config (which holds the checksums of its files)."""
+    return [{"path": shard_folder(i), "count": int(n), "config_sha256": sha256_file(folder / shard_folder(i) / config_name)}
+            for i, n in enumerate(counts)]
+
+
+def check_shard_entries(path: Path, entries: Sequence[dict], config_name: str) -> None:
+    """``DamagedArtefact`` if a shard a sharded index names is missing, or its config is not the one recorded."""
+    for entry in entries:
+        config = path / entry["path"] / config_name
+        if not config.is_file():
+            raise DamagedArtefact(f"{path}: shard {entry['path']} is missing ({config} not found); build the index again")
+        if sha256_file(config) != entry["config_sha256"]:
+            raise DamagedArtefact(f"{path}: shard {entry['path']}'s {config_name} is not the one this index was saved "
+                                  f"with; the index is damaged, build it again")
 
 
 def contiguous(n: int, shards: int) -> list[range]:

@@ -24,16 +24,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..shards import LOCAL, Executor, LocalShards, Placer, ShardPool, contiguous, local_placer, merge_top_k
-from ..util import (DamagedArtefact, atomic_dir, check_seal, library_version, read_json, sealed, sha256_file,
+from ..shards import (LOCAL, Executor, LocalShards, Placer, Sharded, ShardPool, check_shard_entries, contiguous,
+                      local_placer, merge_top_k, shard_entries, shard_folder)
+from ..util import (DamagedArtefact, atomic_dir, check_seal, library_version, read_json, sealed,
                     write_json)
 from .faiss import CONFIG_NAME, FaissIndex, _check_vectors, check_encoder
 
 KIND = "sharded-faiss"
-
-
-def shard_folder(i: int) -> str:
-    return f"shard-{i:03d}"
 
 
 def trained_template(factory: str, vectors: np.ndarray, train_sample: int = 100_000, seed: int = 0,
@@ -57,7 +54,7 @@ def build_shard(template: FaissIndex, vectors: np.ndarray, ids: Sequence[str]) -
     return shard
 
 
-class ShardedIndex:
+class ShardedIndex(Sharded):
     """N FAISS shards searched as one index, with ``FaissIndex``'s read interface (``search``, ``score``,
     ``score_batch``, ``ids``, ``len``), so the dense stage takes either.
 
@@ -80,10 +77,6 @@ class ShardedIndex:
 
     def __repr__(self) -> str:
         return f"ShardedIndex({self.factory!r}, shards={len(self.counts)}, documents={len(self)}, pool={self.pool!r})"
-
-    @property
-    def shards(self) -> int:
-        return len(self.counts)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -168,9 +161,6 @@ class ShardedIndex:
 
     remove = add
 
-    def close(self) -> None:
-        self.pool.close()
-
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Each shard writes its own folder (on its actor, for a Ray pool: the path must be one every node
@@ -208,8 +198,7 @@ class ShardedIndex:
 def write_config(folder: Path, factory: str, dim: int, encoder_fingerprint: str | None, encoder_info: dict,
                  params: dict, counts: Sequence[int], build_seconds: float) -> None:
     """``index_config.json`` of a sharded index whose shard folders are already written in ``folder``."""
-    shards = [{"path": shard_folder(i), "count": int(n),
-               "config_sha256": sha256_file(folder / shard_folder(i) / CONFIG_NAME)} for i, n in enumerate(counts)]
+    shards = shard_entries(folder, counts, CONFIG_NAME)
     write_json(folder / CONFIG_NAME, sealed({
         "kind": KIND, "factory": factory, "metric": "inner_product", "dim": int(dim), "count": int(sum(counts)),
         "shards": shards, "params": params, "encoder_fingerprint": encoder_fingerprint, "encoder": encoder_info,
@@ -224,13 +213,7 @@ def read_config(path: Path, require_seal: bool = False) -> dict:
         raise ValueError(f"{path}: {CONFIG_NAME} describes a {config.get('kind')!r} index, not a sharded one")
     if not check_seal(config, path / CONFIG_NAME, "the sharded index's settings") and require_seal:
         raise DamagedArtefact(f"{path}: {CONFIG_NAME} has no seal; its settings cannot be checked")
-    for s in config["shards"]:
-        shard_config = path / s["path"] / CONFIG_NAME
-        if not shard_config.is_file():
-            raise DamagedArtefact(f"{path}: shard {s['path']} is missing ({shard_config} not found); rebuild the index")
-        if sha256_file(shard_config) != s["config_sha256"]:
-            raise DamagedArtefact(f"{path}: shard {s['path']}'s {CONFIG_NAME} is not the one this index was saved "
-                                  f"with; the index is damaged, rebuild it")
+    check_shard_entries(path, config["shards"], CONFIG_NAME)
     return config
 
 

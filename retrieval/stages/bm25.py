@@ -69,7 +69,21 @@ class FitResult:
                 "default_score": self.default_score, "best": self.best, "alpha": self.alpha, "grid": self.grid}
 
 
-class BM25(StageBase):
+class IndexFolderFacts:
+    """What a BM25 index folder's ``bm25_config.json`` (``self.config``) tells, for one index or a sharded one."""
+
+    config: dict
+
+    @property
+    def corpus_fingerprint(self) -> str:
+        return self.config["corpus_fingerprint"]
+
+    @property
+    def build_seconds(self) -> float:
+        return float(self.config.get("build_seconds", 0.0))
+
+
+class BM25(IndexFolderFacts, StageBase):
     """BM25 over a persistent index folder; ``search`` returns the top ``k`` per query.
 
     >>> bm25 = BM25.build(corpus, "indexes/scifact")          # Lucene via Pyserini
@@ -111,14 +125,6 @@ class BM25(StageBase):
 
     def __repr__(self) -> str:
         return f"BM25({str(self.index_dir)!r}, backend={self.backend!r}, k={self.k}, k1={self.k1}, b={self.b})"
-
-    @property
-    def corpus_fingerprint(self) -> str:
-        return self.config["corpus_fingerprint"]
-
-    @property
-    def build_seconds(self) -> float:
-        return float(self.config.get("build_seconds", 0.0))
 
     # ------------------------------------------------------------------ building
     @classmethod

@@ -28,21 +28,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from ..shards import LOCAL, Executor, Placer, contiguous, local_placer, merge_top_k
+from ..shards import (LOCAL, Executor, Placer, Sharded, check_shard_entries, contiguous, local_placer, merge_top_k,
+                      shard_entries, shard_folder)
 from ..stage import StageBase, as_queries, check_candidates, check_k
 from ..types import Corpus, Document, Queries, Ranking
 from ..util import (CacheWarning, DamagedArtefact, atomic_dir, check_seal, default_cache_dir, library_version,
-                    read_json, sealed, sha256_file, write_json)
+                    read_json, sealed, write_json)
 from ._analysis import analyzer
 from ._bm25s import Bm25sEngine
 from ._tokens import TokenEngine
-from .bm25 import BM25, CONFIG_NAME, _check_params, _threads, write_config
+from .bm25 import BM25, CONFIG_NAME, IndexFolderFacts, _check_params, _threads, write_config
 
 KIND = "sharded-bm25"
-
-
-def shard_folder(i: int) -> str:
-    return f"shard-{i:03d}"
 
 
 def analyze_shard(docs: Sequence[Document], folder: str | os.PathLike) -> dict:
@@ -91,8 +88,7 @@ def index_shard(folder: str | os.PathLike, collection: dict, k1: float, b: float
 def write_sharded_config(folder: Path, parts: Sequence[dict], collection: dict, k1: float, b: float,
                          corpus_fingerprint: str, build_seconds: float) -> None:
     """``bm25_config.json`` of a sharded index whose shard folders are written in ``folder``."""
-    shards = [{"path": shard_folder(i), "documents": p["documents"],
-               "config_sha256": sha256_file(folder / shard_folder(i) / CONFIG_NAME)} for i, p in enumerate(parts)]
+    shards = shard_entries(folder, [p["documents"] for p in parts], CONFIG_NAME)
     write_json(folder / CONFIG_NAME, sealed({
         "kind": KIND, "backend": "bm25s", "k1": k1, "b": b, "contents": "title + ' ' + text",
         "num_docs": collection["documents"], "total_length": collection["total_length"],
@@ -106,7 +102,7 @@ def is_sharded_bm25(path: str | os.PathLike) -> bool:
     return config.is_file() and read_json(config, "BM25 index config").get("kind") == KIND
 
 
-class ShardedBM25(StageBase):
+class ShardedBM25(IndexFolderFacts, Sharded, StageBase):
     """BM25 over shards that score with the collection's statistics; ``search`` merges their top ``k``.
 
     >>> bm25 = ShardedBM25.build(corpus, "indexes/scifact-4", shards=4)    # ranks as BM25.build(corpus, ...)
@@ -130,22 +126,11 @@ class ShardedBM25(StageBase):
         openers = [functools.partial(BM25, str(self.index_dir / s["path"]), k=self.k, threads=1, verify=verify)
                    for s in self.config["shards"]]
         self.pool = (placer or local_placer)(openers)
-        self.counts = [int(s["documents"]) for s in self.config["shards"]]
+        self.counts = [int(s["count"]) for s in self.config["shards"]]
 
     def __repr__(self) -> str:
         return f"ShardedBM25({str(self.index_dir)!r}, shards={len(self.counts)}, k={self.k}, pool={self.pool!r})"
 
-    @property
-    def shards(self) -> int:
-        return len(self.counts)
-
-    @property
-    def corpus_fingerprint(self) -> str:
-        return self.config["corpus_fingerprint"]
-
-    @property
-    def build_seconds(self) -> float:
-        return float(self.config.get("build_seconds", 0.0))
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -209,8 +194,6 @@ class ShardedBM25(StageBase):
                          f"with the whole collection's statistics; build it again with the new documents, or serve "
                          f"the domain from one BM25 index (lucene takes writes in place)")
 
-    def close(self) -> None:
-        self.pool.close()
 
 
 def read_config(path: Path) -> dict:
@@ -219,11 +202,5 @@ def read_config(path: Path) -> dict:
     if config.get("kind") != KIND:
         raise ValueError(f"{path}: {CONFIG_NAME} describes a {config.get('kind')!r} index, not a sharded BM25 index")
     check_seal(config, path / CONFIG_NAME, "the sharded BM25 index's settings")
-    for s in config["shards"]:
-        shard = path / s["path"] / CONFIG_NAME
-        if not shard.is_file():
-            raise DamagedArtefact(f"{path}: shard {s['path']} is missing ({shard} not found); build the index again")
-        if sha256_file(shard) != s["config_sha256"]:
-            raise DamagedArtefact(f"{path}: shard {s['path']}'s {CONFIG_NAME} is not the one this index was saved "
-                                  f"with; the index is damaged, build it again")
+    check_shard_entries(path, config["shards"], CONFIG_NAME)
     return config

@@ -11,7 +11,8 @@ from ...types import Corpus, Document
 from ..registry import LoadContext, PipelineMismatch, StageKind, register
 
 
-def _check_corpus(stage: BM25, corpus: Corpus, where: str) -> None:
+def check_corpus(stage, corpus: Corpus, where: str) -> None:
+    """``PipelineMismatch`` if the BM25 index (one, or sharded) of ``stage`` was built from another corpus."""
     if stage.corpus_fingerprint != corpus.fingerprint():
         raise PipelineMismatch(f"{stage.name}: the BM25 index{where} was built from another corpus "
                                f"({stage.corpus_fingerprint[:12]}, the pipeline's is {corpus.fingerprint()[:12]})")
@@ -22,13 +23,13 @@ class BM25Kind(StageKind):
     writable = True
 
     def save(self, stage: BM25, folder: Path, corpus: Corpus) -> dict:
-        _check_corpus(stage, corpus, "")
+        check_corpus(stage, corpus, "")
         shutil.copytree(stage.index_dir, folder, ignore=shutil.ignore_patterns("*.tmp-*", "write.lock"))
         return {"backend": stage.backend, "k1": stage.k1, "b": stage.b}
 
     def load(self, entry: dict, folder: Path, context: LoadContext) -> BM25:
         stage = BM25(folder, k=entry["k"], k1=entry["k1"], b=entry["b"], threads=context.threads, name=entry["name"])
-        _check_corpus(stage, context.corpus, f" in {folder}")
+        check_corpus(stage, context.corpus, f" in {folder}")
         return stage
 
     def live(self, stage: BM25, work: Path, threads: int | None = None) -> BM25:

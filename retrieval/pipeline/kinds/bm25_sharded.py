@@ -9,26 +9,21 @@ from pathlib import Path
 
 from ...stages.bm25_sharded import ShardedBM25
 from ...types import Corpus
-from ..registry import LoadContext, PipelineMismatch, StageKind, register
-
-
-def _check_corpus(stage: ShardedBM25, corpus: Corpus, where: str) -> None:
-    if stage.corpus_fingerprint != corpus.fingerprint():
-        raise PipelineMismatch(f"{stage.name}: the sharded BM25 index{where} was built from another corpus "
-                               f"({stage.corpus_fingerprint[:12]}, the pipeline's is {corpus.fingerprint()[:12]})")
+from ..registry import LoadContext, StageKind, register
+from .bm25 import check_corpus
 
 
 class ShardedBM25Kind(StageKind):
     name, stage_class = "bm25-sharded", ShardedBM25
 
     def save(self, stage: ShardedBM25, folder: Path, corpus: Corpus) -> dict:
-        _check_corpus(stage, corpus, "")
+        check_corpus(stage, corpus, "")
         shutil.copytree(stage.index_dir, folder, ignore=shutil.ignore_patterns("*.tmp-*"))
         return {"backend": stage.backend, "k1": stage.k1, "b": stage.b, "shards": stage.shards}
 
     def load(self, entry: dict, folder: Path, context: LoadContext) -> ShardedBM25:
         stage = ShardedBM25(folder, k=entry["k"], threads=context.threads, name=entry["name"], placer=context.placer)
-        _check_corpus(stage, context.corpus, f" in {folder}")
+        check_corpus(stage, context.corpus, f" in {folder}")
         return stage
 
     def describe(self, stage: ShardedBM25) -> dict:
