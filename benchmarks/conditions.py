@@ -219,11 +219,16 @@ def _full_builder(corpus_only: bool) -> Builder:
         name = "full-corpus" if corpus_only else "full"
         folder = opts.output / ds.name / name / "pipeline"
         save_pipeline(full.pipeline, folder, ds.corpus, {**full.info, "dataset": str(ds.path)}, overwrite=True)
-        pipe, _, _ = load_pipeline(folder, threads=opts.threads, corpus=ds.corpus)
+        pipe, _, _ = load_pipeline(folder, threads=opts.threads, corpus=ds.corpus, placer=_placer(opts))
         pipe.name = name
         return _saved_condition(pipe, full.info, folder, ds, opts)
 
     return build
+
+
+def _placer(opts: RunOptions):
+    """Where a saved folder's shards are opened: on the run's Ray cluster (``--ray-address``), else here."""
+    return opts.executor.place if opts.executor is not None else None
 
 
 def _saved_condition(pipe: Pipeline, info: dict, folder: Path, ds: Dataset, opts: RunOptions) -> Condition:
@@ -256,7 +261,7 @@ def _saved_pipeline_builder(folder: Path) -> Builder:
         if config["corpus"]["fingerprint"] != ds.corpus.fingerprint():
             raise PipelineMismatch(f"{folder} indexes another corpus ({config['corpus']['documents']} documents) than "
                                    f"{ds.path} ({len(ds.corpus)}); evaluate it on the dataset it was trained for")
-        pipe, _, config = load_pipeline(folder, threads=opts.threads, corpus=ds.corpus)
+        pipe, _, config = load_pipeline(folder, threads=opts.threads, corpus=ds.corpus, placer=_placer(opts))
         return _saved_condition(pipe, config.get("info", {}), folder, ds, opts)
 
     return build

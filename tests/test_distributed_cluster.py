@@ -112,14 +112,19 @@ def test_train_on_a_local_cluster_saves_a_sharded_pipeline(datasets_root, tiny_m
 
 
 @pytest.mark.slow
-def test_the_benchmark_runner_on_a_local_cluster_reports_one_process_figures(datasets_root, tiny_model_dir, tmp_path):
-    """``python -m benchmarks run --ray-address local``: the corpus encoded on the cluster and the batch pass split
-    among copies of each condition's pipeline; the figures are the in-process run's."""
+def test_the_benchmark_runner_on_a_local_cluster_reports_one_process_figures(datasets_root, tiny_model_dir, folders,
+                                                                              tmp_path):
+    """``python -m benchmarks run --ray-address local``: the corpus encoded on the cluster, the batch pass split
+    among copies of each condition's pipeline, a saved sharded pipeline searched with its shards on the cluster;
+    the figures are the in-process run's, and the sharded folder's are the unsharded one's."""
+    plain, sharded = folders
     figures = {}
     for name, ray in (("here", []), ("ray", ["--ray-address", "local", "--ray-workers", "2"])):
         _run(["-m", "benchmarks", "run", "--dataset", str(datasets_root / "adi"), "--split", "test", "--pipeline", "bm25",
-              "--pipeline", "dense", "--dense-model", str(tiny_model_dir), "--latency-queries", "2",
-              "--output", str(tmp_path / name), *ray], {**os.environ, "RETRIEVAL_CACHE": str(tmp_path / f"cache-{name}")})
+              "--pipeline", "dense", "--pipeline", str(plain), "--pipeline", str(sharded), "--dense-model",
+              str(tiny_model_dir), "--latency-queries", "2", "--output", str(tmp_path / name), *ray],
+             {**os.environ, "RETRIEVAL_CACHE": str(tmp_path / f"cache-{name}")})
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         figures[name] = {r["pipeline"]: round(r["metrics"]["nDCG@10"], 4) for r in summary}
-    assert figures["ray"] == figures["here"] and set(figures["here"]) == {"bm25", "dense"}
+    assert figures["ray"] == figures["here"] and set(figures["here"]) == {"bm25", "dense", "plain", "sharded"}
+    assert figures["here"]["sharded"] == figures["here"]["plain"]
