@@ -48,7 +48,10 @@ def search_batches(folder: str | os.PathLike, queries: Mapping[str, str], worker
                    keep_stages: bool = False, batch: int = 64, cpus_per_worker: float = 1,
                    device: str | None = None, progress: bool = True) -> Ranking:
     """``queries`` through the pipeline saved at ``folder``, in batches of ``batch`` spread over ``workers`` actors;
-    the same ranking one process gives (``Pipeline.search``), stage times added over the actors."""
+    the ranking one process gives (``Pipeline.search``), stage times added over the actors. Exactly so for encoders
+    run in torch (to ~1e-7); an int8 export's output depends on which texts share its batch, and each call forms
+    its own batches, so with exports a few scores move in the third decimal (SciFact dev, the full pipeline: 205 of
+    210 rankings identical, nDCG@10 equal to 4 decimals)."""
     ray = ray_module()
     queries = Queries(queries)
     qids = list(queries)
