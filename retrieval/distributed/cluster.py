@@ -15,6 +15,9 @@ file system); models and corpora travel through Ray's object store. Ray is optio
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import signal
 import sys
 
 # A local cluster listens on loopback only. Ray turns 127.0.0.1 into the machine's network address, so another
@@ -23,6 +26,37 @@ LOOPBACK = "127.0.0.2"
 
 ADDRESS_HELP = ("Ray cluster: 'local' (start one in this process), 'auto' (the one `ray start --head` started here), "
                 "'host:port' (a head node) or 'ray://host:port' (Ray Client)")
+
+
+FAULT_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL")
+
+
+@contextlib.contextmanager
+def keep_fault_handlers():
+    """Give back, after ``ray.init``, the fault-signal handlers this process had before it.
+
+    ``ray.init`` installs its own handlers for SIGSEGV and the like (absl's failure handler, Python's faulthandler).
+    A JVM in this process (Lucene through Pyserini) raises SIGSEGV on purpose and handles it itself (implicit null
+    checks): with Ray's handler in the way, the next one kills the process — seen as a segmentation fault in the
+    middle of a Lucene search after a Ray cluster was started. A handler that was there before (the JVM's, or
+    pytest's faulthandler) is put back; where there was none, Ray's stays. A JVM started after Ray installs its own.
+    """
+    saved = {}
+    libc = None
+    if sys.platform.startswith(("linux", "darwin")):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            libc = None
+    for name in FAULT_SIGNALS if libc is not None else ():
+        action = ctypes.create_string_buffer(256)  # struct sigaction, kept as it is; its handler comes first
+        if libc.sigaction(getattr(signal, name), None, action) == 0 and any(action.raw[:ctypes.sizeof(ctypes.c_void_p)]):
+            saved[name] = action
+    try:
+        yield
+    finally:
+        for name, action in saved.items():
+            libc.sigaction(getattr(signal, name), action, None)
 
 
 def ray_module():
@@ -52,12 +86,14 @@ def connect(address: str = "local", num_cpus: int | None = None) -> bool:
         return False
     kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address == "local":
-        ray.init(num_cpus=num_cpus, _node_ip_address=LOOPBACK if sys.platform == "linux" else None, **kwargs)
+        with keep_fault_handlers():
+            ray.init(num_cpus=num_cpus, _node_ip_address=LOOPBACK if sys.platform == "linux" else None, **kwargs)
         return True
     if num_cpus is not None:
         raise ValueError("num_cpus sizes a local cluster only; a running cluster has the CPUs it was started with")
     try:
-        ray.init(address=address, **kwargs)
+        with keep_fault_handlers():
+            ray.init(address=address, **kwargs)
     except ConnectionError as e:
         if "AuthToken" in f"{e} {e.__cause__}":
             raise ConnectionError(f"the Ray cluster at {address!r} refused this process's token: a cluster started "

@@ -2,8 +2,11 @@
 
 Each shard lives on its own actor, opened there by its opener (``FaissIndex.load`` of its folder, or a build from
 vectors sent through the object store), and stays there: a search sends the query vectors once (``ray.put``) to
-every actor and merges what they answer. Actors are spread over the cluster's nodes and ask for no CPU of their own
-(``num_cpus=0``), so any number of shards fits any cluster; each runs single-threaded (Ray's ``OMP_NUM_THREADS``).
+every actor and merges what they answer. Shard i's actor is placed on the i-th of the cluster's live nodes, round
+robin (a soft node affinity: if that node cannot take it, Ray places it elsewhere) — Ray's own ``SPREAD`` is best
+effort and was seen to put every shard on one node of a cluster whose second node had just joined. Actors ask for
+no CPU of their own (``num_cpus=0``), so any number of shards fits any cluster; each runs single-threaded (Ray's
+``OMP_NUM_THREADS``).
 """
 
 from __future__ import annotations
@@ -35,8 +38,12 @@ class RayShards:
         if not openers:
             raise ValueError("a shard pool needs at least one shard")
         ray = self._ray = ray_module()
-        actor = ray.remote(ShardActor).options(num_cpus=cpus, scheduling_strategy="SPREAD")
-        self.actors = [actor.remote(open_) for open_ in openers]
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = live_nodes()
+        actor = ray.remote(ShardActor)
+        self.actors = [actor.options(num_cpus=cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            nodes[i % len(nodes)], soft=True)).remote(open_) for i, open_ in enumerate(openers)]
         try:
             ray.get([a.node.remote() for a in self.actors])  # every shard opened (or its error raised here)
         except ray.exceptions.RayTaskError as e:
@@ -73,6 +80,11 @@ class RayShards:
         for a in self.actors:
             self._ray.kill(a)
         self.actors = []
+
+
+def live_nodes() -> list[str]:
+    """The ids of the cluster's live nodes, in a fixed order."""
+    return sorted(n["NodeID"] for n in ray_module().nodes() if n.get("Alive"))
 
 
 def ray_placer(openers: Sequence[Callable[[], object]]) -> RayShards:
