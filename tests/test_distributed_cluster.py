@@ -131,14 +131,17 @@ def test_the_benchmark_runner_on_a_local_cluster_reports_one_process_figures(dat
 
 
 @pytest.mark.slow
-def test_a_jvm_in_the_process_survives_starting_a_cluster(datasets_root, tmp_path):
-    """Lucene (a JVM through Pyserini) searching, then a Ray cluster started in the same process, then Lucene again.
-    ``ray.init`` alone installs fault handlers over the JVM's, and the JVM's next deliberate SIGSEGV (implicit null
-    checks) killed the process within the first SciFact search; ``connect`` gives the JVM's handlers back."""
+def test_a_jvm_in_the_process_survives_starting_and_ending_a_cluster(cluster, datasets_root, tmp_path):
+    """Lucene (a JVM through Pyserini) searching, then a local Ray cluster started in the same process — while the
+    ``ray start`` cluster of this module runs on the machine: 'local' still starts a new one —, Lucene again, the
+    cluster ended, Lucene again. ``ray.init`` and ``ray.shutdown`` alone put fault handlers over the JVM's, and the
+    JVM's next deliberate SIGSEGV (implicit null checks) killed the process within the first SciFact search."""
     code = ("import sys\nfrom retrieval.data import load_dataset\nfrom retrieval.stages.bm25 import BM25\n"
-            "from retrieval.distributed import connect\n"
+            "from retrieval.distributed import RayExecutor\n"
             "ds = load_dataset(sys.argv[1], 'dev')\nbm25 = BM25.build(ds.corpus, sys.argv[2], backend='lucene')\n"
-            "before = bm25.search(ds.queries).scores\nconnect('local', num_cpus=1)\n"
-            "for _ in range(3):\n    assert bm25.search(ds.queries).scores == before\nprint('survived')\n")
+            "before = bm25.search(ds.queries).scores\nex = RayExecutor('local', num_cpus=1)\n"
+            "assert len(ex.nodes()) == 1\n"
+            "for _ in range(2):\n    assert bm25.search(ds.queries).scores == before\nex.close()\n"
+            "for _ in range(2):\n    assert bm25.search(ds.queries).scores == before\nprint('survived')\n")
     out = _run(["-c", code, str(datasets_root / "scifact"), str(tmp_path / "lucene")], dict(os.environ))
     assert out.stdout.strip().splitlines()[-1] == "survived"

@@ -35,7 +35,7 @@ FAULT_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL")
 def keep_fault_handlers():
     """Give back, after ``ray.init``, the fault-signal handlers this process had before it.
 
-    ``ray.init`` installs its own handlers for SIGSEGV and the like (absl's failure handler, Python's faulthandler).
+    ``ray.init`` (and ``ray.shutdown``) install their own handlers for SIGSEGV and the like (absl's failure handler, Python's faulthandler).
     A JVM in this process (Lucene through Pyserini) raises SIGSEGV on purpose and handles it itself (implicit null
     checks): with Ray's handler in the way, the next one kills the process — seen as a segmentation fault in the
     middle of a Lucene search after a Ray cluster was started. A handler that was there before (the JVM's, or
@@ -86,8 +86,9 @@ def connect(address: str = "local", num_cpus: int | None = None) -> bool:
         return False
     kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address == "local":
-        with keep_fault_handlers():
-            ray.init(num_cpus=num_cpus, _node_ip_address=LOOPBACK if sys.platform == "linux" else None, **kwargs)
+        with keep_fault_handlers():  # address="local": a new cluster, even where `ray start` runs one
+            ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK if sys.platform == "linux" else None,
+                     **kwargs)
         return True
     if num_cpus is not None:
         raise ValueError("num_cpus sizes a local cluster only; a running cluster has the CPUs it was started with")

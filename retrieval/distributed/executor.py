@@ -17,7 +17,7 @@ import numpy as np
 
 from ..shards import Opener
 from ..types import Corpus, Document
-from .cluster import connect, ray_module
+from .cluster import connect, keep_fault_handlers, ray_module
 from .encode import BATCH, encode_corpus
 from .shards import RayShards
 
@@ -64,7 +64,8 @@ class RayExecutor:
         """Leave the cluster (a local one, started by this executor, ends)."""
         ray = ray_module()
         if self.started and ray.is_initialized():
-            ray.shutdown()
+            with keep_fault_handlers():  # shutting down puts fault handlers back too, and not necessarily ours
+                ray.shutdown()
 
 
 def executor_from_args(args) -> RayExecutor | None:
