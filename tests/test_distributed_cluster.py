@@ -38,6 +38,11 @@ def cluster():
                         "--include-dashboard=false", *common], env=env, check=True, timeout=180, capture_output=True)
         subprocess.run([RAY, "start", f"--address={address}", f"--node-ip-address={NODE}", *common], env=env,
                        check=True, timeout=180, capture_output=True)
+        # `ray start` returns before every driver sees the second node alive; shards placed before then all sit
+        # on the head (seen once), so wait until a driver sees both
+        _run(["-c", "import sys, time; from retrieval.distributed import RayExecutor; ex = RayExecutor(sys.argv[1]); "
+                    "t = time.time()\nwhile len(ex.nodes()) < 2 and time.time() - t < 60: time.sleep(0.5)\n"
+                    "assert len(ex.nodes()) == 2, ex.nodes()", address], env, timeout=120)
         yield address, env
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, timeout=180, capture_output=True)

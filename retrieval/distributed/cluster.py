@@ -33,21 +33,20 @@ FAULT_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL")
 
 @contextlib.contextmanager
 def keep_fault_handlers():
-    """Give back, after ``ray.init``, the fault-signal handlers this process had before it.
+    """Give back, after ``ray.init`` or ``ray.shutdown`` (the block), the fault-signal handlers this process had.
 
-    ``ray.init`` (and ``ray.shutdown``) install their own handlers for SIGSEGV and the like (absl's failure handler, Python's faulthandler).
-    A JVM in this process (Lucene through Pyserini) raises SIGSEGV on purpose and handles it itself (implicit null
+    Both install handlers of their own for SIGSEGV and the like (absl's failure handler, Python's faulthandler). A
+    JVM in this process (Lucene through Pyserini) raises SIGSEGV on purpose and handles it itself (implicit null
     checks): with Ray's handler in the way, the next one kills the process — seen as a segmentation fault in the
-    middle of a Lucene search after a Ray cluster was started. A handler that was there before (the JVM's, or
-    pytest's faulthandler) is put back; where there was none, Ray's stays. A JVM started after Ray installs its own.
+    middle of a Lucene search after a Ray cluster was started or ended. A handler that was there before (the
+    JVM's, or pytest's faulthandler) is put back; where there was none, Ray's stays. A JVM started after Ray
+    installs its own.
     """
+    try:
+        libc = ctypes.CDLL(None) if sys.platform.startswith(("linux", "darwin")) else None
+    except OSError:
+        libc = None
     saved = {}
-    libc = None
-    if sys.platform.startswith(("linux", "darwin")):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-        except OSError:
-            libc = None
     for name in FAULT_SIGNALS if libc is not None else ():
         action = ctypes.create_string_buffer(256)  # struct sigaction, kept as it is; its handler comes first
         if libc.sigaction(getattr(signal, name), None, action) == 0 and any(action.raw[:ctypes.sizeof(ctypes.c_void_p)]):
@@ -57,6 +56,11 @@ def keep_fault_handlers():
     finally:
         for name, action in saved.items():
             libc.sigaction(getattr(signal, name), action, None)
+
+
+def live_nodes() -> list[dict]:
+    """The cluster's live nodes (``ray.nodes()``), in a fixed order (by node id)."""
+    return sorted((n for n in ray_module().nodes() if n.get("Alive")), key=lambda n: n["NodeID"])
 
 
 def ray_module():

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..shards import Opener
 from ..types import Corpus, Document
-from .cluster import connect, keep_fault_handlers, ray_module
+from .cluster import connect, keep_fault_handlers, live_nodes, ray_module
 from .encode import BATCH, encode_corpus
 from .shards import RayShards
 
@@ -58,7 +58,7 @@ class RayExecutor:
 
     def nodes(self) -> list[dict]:
         """The cluster's live nodes (``ray.nodes()``)."""
-        return [n for n in ray_module().nodes() if n.get("Alive")]
+        return live_nodes()
 
     def close(self) -> None:
         """Leave the cluster (a local one, started by this executor, ends)."""

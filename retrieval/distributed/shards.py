@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from .cluster import ray_module
+from .cluster import live_nodes, ray_module
 
 
 class ShardActor:
@@ -40,7 +40,7 @@ class RayShards:
         ray = self._ray = ray_module()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        nodes = live_nodes()
+        nodes = [n["NodeID"] for n in live_nodes()]
         actor = ray.remote(ShardActor)
         self.actors = [actor.options(num_cpus=cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(
             nodes[i % len(nodes)], soft=True)).remote(open_) for i, open_ in enumerate(openers)]
@@ -80,11 +80,6 @@ class RayShards:
         for a in self.actors:
             self._ray.kill(a)
         self.actors = []
-
-
-def live_nodes() -> list[str]:
-    """The ids of the cluster's live nodes, in a fixed order."""
-    return sorted(n["NodeID"] for n in ray_module().nodes() if n.get("Alive"))
 
 
 def ray_placer(openers: Sequence[Callable[[], object]]) -> RayShards:
