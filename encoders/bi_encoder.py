@@ -26,8 +26,9 @@ from retrieval.lora.host import (CONFIG_NAME, AdapterHost, QualityRefused, read_
 from retrieval.lora.openvino import batches_by_length, export
 from retrieval.lora.settings import LoraSettings
 from retrieval.types import Document
-from retrieval.util import atomic_dir, library_version, write_json
+from retrieval.util import atomic_dir, library_version, read_json, write_json
 
+_DOCUMENT_ROUTE = "document_0_Transformer"  # the base transformer of a query-only folder's Router
 
 
 class BiEncoder(AdapterHost):
@@ -252,10 +253,16 @@ class BiEncoder(AdapterHost):
         return self.export_report
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike, overwrite: bool = False, extra_json: dict[str, object] | None = None) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False, extra_json: dict[str, object] | None = None,
+             sentence_transformers: bool = True) -> Path:
         """Write ``retrieval_config.json`` and, with adapters, peft's own files (default at the top,
         other adapters in sub-folders). A merged encoder writes a full sentence-transformers model
-        and no adapter files. ``extra_json`` (file name -> data) is written beside them and checksummed too."""
+        and no adapter files. ``extra_json`` (file name -> data) is written beside them and checksummed too.
+
+        ``sentence_transformers``: also write what plain ``SentenceTransformer(path)`` needs to open the folder by
+        itself (see ``_sentence_transformers_files``); for a query-only adapter that includes the base model's
+        weights (~90 MB for MiniLM), so a folder that only travels inside this library (Ray's object store) leaves
+        it out."""
         path = Path(path)
         with self.lock, atomic_dir(path, overwrite=overwrite) as tmp:
             config = {
@@ -276,7 +283,8 @@ class BiEncoder(AdapterHost):
                     self._doc_model.save(str(tmp / "document_model"))
             else:
                 self.save_adapters(tmp)
-                if self.active_adapter == "default":  # the adapter at the top is the one a plain loader applies
+                # the adapter at the top is the one a plain loader applies
+                if sentence_transformers and self.active_adapter == "default":
                     self._sentence_transformers_files(tmp)
             write_model_config(tmp, config, extra_json)
         return path
@@ -286,17 +294,34 @@ class BiEncoder(AdapterHost):
         code of this library: the tokenizer, the transformer module over peft's files at the top (transformers
         applies them to the base model they name), and the base model's pooling and normalisation.
 
-        Only for an adapter of both sides: a query-only adapter would need a ``Router`` whose document route is
-        the bare base model, and sentence-transformers 6.2 cannot load a peft adapter from a Router's sub-folder
-        (the sub-folder is applied to the base model's path too), so such a folder opens as the model card says:
-        the base model for documents, ``load_adapter(folder)`` on it for queries — or is exported whole with
-        ``save_sentence_transformers``."""
-        if self._adapters["default"]["side"] != "both":
-            return
+        A query-only adapter becomes a ``Router``: its query route is that same transformer module at the top
+        (route ".") and its document route the base transformer in ``document_0_Transformer/``. Two limits of
+        transformers 5.24 shape this: a peft adapter loads only from the folder's top (in a sub-folder, the
+        sub-folder is joined to the base model's path), and ``AutoModel`` looks for an adapter at the top whatever
+        sub-folder it is given — so the document module's ``model_kwargs`` point peft's search at its own folder
+        (``adapter_kwargs.subfolder``), where there is none. The document route keeps the base weights (~90 MB
+        for MiniLM): no adapter-only form of "base model for documents" loads with these versions."""
+        from sentence_transformers.sentence_transformer.modules import Router
+
         st_type = lambda m: f"{type(m).__module__}.{type(m).__name__}"  # noqa: E731
+        side = self._adapters["default"]["side"]
         self.st[0].tokenizer.save_pretrained(str(root))
         write_json(root / "sentence_bert_config.json", {**self.st[0].get_config_dict(), "max_seq_length": self.max_length})
         modules = [{"idx": 0, "name": "0", "path": "", "type": st_type(self.st[0])}]
+        if side == "query":
+            doc = self._side_copy("document")[0]
+            doc.save(str(root / _DOCUMENT_ROUTE))
+            doc_config = root / _DOCUMENT_ROUTE / "sentence_bert_config.json"
+            kwargs = read_json(doc_config, "sentence-transformers module config")
+            kwargs.setdefault("model_kwargs", {})["adapter_kwargs"] = {"subfolder": _DOCUMENT_ROUTE}
+            write_json(doc_config, kwargs)
+            router = Router.for_query_document([doc], [doc])  # for its parameters only
+            parameters = router.get_config_dict()
+            parameters["route_mappings"] = {str(k): v for k, v in (parameters.get("route_mappings") or {}).items()}
+            write_json(root / router.config_file_name, {
+                "types": {".": st_type(self.st[0]), _DOCUMENT_ROUTE: st_type(doc)},
+                "structure": {"query": ["."], "document": [_DOCUMENT_ROUTE]}, "parameters": parameters})
+            modules[0]["type"] = st_type(router)
         for i, m in enumerate(self.st):
             if i > 0:
                 folder = f"{i}_{type(m).__name__}"

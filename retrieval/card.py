@@ -86,11 +86,10 @@ def model_card(config: dict, train: dict | None = None) -> str:
         side = ((config.get("adapters") or {}).get("default") or {}).get("side")
         if config.get("merged") or side != "query":
             load += ["st = SentenceTransformer(\"THIS_FOLDER\")  # queries and documents"]
-        else:  # a query-only adapter: documents keep the base model's vectors
-            load += [f"documents = SentenceTransformer(\"{base}\")",
-                     f"queries = SentenceTransformer(\"{base}\"); queries.load_adapter(\"THIS_FOLDER\")",
-                     "# or one folder for both (full weights, a Router):",
-                     "# BiEncoder.load(\"THIS_FOLDER\").save_sentence_transformers(\"OUT\"); SentenceTransformer(\"OUT\")"]
+        else:  # a query-only adapter: a Router whose document route is the base model
+            load += ["st = SentenceTransformer(\"THIS_FOLDER\")  # a Router: the adapter for queries, the base model for "
+                     "documents",
+                     "q = st.encode_query([\"a query\"]); d = st.encode_document([\"a document\"])"]
     else:
         raise ValueError(f"no model card for a folder of kind {kind!r}")
     lines = [f"# {title}", "", f"Trained with the `retrieval` library from `{base}`.", "",

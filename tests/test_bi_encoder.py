@@ -187,22 +187,30 @@ def _plain_sentence_transformer_vectors(folder) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("side", ["both"])
+@pytest.mark.parametrize("side", ["query", "both"])
 def test_saved_encoder_opens_with_plain_sentence_transformer(tiny_model_dir, tmp_path, side):
-    """SentenceTransformer(dir) on a saved encoder folder with an adapter of both sides — in a child process that
-    never imports this library — gives the pipeline's vectors. (A query-only adapter cannot be expressed for
-    sentence-transformers 6.2: see BiEncoder._sentence_transformers_files.)"""
+    """SentenceTransformer(dir) on a saved encoder folder — in a child process that never imports this library, the
+    folder moved to another directory — gives the pipeline's vectors: for a query-only adapter through a Router
+    (queries adapted, documents the base model's)."""
     enc = BiEncoder(tiny_model_dir, device="cpu")
     base = enc.encode_queries(TEXTS)
     enc.add_lora(LoraSettings(r=4, side=side))
     _perturb(enc, 3)
     enc.save(tmp_path / "enc")
-    got = _plain_sentence_transformer_vectors(tmp_path / "enc")
+    moved = tmp_path / "elsewhere" / "enc"
+    moved.parent.mkdir()
+    (tmp_path / "enc").rename(moved)
+    got = _plain_sentence_transformer_vectors(moved)
     np.testing.assert_allclose(got["query"], enc.encode_queries(TEXTS), atol=1e-5)
     np.testing.assert_allclose(got["document"], enc.encode_documents(TEXTS), atol=1e-5)
     assert not np.allclose(got["query"], base, atol=1e-3)  # the adapter is really applied
-    again = BiEncoder.load(tmp_path / "enc", device="cpu")  # our own loader is not confused by the extra files
+    np.testing.assert_allclose(got["document"], base if side == "query" else got["query"], atol=1e-5)
+    again = BiEncoder.load(moved, device="cpu")  # our own loader is not confused by the extra files
     np.testing.assert_allclose(again.encode_queries(TEXTS), enc.encode_queries(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(again.encode_documents(TEXTS), enc.encode_documents(TEXTS), atol=1e-6)
+    enc.save(tmp_path / "inner", sentence_transformers=False)  # what travels inside this library only
+    assert not (tmp_path / "inner" / "modules.json").exists()
+    assert BiEncoder.load(tmp_path / "inner", device="cpu").adapters == enc.adapters
 
 
 @pytest.mark.parametrize("side", ["query", "both"])

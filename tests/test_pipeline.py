@@ -91,6 +91,44 @@ def test_saved_pipeline_loads_with_identical_rankings_in_a_fresh_process(built, 
         save_pipeline(b.pipeline, folder, b.corpus)
 
 
+def test_a_copied_pipeline_folder_opens_and_its_models_open_in_plain_sentence_transformers(built, adi, tmp_path):
+    """A pipeline folder moved to another directory opens with the same rankings; its query-side dense encoder
+    opens with plain ``SentenceTransformer(dir)`` (a Router: queries adapted, documents the base model's) and its
+    reranker with plain ``CrossEncoder(dir)``, in a child process that never imports this library, giving the
+    stages' own torch vectors and scores."""
+    import numpy as np
+
+    b, _ = built
+    save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, b.info)
+    moved = tmp_path / "another" / "place"
+    moved.parent.mkdir()
+    (tmp_path / "pipe").rename(moved)
+    pipe, _, _ = load_pipeline(moved)
+    _rankings_equal(pipe.search(adi.queries), b.pipeline.search(adi.queries))
+    _, dense, rerank = pipe.stages
+    enc, ce = dense.encoder, rerank.reranker
+    assert enc.adapters["default"]["side"] == "query"
+    texts = [adi.queries[q] for q in list(adi.queries)[:4]] + [adi.corpus[d].contents for d in list(adi.corpus)[:4]]
+    pairs = [[texts[i], texts[4 + i]] for i in range(4)]
+    code = ("import json, sys\nfrom sentence_transformers import CrossEncoder, SentenceTransformer\n"
+            "texts, pairs = json.loads(sys.stdin.read())\nst = SentenceTransformer(sys.argv[1], device='cpu')\n"
+            "out = {'query': st.encode_query(texts).tolist(), 'document': st.encode_document(texts).tolist(),\n"
+            "       'rerank': CrossEncoder(sys.argv[2], device='cpu').predict(pairs).tolist()}\n"
+            "assert not {'retrieval', 'encoders', 'rerankers'} & set(sys.modules)\nprint(json.dumps(out))\n")
+    run = subprocess.run([sys.executable, "-c", code, str(moved / "stages" / "dense" / "encoder"),
+                          str(moved / "stages" / "rerank" / "reranker")], input=json.dumps([texts, pairs]),
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    enc.use_torch()
+    ce.use_torch()
+    np.testing.assert_allclose(got["query"], enc.encode_queries(texts), atol=1e-5)
+    np.testing.assert_allclose(got["document"], enc.encode_documents(texts), atol=1e-5)
+    # (that the Router's query route really applies the adapter: test_bi_encoder, with a visibly moved adapter)
+    np.testing.assert_allclose(got["rerank"], ce.score([q for q, _ in pairs], [d for _, d in pairs]), rtol=1e-4,
+                               atol=1e-5)
+
+
 def test_openvino_exports_are_saved_checked_and_loaded_apart_from_shared_models(built, adi, tmp_path):
     """The default pipeline runs both models as OpenVINO int8 exports (calibrated on the corpus, checked against
     torch); the folder holds them, loads them, and a service's shared models load them per domain."""

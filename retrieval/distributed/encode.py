@@ -51,7 +51,7 @@ def unpack_folder(data: bytes) -> Path:
 def packed_encoder(encoder: BiEncoder) -> bytes:
     """``encoder`` saved (adapters, exports) and packed."""
     with tempfile.TemporaryDirectory(prefix="retrieval-encoder-") as tmp:
-        encoder.save(Path(tmp) / "encoder")
+        encoder.save(Path(tmp) / "encoder", sentence_transformers=False)  # no base weights for plain loaders
         return pack_folder(Path(tmp) / "encoder")
 
 

@@ -158,7 +158,9 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
     sides = ("query",) if query_side else ("query", "document")
     info = {"split": split if labelled else "none (pseudo-queries from the corpus)", "cached_at": str(root),
             **result.to_dict(), "inference": with_inference(enc, inference, corpus, cache_dir, sides=sides)}
-    enc.save(root, overwrite=True, extra_json={"train_result.json": info})  # its held-out split decides weights
+    # its held-out split decides weights; a cache entry is read by this library only (no base weights for plain
+    # sentence-transformers loaders: the pipeline folder it goes into writes them)
+    enc.save(root, overwrite=True, extra_json={"train_result.json": info}, sentence_transformers=False)
     return enc, info
 
 
