@@ -81,7 +81,7 @@ def test_shards_on_two_nodes_and_pipeline_copies_search_as_one_process(cluster, 
             "print(json.dumps({'nodes': len([n for n in ex.nodes()]), 'shard_nodes': sorted({n for n in "
             "p.stages[0].pool.nodes() + p.stages[1].index.pool.nodes()})}))")
     placed = json.loads(_run(["-c", code, address, str(sharded)], env).stdout.strip().splitlines()[-1])
-    assert placed["nodes"] == 2 and len(placed["shard_nodes"]) == 2  # the shards sit on both nodes
+    assert placed["nodes"] == 2 and len(placed["shard_nodes"]) == 2, placed  # the shards sit on both nodes
     runs = {}
     for name, folder, ray in (("here", plain, []), ("shards", sharded, ["--ray-address", address]),
                               ("copies", plain, ["--ray-address", address, "--ray-workers", "2"])):
@@ -90,9 +90,25 @@ def test_shards_on_two_nodes_and_pipeline_copies_search_as_one_process(cluster, 
               "--k", "20", "--batch", "8", *ray], env)
     expected = Ranking.from_trec(runs["here"])
     for name in ("shards", "copies"):
-        got = Ranking.from_trec(runs[name])
-        assert got.scores.keys() == expected.scores.keys()
-        assert all(got.ranked(q) == expected.ranked(q) for q in expected.scores), name
+        _same_rankings(Ranking.from_trec(runs[name]), expected, name)
+
+
+def _same_rankings(got: Ranking, expected: Ranking, name: str, tol: float = 1e-6) -> None:
+    """The same documents in the same order with the same scores, up to float noise of ``tol`` (another process
+    may run torch's kernels on other threads): documents may swap only where their scores tie within ``tol``."""
+    assert got.scores.keys() == expected.scores.keys(), name
+    for q in expected.scores:
+        a, b = expected.ranked(q), got.ranked(q)
+        where = f"{name}, query {q}: expected {a[:5]}..., got {b[:5]}..."
+        assert len(a) == len(b), where
+        assert all(abs(x - y) <= tol for (_, x), (_, y) in zip(a, b)), where
+        moved = {d for (d, _), (e, _) in zip(a, b) if d != e} | {e for (d, _), (e, _) in zip(a, b) if d != e}
+        scores_a, scores_b = dict(a), dict(b)
+        for d in moved:
+            if d in scores_a and d in scores_b:
+                assert abs(scores_a[d] - scores_b[d]) <= tol, where
+            else:  # in one top k only: it crossed the cut, which only a tie at the cut allows
+                assert abs(scores_a.get(d, scores_b.get(d)) - a[-1][1]) <= tol, where
 
 
 @pytest.mark.slow
