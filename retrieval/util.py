@@ -106,6 +106,18 @@ def recover_dir(path: str | os.PathLike) -> str | None:
     return done
 
 
+def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``src`` copied to ``dst`` as hard links where the file system allows, as copies where not: for saved files
+    that are never written in place (a model folder carried unchanged into the next snapshot of a folder)."""
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a folder's entries (files created, renamed or removed in it) durable."""
     fd = os.open(path, os.O_RDONLY)

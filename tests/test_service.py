@@ -363,6 +363,13 @@ def test_journal_is_compacted_in_the_background(root, tmp_path):
     from retrieval.service import Service, ServiceSettings, create_app
 
     home = _copy_root(root, tmp_path / "root", ("alpha",))
+    encoder = home / "alpha" / "stages" / "dense" / "encoder"
+    assert (encoder / "document_0_Transformer").is_dir()  # query-only: the base weights, for plain loaders
+
+    def inodes() -> dict:
+        return {p.relative_to(encoder): p.stat().st_ino for p in encoder.rglob("*") if p.is_file()}
+
+    before = inodes()
     service = Service(home, ServiceSettings(compact_after=3, device="cpu"), keys=[KEY.encode()])
     with TestClient(create_app(service)) as client:
         for i in range(4):
@@ -375,6 +382,7 @@ def test_journal_is_compacted_in_the_background(root, tmp_path):
             time.sleep(0.1)
         assert service.domains["alpha"].config["info"]["compacted"]["journal_records"] >= 3
         assert client.get("/v1/domains").json()["domains"][0]["documents"] == 86
+    assert inodes() == before  # the unchanged encoder was carried into the new folder as hard links, not copied
 
 
 def test_load_keys(tmp_path, monkeypatch):

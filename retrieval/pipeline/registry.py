@@ -18,13 +18,13 @@ such a stage, rather than let the stage fall out of step with its documents.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ..shards import Placer
 from ..types import Corpus, Document
+from ..util import link_tree
 
 
 class PipelineMismatch(ValueError):
@@ -95,8 +95,8 @@ class StageKind:
 
     def snapshot(self, stage, entry: dict, src: Path, dst: Path, corpus: Corpus) -> dict:
         """Write the live stage into ``dst`` of a new pipeline folder for ``corpus`` (``src``: its folder in the
-        current one); return its updated entry. By default the stage's files did not change: copied."""
-        shutil.copytree(src, dst)
+        current one); return its updated entry. By default the stage's files did not change: hard-linked (or copied)."""
+        link_tree(src, dst)
         return entry
 
     def describe(self, stage) -> dict:

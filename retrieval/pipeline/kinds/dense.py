@@ -7,7 +7,6 @@ service are encoded and added to (or removed from) the FAISS index.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +17,7 @@ from ...index.sharded import load_index
 from ...stages.dense import Dense
 from ...stages.fusion import Fusion
 from ...types import Corpus, Document
+from ...util import link_tree
 from ..registry import LoadContext, PipelineMismatch, StageKind, WriteRefused, register
 
 
@@ -85,7 +85,7 @@ class DenseKind(StageKind):
             stage.index.add(prepared, [d.id for d in upserts])  # replaces ids already present
 
     def snapshot(self, stage: Dense, entry: dict, src: Path, dst: Path, corpus: Corpus) -> dict:
-        shutil.copytree(src / "encoder", dst / "encoder")  # adapters do not change
+        link_tree(src / "encoder", dst / "encoder")  # adapters do not change (and may hold ~90 MB of base weights)
         stage.index.save(dst / "index")
         return entry
 
