@@ -337,8 +337,8 @@ class BiEncoder(AdapterHost):
         """A self-contained sentence-transformers folder that gives this encoder's vectors with no code of this
         library: ``SentenceTransformer(path).encode_query`` / ``encode_document``. The active adapter is merged into
         full weights; a query-only adapter becomes a ``Router`` (query route: the merged model, document route: the
-        base model), so that folder holds the transformer's weights twice (for MiniLM, ~90 MB each) — which is why
-        the pipeline's own folders keep the adapter only."""
+        base model), so that folder holds the transformer's weights twice (for MiniLM, ~90 MB each) but needs no
+        peft; ``save`` writes a folder that plain sentence-transformers opens too, with the adapter unmerged."""
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.modules import Router
 
