@@ -17,7 +17,7 @@ import contextlib
 import copy
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -33,20 +33,35 @@ from retrieval.util import atomic_dir, library_version, read_json, write_json
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 HEAD_SEED = 0
+POOLER_INITS = ("identity", "base")
 
 
 @dataclass
 class RerankLoraSettings(LoraSettings):
-    """LoRA for the cross-encoder: r=8 on every linear layer of the encoder (pooler included), and the
-    scoring head trained in full and saved with the adapter (peft ``modules_to_save``)."""
+    """LoRA for the cross-encoder: r=8 on every linear layer of the encoder, and the scoring head trained in
+    full and saved with the adapter (peft ``modules_to_save``).
+
+    ``new_head_pooler`` matters only for a *new* head on a plain encoder with a BERT-style pooler (the packaged
+    MiniLM). ``"base"`` (the default) keeps the checkpoint's pooler, with LoRA on it like every other linear
+    layer. ``"identity"`` gives the adapter a pooler of its own, trained in full and saved with it, that starts
+    as the identity (pooled = tanh of the [CLS] vector): the packaged MiniLM's pooler was never trained (weights
+    ~N(0, 0.009), bias 0) and squeezes every pair to nearly the same features, which holds the listwise loss at
+    log(group size) for the first few dozen steps. On SciFact the identity pooler left that plateau sooner
+    (validation nDCG@10 after epochs 1 and 2: 0.670 / 0.738 against 0.636 / 0.711) but the fused pipeline on the
+    held-out training queries lost 0.019 (0.7847 vs 0.8037), so it is not the default (README, "Routes tried for
+    the third stage"). The base weights are never changed either way, so adapters of both kinds load on the same
+    base."""
 
     r: int = 8
     alpha: int = 16
     modules_to_save: tuple[str, ...] = ("classifier",)
+    new_head_pooler: str = "base"
 
     def __post_init__(self):
         super().__post_init__()
         self.modules_to_save = tuple(self.modules_to_save)
+        if self.new_head_pooler not in POOLER_INITS:
+            raise ValueError(f"new_head_pooler must be one of {POOLER_INITS}, got {self.new_head_pooler!r}")
 
     def _peft_kwargs(self) -> dict:
         return {**super()._peft_kwargs(), "modules_to_save": list(self.modules_to_save)}
@@ -267,8 +282,32 @@ class CrossEncoderReranker(AdapterHost):
 
     # ------------------------------------------------------------------ adapters
     def add_lora(self, settings: RerankLoraSettings | None = None, name: str = "default") -> "CrossEncoderReranker":
-        """Add a fresh, trainable LoRA adapter (head in ``modules_to_save``) and make it the active one."""
-        return super().add_lora(settings or RerankLoraSettings(), name, base_fingerprint=self.base_fingerprint())
+        """Add a fresh, trainable LoRA adapter (head in ``modules_to_save``) and make it the active one. On a new
+        head with ``settings.new_head_pooler == "identity"`` the adapter also gets its own pooler, set to the
+        identity (see ``RerankLoraSettings``)."""
+        import torch
+
+        settings = settings or RerankLoraSettings()
+        pooler = self._pooler_owner() if self.new_head and settings.new_head_pooler == "identity" else None
+        if pooler is not None and "pooler" not in settings.modules_to_save:
+            settings = replace(settings, modules_to_save=(*settings.modules_to_save, "pooler"))
+        super().add_lora(settings, name, base_fingerprint=self.base_fingerprint())
+        if pooler is not None:
+            dense = pooler.pooler.modules_to_save[name].dense  # the adapter's copy; the base pooler is untouched
+            with torch.no_grad():
+                dense.weight.copy_(torch.eye(dense.weight.shape[0], dtype=dense.weight.dtype))
+                if dense.bias is not None:
+                    dense.bias.zero_()
+        return self
+
+    def _pooler_owner(self):
+        """The encoder module whose ``pooler.dense`` is a square layer (BERT-style), or None."""
+        base = self.base_module()
+        owner = getattr(base, getattr(base, "base_model_prefix", ""), None)
+        dense = getattr(getattr(owner, "pooler", None), "dense", None)
+        if dense is None or getattr(dense, "weight", None) is None or dense.weight.shape[0] != dense.weight.shape[1]:
+            return None
+        return owner
 
     def load_adapter(self, path: str | os.PathLike, name: str = "default", info: dict | None = None) -> None:
         """Load a peft LoRA adapter folder under ``name``, refusing one made for another base model or head."""

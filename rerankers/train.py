@@ -36,7 +36,7 @@ from retrieval.stages.bm25 import BM25
 from retrieval.stages.rerank import Rerank
 from retrieval.types import Qrels, Queries
 
-from .cross_encoder import PRECISIONS, CrossEncoderReranker, RerankLoraSettings
+from .cross_encoder import POOLER_INITS, PRECISIONS, CrossEncoderReranker, RerankLoraSettings
 
 MODES = ("supervised", "corpus")
 LOSSES = ("listwise", "pointwise")
@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-dropout", dest="train_dropout", action="store_false",
                    help="train with dropout (the backbone's and LoRA's) off: 1.4x faster on CPUs, worse on held-out queries")
     add_lora_args(p, defaults.lora)
+    p.add_argument("--new-head-pooler", choices=POOLER_INITS, default=defaults.lora.new_head_pooler,
+                   help="a new head's pooler: the checkpoint's, with LoRA (default), or its own, starting as the identity")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     add_device_args(p)
     p.add_argument("--seed", type=int, default=defaults.seed)
@@ -220,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                                    batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
                                    max_items=args.max_items, seed=args.seed, dropout=args.train_dropout,
-                                   lora=lora_from_args(args, RerankLoraSettings))
+                                   lora=lora_from_args(args, RerankLoraSettings,
+                                                       new_head_pooler=args.new_head_pooler))
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision)
     teacher = None  # loaded before any work, so a wrong path is reported at once
     if args.teacher:

@@ -88,6 +88,42 @@ def test_lora_trains_head_via_modules_to_save(backbone):
         ce.add_lora(name="default")
 
 
+def test_a_new_head_reads_the_cls_vector_through_an_identity_pooler_of_its_own(backbone, tmp_path):
+    ce = _ce(backbone)
+    fingerprint, base = ce.base_fingerprint(), ce.score(Q, D)
+    ce.add_lora(RerankLoraSettings(r=4, alpha=8, new_head_pooler="identity"))
+    assert sorted(ce.model.peft_config["default"].modules_to_save) == ["classifier", "pooler"]
+    assert ce.base_fingerprint() == fingerprint  # the base pooler is untouched: old adapters still load
+    trainable = [n for n, p in ce.model.named_parameters() if p.requires_grad]
+    assert any("pooler.modules_to_save.default.dense.weight" in n for n in trainable)
+    assert not any("pooler" in n and "lora_" in n for n in trainable)  # the pooler is trained in full, not by LoRA
+    features = {}
+    ce.model.base_model.model.bert.encoder.register_forward_hook(lambda m, i, o: features.update(h=o[0]))
+    s = ce.score(Q, D)
+    head = ce._head()
+    with torch.no_grad():
+        expected = head(torch.tanh(features["h"][:, 0])).squeeze(-1).numpy()
+    assert np.allclose(s, expected, atol=1e-5) and not np.allclose(s, base, atol=1e-4)
+    ce.disable_adapters()
+    assert np.allclose(ce.score(Q, D), base, atol=1e-6)
+    ce.set_adapter("default")
+    _perturb(ce)
+    s = ce.score(Q, D)
+    ce.save(tmp_path / "plain")
+    assert np.array_equal(CrossEncoderReranker.load(tmp_path / "plain", device="cpu").score(Q, D), s)
+    merged = ce.merged()
+    merged.save(tmp_path / "merged")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged" / "model").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged" / "model")
+    with torch.no_grad():
+        logits = model(**tok(Q, D, truncation=True, max_length=128, padding=True, return_tensors="pt")).logits[:, 0]
+    assert np.allclose(logits.numpy(), s, atol=1e-5)  # the merged checkpoint carries the adapter's pooler
+    with pytest.raises(ValueError, match="new_head_pooler"):
+        RerankLoraSettings(new_head_pooler="zeros")
+
+
 def test_save_load_identical_scores_plain_and_merged(backbone, tmp_path):
     ce = _ce(backbone)
     ce.add_lora(RerankLoraSettings(r=4, alpha=8))
@@ -236,9 +272,11 @@ def test_train_cli(backbone, datasets_root, tmp_path):
     out = tmp_path / "ce"
     assert main(["--dataset", str(datasets_root / "adi"), "--split", "test", "--model", str(backbone), "--epochs", "1",
                  "--max-length", "64", "--rank", "4", "--precision", "float32", "--device", "cpu",
-                 "--index-dir", str(tmp_path / "idx"), "--output", str(out)]) == 0
+                 "--new-head-pooler", "identity", "--index-dir", str(tmp_path / "idx"), "--output", str(out)]) == 0
     ce = CrossEncoderReranker.load(out, device="cpu")
     assert ce.active_adapter == "default" and (out / "train_result.json").is_file()
+    assert ce.adapters["default"]["lora"]["new_head_pooler"] == "identity"
+    assert sorted(ce.model.peft_config["default"].modules_to_save) == ["classifier", "pooler"]
     card = (out / "README.md").read_text()  # a model card from what was recorded, not peft's empty template
     result = json.loads((out / "train_result.json").read_text())
     assert card.startswith("# LoRA cross-encoder reranker") and "More Information Needed" not in card
