@@ -291,6 +291,13 @@ class CrossEncoderReranker(AdapterHost):
         pooler = self._pooler_owner() if self.new_head and settings.new_head_pooler == "identity" else None
         if pooler is not None and "pooler" not in settings.modules_to_save:
             settings = replace(settings, modules_to_save=(*settings.modules_to_save, "pooler"))
+        own = "pooler" in settings.modules_to_save
+        other = [n for n, info in self._adapters.items() if ("pooler" in info["lora"].get("modules_to_save", ())) != own]
+        if other:  # peft cannot both wrap the pooler whole and inject LoRA into it
+            raise ValueError(f"adapter(s) {other} {'have LoRA on' if own else 'own'} the pooler and this one would "
+                             f"{'own it' if own else 'put LoRA on it'}; adapters on one reranker must share "
+                             f"new_head_pooler: pass new_head_pooler={'base' if own else 'identity'!r} or use "
+                             f"another CrossEncoderReranker")
         super().add_lora(settings, name, base_fingerprint=self.base_fingerprint())
         if pooler is not None:
             dense = pooler.pooler.modules_to_save[name].dense  # the adapter's copy; the base pooler is untouched

@@ -122,6 +122,11 @@ def test_a_new_head_reads_the_cls_vector_through_an_identity_pooler_of_its_own(b
     assert np.allclose(logits.numpy(), s, atol=1e-5)  # the merged checkpoint carries the adapter's pooler
     with pytest.raises(ValueError, match="new_head_pooler"):
         RerankLoraSettings(new_head_pooler="zeros")
+    with pytest.raises(ValueError, match="must share new_head_pooler"):
+        ce.add_lora(RerankLoraSettings(r=2, alpha=4), name="other")
+    assert set(ce.adapters) == {"default"} and np.array_equal(ce.score(Q, D), s)  # nothing lost
+    ce.add_lora(RerankLoraSettings(r=2, alpha=4, new_head_pooler="identity"), name="other")
+    assert sorted(ce.adapters) == ["default", "other"]
 
 
 def test_save_load_identical_scores_plain_and_merged(backbone, tmp_path):
