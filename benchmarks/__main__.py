@@ -1,6 +1,6 @@
 """``python -m benchmarks run ...`` (quality), ``python -m benchmarks speed-bm25|speed-dense|speed-rerank ...`` (speed),
-``tune-cutoffs`` (depths within a latency budget), ``corpus-designs`` (label-free fusions side by side) and
-``service-load`` (the HTTP service vs in-process)."""
+``tune-cutoffs`` (depths within a latency budget), ``gate-study`` (a learned per-pair fusion gate vs one weight),
+``corpus-designs`` (label-free fusions side by side) and ``service-load`` (the HTTP service vs in-process)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from retrieval.distributed.executor import executor_from_args
 from retrieval.evaluation import CORRECTIONS
 from retrieval.pipeline.settings import add_pipeline_args, settings_from_args
 
-from . import corpus_designs, cutoffs, scale_out, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
+from . import corpus_designs, cutoffs, gate, scale_out, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
 from .conditions import DESCRIPTIONS
 from .regression import load_config
 from .options import DEFAULT_BASELINE, RunOptions
@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-length", type=positive_int, default=192)
     c.add_argument("--depths", type=positive_int, nargs="+", default=[10, 20, 50, 100])
     c.add_argument("--depth-queries", type=positive_int, default=10, help="queries timed at each depth (default: 10)")
+    c.add_argument("--train-steps", type=positive_int, default=3, help="timed training steps per precision (default: 3)")
     c.add_argument("--repeats", type=positive_int, default=3)
     c.add_argument("--output", type=Path, default=Path("results/speed-rerank"))
 
@@ -113,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--latency-queries", type=count, default=20, help="queries timed one at a time per stage and depth")
     t.add_argument("--threads", type=positive_int, default=None)
     t.add_argument("--output", type=Path, default=Path("results/cutoffs"))
+
+    g = sub.add_parser("gate-study", help="a learned per-pair gate between reranker and incoming score vs the one "
+                                          "global weight, cross-validated on the pipeline's held-out training queries")
+    g.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder (BM25 >> Dense >> Rerank)")
+    g.add_argument("--dataset", type=Path, required=True)
+    g.add_argument("--split", default="train",
+                   help="split whose queries are cross-validated (default: train; the pipeline's training split gives "
+                        "only the queries it held out)")
+    g.add_argument("--folds", type=positive_int, default=5, help="outer cross-validation folds (default: 5)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=positive_int, default=None)
+    g.add_argument("--output", type=Path, default=Path("results/gate"))
 
     lt = sub.add_parser("service-load", help="load test of the HTTP service vs the same pipeline in-process")
     lt.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder, served as one domain")
@@ -174,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return 0
-    commands = {"corpus-designs": corpus_designs.main, "tune-cutoffs": cutoffs.main, "service-load": service_load.main, "speed-bm25": speed_bm25.main,
+    commands = {"corpus-designs": corpus_designs.main, "tune-cutoffs": cutoffs.main, "gate-study": gate.main,
+                "service-load": service_load.main, "speed-bm25": speed_bm25.main,
                 "speed-dense": speed_dense.main, "speed-rerank": speed_rerank.main, "speed-inference": speed_inference.main,
                 "scale-out": scale_out.main}
     return commands[args.command](args)

@@ -147,20 +147,26 @@ def plot(result: dict, path: str | Path, title: str = "") -> Path:
     return save(fig, ax, path, title or "Cutoffs: quality vs latency (labels: rerank depth)")
 
 
+def tuning_queries(config: dict, dataset, corpus, pipeline_path, split: str) -> tuple[Queries, Qrels, bool]:
+    """The queries a saved pipeline's settings may be chosen on: of its own training split, only those it held out
+    of its adapters' training; of another split, all. Returns (queries, qrels, whether they are the held-out ones)."""
+    info = config.get("info", {})
+    if dataset.corpus.fingerprint() != corpus.fingerprint():
+        raise ValueError(f"{pipeline_path} indexes another corpus than {dataset.path}")
+    held = info.get("held_out") if split == info.get("split") else None
+    if split == info.get("split") and not held:
+        raise ValueError(f"{pipeline_path} was trained on {split!r} and kept no held-out queries; "
+                         f"choose on another split")
+    qids = held or [q for q in dataset.queries if q in dataset.qrels]
+    return dataset.queries.subset(qids), {q: dataset.qrels[q] for q in qids}, bool(held)
+
+
 def main(args) -> int:
     """``python -m benchmarks tune-cutoffs --pipeline PIPEDIR --dataset DIR --split dev --budget-ms 300``."""
     pipe, corpus, config = load_pipeline(args.pipeline, threads=args.threads)
     info = config.get("info", {})
-    train = load_dataset(args.dataset, args.tune_split)
-    if train.corpus.fingerprint() != corpus.fingerprint():
-        raise ValueError(f"{args.pipeline} indexes another corpus than {args.dataset}")
-    held = info.get("held_out") if args.tune_split == info.get("split") else None
-    if args.tune_split == info.get("split") and not held:
-        raise ValueError(f"{args.pipeline} was trained on {args.tune_split!r} and kept no held-out queries; "
-                         f"tune on another split (--tune-split)")
-    qids = held or list(train.queries)
-    tune_q = train.queries.subset(qids)
-    tune_qrels = {q: train.qrels[q] for q in qids}
+    tune_q, tune_qrels, held = tuning_queries(config, load_dataset(args.dataset, args.tune_split), corpus, args.pipeline,
+                                              args.tune_split)
     print(f"tuning on {len(tune_q)} queries of {args.tune_split!r}"
           f"{' (held out of the adapters training)' if held else ''}; budget {args.budget_ms:g} ms")
     result = tune(pipe, tune_q, tune_qrels, args.budget_ms, args.bm25_ks, [0, *args.depths], args.latency_queries)

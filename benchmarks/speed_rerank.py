@@ -6,6 +6,8 @@
    adapter vs ``merged()`` vs the OpenVINO exports (fp32, bf16, int8 calibrated on other dev queries' BM25
    pairs), each with the Spearman correlation of its scores to the plain float32 forward's.
 2. How rerank time grows with depth: the ``Rerank`` stage over BM25 candidates at k = 10, 20, 50, 100.
+3. A training step (listwise, 8 queries x (1 + 3) passages, LoRA) in float32 vs bf16 autocast, and which of the
+   two ``precision="auto"`` takes on this CPU: bf16 pays only where the CPU computes it natively (AVX512-BF16, AMX).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings
+from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings, cpu_bf16_facts
 from retrieval.data import load_dataset
 from retrieval.stages.bm25 import BM25
 from retrieval.stages.rerank import Rerank
@@ -128,10 +130,57 @@ def depth_part(args, ds, bm25) -> dict:
     return {"queries": len(qids), "max_length": ce.max_length, "precision": ce.precision, "rows": rows}
 
 
+def train_step_part(args, ds, bm25, batch: int = 8, group: int = 4) -> dict:
+    """Seconds per listwise LoRA training step at each precision, on real SciFact pairs (the training default's
+    shape), the precisions alternating; and the loss of the first step at each (they start from one state)."""
+    import torch
+
+    qids = list(ds.queries)[:batch]
+    first = bm25.search(Queries({q: ds.queries[q] for q in qids}), k=group)
+    queries = [ds.queries[q] for q in qids for _ in range(group)]
+    docs = [ds.corpus[d].contents for q in qids for d, _ in first.ranked(q)[:group]]
+    if len(docs) != len(queries):
+        raise ValueError(f"BM25 found fewer than {group} passages for a query")
+    models = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        ce = CrossEncoderReranker(max_length=args.max_length, precision=precision)
+        ce.add_lora(RerankLoraSettings())
+        ce.model.train()
+        optim = torch.optim.AdamW([p for p in ce.model.parameters() if p.requires_grad], lr=1e-3)
+        models[precision] = (ce, optim)
+
+    def step(precision):
+        ce, optim = models[precision]
+        logits = ce.logits(queries, docs).view(batch, group)
+        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        return float(loss)
+
+    first_loss = {p: step(p) for p in models}  # warm-up
+    times = {p: [] for p in models}
+    for _ in range(args.train_steps):
+        for p in models:
+            t0 = time.perf_counter()
+            step(p)
+            times[p].append(time.perf_counter() - t0)
+    rows = [{"precision": p, "s_per_step": statistics.median(v), "runs_s": v, "first_loss": first_loss[p]}
+            for p, v in times.items()]
+    by = {r["precision"]: r["s_per_step"] for r in rows}
+    auto = CrossEncoderReranker(max_length=args.max_length).precision
+    return {"pairs_per_step": len(docs), "max_length": args.max_length, "steps": args.train_steps,
+            "threads": torch.get_num_threads(), "cpu": cpu_bf16_facts(), "auto": auto, "rows": rows,
+            "ratio": {"bfloat16 / float32 (step time)": by["bfloat16"] / by["float32"],
+                      "auto / fastest (step time)": by[auto] / min(by.values())}}
+
+
 def main(args) -> int:
     ds, bm25 = _data(args)
     t = throughput_part(args, ds, bm25)
     d = depth_part(args, ds, bm25)
+    s = train_step_part(args, ds, bm25)
     lines = [f"Reranker throughput: {t['pairs']} real SciFact (query, passage) pairs, max length {t['max_length']}, "
              f"{t['precision']}, batch {t['batch_size']}, {t['threads']} threads, median of {args.repeats} alternating runs", "",
              "| variant | pairs/s | Spearman to float32 |", "| --- | ---: | ---: |",
@@ -141,10 +190,15 @@ def main(args) -> int:
              f"Rerank time by depth: {d['queries']} SciFact dev queries one at a time, BM25 candidates", "",
              "| k | ms/query (p50) | ms/query (mean) | x k=10 |", "| ---: | ---: | ---: | ---: |",
              *[f"| {r['k']} | {r['ms_per_query_p50']:.0f} | {r['ms_per_query_mean']:.0f} | {r['x_k10']:.2f} |"
-               for r in d["rows"]]]
+               for r in d["rows"]],
+             "", f"LoRA training step: {s['pairs_per_step']} pairs (8 queries x 4), max length {s['max_length']}, median of "
+                 f"{s['steps']} alternating steps; CPU: {s['cpu']}", "",
+             "| precision | s/step | first loss |", "| --- | ---: | ---: |",
+             *[f"| {r['precision']} | {r['s_per_step']:.2f} | {r['first_loss']:.4f} |" for r in s["rows"]], "",
+             *[f"- {k}: {v:.2f}" for k, v in s["ratio"].items()], f"- `precision=\"auto\"` takes {s['auto']} here"]
     text = "\n".join(lines)
     print(text)
     args.output.mkdir(parents=True, exist_ok=True)
-    write_json(args.output / "speed_rerank.json", {"throughput": t, "depth": d})
+    write_json(args.output / "speed_rerank.json", {"throughput": t, "depth": d, "train_step": s})
     (args.output / "speed_rerank.md").write_text(text + "\n", encoding="utf-8")
     return 0

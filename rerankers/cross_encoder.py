@@ -74,13 +74,36 @@ class RerankerMismatch(AdapterMismatch):
     """An adapter or head that does not fit this reranker's base model."""
 
 
-def cpu_supports_bf16() -> bool:
-    try:
-        import torch
+def _cpu_flags() -> dict[str, bool | None]:
+    """What torch's CPU checks say about bf16: native instructions (AVX512-BF16, AMX tiles) and oneDNN's own
+    check, which also says yes on plain AVX512, where it *emulates* bf16 (None: this torch cannot tell)."""
+    import torch
 
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # pragma: no cover - depends on the torch build
-        return False
+    def ask(fn):
+        try:
+            return bool(fn())
+        except Exception:  # pragma: no cover - depends on the torch build
+            return None
+
+    cpu = getattr(torch, "cpu", None)
+    return {"avx512_bf16": ask(getattr(cpu, "_is_avx512_bf16_supported", None)),
+            "amx": ask(getattr(cpu, "_is_amx_tile_supported", None)),
+            "onednn_bf16": ask(torch.ops.mkldnn._is_mkldnn_bf16_supported)}
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX). oneDNN also runs bf16 on plain AVX512 by
+    emulating it, which makes a training step slower than float32 there; it is trusted only where torch cannot
+    name the instructions."""
+    flags = _cpu_flags()
+    if flags["avx512_bf16"] is None and flags["amx"] is None:
+        return bool(flags["onednn_bf16"])
+    return bool(flags["avx512_bf16"] or flags["amx"])
+
+
+def cpu_bf16_facts() -> str:
+    """One line for reports: the CPU's bf16 instructions as torch sees them."""
+    return ", ".join(f"{k}={'?' if v is None else v}" for k, v in _cpu_flags().items())
 
 
 def resolve_precision(precision: str, device: str) -> str:

@@ -393,6 +393,25 @@ def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tm
                     "--output", str(tmp_path / "out2"), "--latency-queries", "2"])
 
 
+def test_gate_study_runs_on_a_trained_pipeline(built, adi):
+    from benchmarks.gate import collect, study
+
+    b, _ = built
+    pipe, info = b.pipeline, b.info
+    qids = info["held_out"]
+    queries, qrels = adi.queries.subset(qids), {q: adi.qrels[q] for q in qids}
+    data, depth = collect(pipe, queries, qrels)
+    assert depth == pipe.stages[2].k and [p.qid for p in data] == list(queries)
+    dim = pipe.stages[1].index.dim
+    for p in data:
+        assert len(p.docs) == len(p.z_in) == len(p.z_re) <= depth
+        assert p.inputs["embedding"].shape == (len(p.docs), 2 * dim) and p.inputs["score"].shape == (len(p.docs), 4)
+        assert abs(p.z_in.mean()) < 1e-9 and abs(p.z_re.mean()) < 1e-9
+    result = study(data, qrels, k=2, seed=0)
+    assert {r["fusion"] for r in result["rows"]} == {"global", "embedding", "score"}
+    assert all(0.0 <= r["nDCG@10"] <= 1.0 for r in result["rows"])
+
+
 def test_cutoff_tuning_respects_the_budget(built, adi):
     from benchmarks.cutoffs import tune
 

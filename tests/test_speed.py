@@ -56,7 +56,8 @@ def test_real_sentences(datasets_root):
 @pytest.mark.slow
 def test_speed_rerank_small(datasets_root, tmp_path):
     code = main(["speed-rerank", "--datasets-root", str(datasets_root), "--pairs", "8", "--max-length", "64",
-                 "--depths", "2", "4", "--depth-queries", "1", "--repeats", "1", "--output", str(tmp_path)])
+                 "--depths", "2", "4", "--depth-queries", "1", "--repeats", "1", "--train-steps", "1",
+                 "--output", str(tmp_path)])
     assert code == 0
     result = json.loads((tmp_path / "speed_rerank.json").read_text())
     t = result["throughput"]
@@ -65,3 +66,10 @@ def test_speed_rerank_small(datasets_root, tmp_path):
     assert {"openvino-fp32", "openvino-bf16", "openvino-int8"} <= set(rows)
     assert rows["openvino-fp32"]["spearman_to_fp32"] > 0.99
     assert [r["k"] for r in result["depth"]["rows"]] == [2, 4]
+    s = result["train_step"]
+    assert s["pairs_per_step"] == 32 and s["steps"] == 1 and s["auto"] in ("float32", "bfloat16")
+    steps = {r["precision"]: r for r in s["rows"]}
+    assert set(steps) == {"float32", "bfloat16"} and all(r["s_per_step"] > 0 for r in steps.values())
+    # both start from the same weights and batch: their first losses differ by bf16 rounding only
+    assert steps["bfloat16"]["first_loss"] == pytest.approx(steps["float32"]["first_loss"], abs=0.05)
+    assert "amx=" in s["cpu"] and "avx512_bf16=" in s["cpu"]

@@ -193,16 +193,24 @@ class FaissIndex:
             out.append([(self.ids[r], float(s)) for s, r in zip(srow, rrow) if r >= 0 and self.ids[r] is not None])
         return out
 
-    def score(self, query: np.ndarray, doc_ids: Sequence[str]) -> dict[str, float]:
-        """Exact inner products of one query with stored vectors; ids not in the index are left out."""
+    def vectors_of(self, doc_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """(the ids found, their stored vectors: exact, or decoded from the index's codes); ids not in the index
+        are left out."""
         rows = [self.rows[d] for d in doc_ids if d in self.rows]
         if not rows:
-            return {}
+            return [], np.zeros((0, self.dim), dtype=np.float32)
         stored = self.vectors[rows] if self.exact_vectors else self.index.reconstruct_batch(np.asarray(rows, np.int64))
+        return [self.ids[r] for r in rows], stored
+
+    def score(self, query: np.ndarray, doc_ids: Sequence[str]) -> dict[str, float]:
+        """Exact inner products of one query with stored vectors; ids not in the index are left out."""
+        found, stored = self.vectors_of(doc_ids)
+        if not found:
+            return {}
         # row by row (not one matrix product), so a document's score does not depend on which others are scored
         # with it: a shard scoring part of the pool gives the very scores one index gives
         values = (stored * np.asarray(query, dtype=np.float32)).sum(axis=1)
-        return {self.ids[r]: float(v) for r, v in zip(rows, values)}
+        return {d: float(v) for d, v in zip(found, values)}
 
     def score_batch(self, queries: np.ndarray, pools: Sequence[Sequence[str]]) -> list[dict[str, float]]:
         """``score`` for many queries at once: ``pools[i]`` are the ids to score for ``queries[i]``."""
