@@ -11,7 +11,7 @@ EXTRA ?= cpu
 DATA ?= ../shared/datasets
 OUT ?= results
 
-.PHONY: install benchmark benchmark-corpus tune speed scale serve load test test-fast
+.PHONY: install benchmark benchmark-corpus tune gate speed scale serve load test test-fast
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ BUDGET_MS ?= 100
 tune: install
 	$(PY) -m benchmarks tune-cutoffs --pipeline $(OUT)/scifact/full/pipeline --dataset $(DATA)/scifact --split dev \
 		--budget-ms $(BUDGET_MS) --output $(OUT)/scifact/cutoffs
+
+# After the main job: a learned per-pair fusion gate vs the pipeline's one weight, cross-validated on the training
+# queries the pipeline held out (README, "Routes tried for the third stage").
+gate: install
+	$(PY) -m benchmarks gate-study --pipeline $(OUT)/scifact/full/pipeline --dataset $(DATA)/scifact \
+		--output $(OUT)/scifact/gate
 
 # Speed: BM25 engines vs Pyserini; dense encode (torch, OpenVINO), ANN, LoRA-vs-full training; reranker (torch,
 # OpenVINO); the trained pipeline (after `make benchmark`) as saved vs on torch.

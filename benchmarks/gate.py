@@ -158,9 +158,16 @@ class Gate:
         return 1 / (1 + np.exp(-(self.bias + ((p.inputs[self.kind] - self.mean) / self.std) @ self.weights)))
 
 
-def folds(n: int, k: int, seed: int) -> list[np.ndarray]:
+def folds(n: int, k: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """``k`` seeded (training indices, held-out indices) splits of ``range(n)``; every index is held out once."""
+    if not 2 <= k <= n:
+        raise ValueError(f"cross-validation needs 2 <= folds <= queries, got {k} folds for {n} queries")
     order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(f) for f in np.array_split(order, k)]
+    out = []
+    for held in np.array_split(order, k):
+        held_set = set(held.tolist())
+        out.append(([i for i in range(n) if i not in held_set], sorted(held_set)))
+    return out
 
 
 def fit_gate(kind: str, data: list[Pairs], qrels: Qrels, weight: float, inner_folds: int = 3,
@@ -168,10 +175,12 @@ def fit_gate(kind: str, data: list[Pairs], qrels: Qrels, weight: float, inner_fo
     """A gate around the global ``weight`` fitted on ``data``, its L2 strength chosen by an inner cross-validation
     (ties: the stronger)."""
     scores = {}
+    if len(data) < 2:  # nothing to cross-validate on: the strongest penalty
+        return Gate(kind, L2_GRID[-1], weight, seed=seed).fit(data), L2_GRID[-1], scores
     for l2 in L2_GRID:
         oof: dict[str, float] = {}
-        for held in folds(len(data), inner_folds, seed + 1):
-            train = [data[i] for i in range(len(data)) if i not in set(held)]
+        for train_i, held in folds(len(data), min(inner_folds, len(data)), seed + 1):
+            train = [data[i] for i in train_i]
             gate = Gate(kind, l2, weight, seed=seed).fit(train)
             test = [data[i] for i in held]
             oof.update(per_query(test, [gate(p) for p in test], qrels))
@@ -184,8 +193,8 @@ def study(data: list[Pairs], qrels: Qrels, k: int = 5, seed: int = 0, gates: Seq
     """Outer ``k``-fold cross-validation: out-of-fold nDCG@10 of the global weight and of each gate."""
     oof: dict[str, dict[str, float]] = {"global": {}, **{g: {} for g in gates}}
     per_fold = []
-    for held in tqdm(folds(len(data), k, seed), desc="gate study (outer folds)", unit="fold"):
-        train = [data[i] for i in range(len(data)) if i not in set(held)]
+    for train_i, held in tqdm(folds(len(data), k, seed), desc="gate study (outer folds)", unit="fold"):
+        train = [data[i] for i in train_i]
         test = [data[i] for i in held]
         weight = fit_global(train, qrels)
         oof["global"].update(per_query(test, [weight] * len(test), qrels))
@@ -216,12 +225,13 @@ def main(args) -> int:
     dataset = load_dataset(args.dataset, args.split)
     queries, qrels, held = tuning_queries(config, dataset, corpus, args.pipeline, args.split)
     print(f"gate study on {len(queries)} queries of {args.split!r}{' (held out of the adapters training)' if held else ''}")
+    folds(len(queries), args.folds, args.seed)  # a fold count that cannot work is refused before any scoring
     data, depth = collect(pipe, queries, qrels)
     result = study(data, qrels, args.folds, args.seed)
     result.update(depth=depth, split=args.split, pipeline=str(args.pipeline))
     args.output.mkdir(parents=True, exist_ok=True)
     write_json(args.output / "gate.json", result)
-    names = {"global": "one global weight (as the pipeline)", "embedding": "gate on [q; d] (768 inputs)",
+    names = {"global": "one global weight (as the pipeline)", "embedding": "gate on [q; d]",
              "score": "gate on [z_in, z_re, abs(z_in - z_re), rank/D]"}
     table = md_table(["fusion", f"{METRIC} out of fold", "vs global", "p (paired t)", "wins / losses"],
                      [[names[r["fusion"]], r[METRIC], r["delta"], r["p_value"], f"{r['wins']} / {r['losses']}"]

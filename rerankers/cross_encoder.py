@@ -17,6 +17,7 @@ import contextlib
 import copy
 import hashlib
 import os
+import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -88,15 +89,16 @@ def _cpu_flags() -> dict[str, bool | None]:
     cpu = getattr(torch, "cpu", None)
     return {"avx512_bf16": ask(getattr(cpu, "_is_avx512_bf16_supported", None)),
             "amx": ask(getattr(cpu, "_is_amx_tile_supported", None)),
-            "onednn_bf16": ask(torch.ops.mkldnn._is_mkldnn_bf16_supported)}
+            "onednn_bf16": ask(lambda: torch.ops.mkldnn._is_mkldnn_bf16_supported())}
 
 
 def cpu_supports_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX). oneDNN also runs bf16 on plain AVX512 by
-    emulating it, which makes a training step slower than float32 there; it is trusted only where torch cannot
-    name the instructions."""
+    """True where the CPU computes bf16 natively: on x86, AVX512-BF16 or AMX. oneDNN also runs bf16 on plain AVX512
+    by emulating it, which makes a training step slower than float32 there; its word is taken only off x86 (ARM's
+    bf16 instructions) or where torch cannot name the x86 instructions."""
     flags = _cpu_flags()
-    if flags["avx512_bf16"] is None and flags["amx"] is None:
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    if not x86 or (flags["avx512_bf16"] is None and flags["amx"] is None):
         return bool(flags["onednn_bf16"])
     return bool(flags["avx512_bf16"] or flags["amx"])
 

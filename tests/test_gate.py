@@ -52,4 +52,6 @@ def test_a_gate_held_to_zero_is_the_global_weight():
     assert per_query(data, values, qrels) == pytest.approx(per_query(data, [weight] * len(data), qrels), abs=1e-9)
     with pytest.raises(ValueError, match="gate must be one of"):
         Gate("attention", 0.1, 0.5)
+    with pytest.raises(ValueError, match="2 <= folds <= queries"):
+        study(data[:3], qrels, k=4)
 
