@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate, paired_ttest
 from retrieval.pipeline.folder import load_pipeline
-from retrieval.stages.fusion import fit_weight
+from retrieval.stages.fusion import fit_weight, zscore
 from retrieval.types import Qrels, Queries, Ranking
 from retrieval.util import write_json
 
@@ -51,11 +51,6 @@ class Pairs:
     inputs: dict[str, np.ndarray]
 
 
-def _z(values: np.ndarray) -> np.ndarray:
-    std = values.std()
-    return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
-
-
 def collect(pipe, queries: Queries, qrels: Qrels) -> tuple[list[Pairs], int]:
     """Run BM25 >> Dense on ``queries``, score the rerank stage's top ``D`` with its reranker, and gather each
     gate's inputs. Returns (one ``Pairs`` per query, ``D``)."""
@@ -77,8 +72,8 @@ def collect(pipe, queries: Queries, qrels: Qrels) -> tuple[list[Pairs], int]:
         docs, doc_vectors = index.vectors_of([d for d, _ in top])
         if len(docs) != len(top):
             raise ValueError(f"query {qid!r}: {len(top) - len(docs)} candidate(s) are not in the dense index")
-        z_in = _z(np.array([s for _, s in top], dtype=np.float64))
-        z_re = _z(np.array([alone.scores[qid][d] for d in docs], dtype=np.float64))
+        z_in = zscore([s for _, s in top])
+        z_re = zscore([alone.scores[qid][d] for d in docs])
         labels = np.array([float(qrels.get(qid, {}).get(d, 0) > 0) for d in docs])
         rank = np.arange(len(docs), dtype=np.float64) / depth
         out.append(Pairs(qid, docs, z_in, z_re, labels, {

@@ -157,7 +157,7 @@ def train_step_part(args, ds, bm25, batch: int = 8, group: int = 4) -> dict:
         optim.zero_grad()
         loss.backward()
         optim.step()
-        return float(loss)
+        return loss.item()
 
     first_loss = {p: step(p) for p in models}  # warm-up
     times = {p: [] for p in models}

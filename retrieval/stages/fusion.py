@@ -53,14 +53,21 @@ class Fusion:
         return weighted(rankings, weights=self.weights, norm=self.norm)
 
 
+def zscore(values: np.ndarray) -> np.ndarray:
+    """(values - mean) / std, zeros where all are equal; the statistics of the sorted values, so the result is the
+    same to the last bit whatever order the values came in."""
+    values = np.asarray(values, dtype=np.float64)
+    ordered = np.sort(values)
+    std = ordered.std()
+    return (values - ordered.mean()) / std if std > 0 else np.zeros_like(values)
+
+
 def _normalise(scores: dict[str, float], norm: str) -> tuple[dict[str, float], float]:
     if not scores:
         return {}, 0.0
     values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
-    if norm == "zscore":  # statistics of the sorted values: the same to the last bit whatever order they came in
-        ordered = np.sort(values)
-        std = ordered.std()
-        out = (values - ordered.mean()) / std if std > 0 else np.zeros_like(values)
+    if norm == "zscore":
+        out = zscore(values)
     else:
         span = values.max() - values.min()
         out = (values - values.min()) / span if span > 0 else np.ones_like(values)
