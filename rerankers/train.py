@@ -10,7 +10,8 @@ given, a dense stage), the query's positives excluded:
   has), a KL term pulls the group's softmax towards the teacher's (``distill_weight``, ``temperature``).
 
 Modes: ``supervised`` (judged queries) and ``corpus`` (pseudo-queries from the corpus itself, the same ones
-the dense stage uses; no judgements). Validation after each epoch on queries held out of the training items:
+the dense stage uses; no judgements). ``pseudo_items`` adds that many of the corpus's pseudo-queries to supervised
+training (they never join the validation queries). Validation after each epoch on queries held out of the training items:
 nDCG@10 of the first stage's top ``val_depth`` reordered by the reranker alone; the best epoch is kept.
 """
 
@@ -26,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from retrieval.cli import (add_cache_args, add_dataset_args, add_debug_arg, add_device_args, add_lora_args, add_output_args,
-                           lora_from_args, positive_float, positive_int, run_cli)
+                           count, lora_from_args, positive_float, positive_int, run_cli)
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
 from retrieval.lora.examples import TrainExample, pseudo_examples, supervised_examples
@@ -57,6 +58,7 @@ class RerankTrainSettings:
     max_val_queries: int = 64
     val_depth: int = 20
     max_items: int | None = None      # cap on training items (corpus mode on a large corpus)
+    pseudo_items: int = 0             # supervised mode: pseudo-queries from the corpus added to the judged items
     distill_weight: float = 0.5
     temperature: float = 1.0
     seed: int = 0
@@ -75,8 +77,12 @@ class RerankTrainSettings:
             self.lora = RerankLoraSettings(**self.lora)
         check_numbers(self, positive_ints=("epochs", "batch_size", "negatives", "negatives_depth", "max_length",
                                            "max_val_queries", "val_depth", "max_items"),
+                      non_negative_ints=("pseudo_items",),
                       positive=("lr", "head_lr", "temperature"), fractions=("val_fraction",),
                       unit=("distill_weight", "warmup", "weight_decay"))
+        if self.pseudo_items and self.mode != "supervised":
+            raise ValueError(f"pseudo_items adds pseudo-queries to supervised training; mode={self.mode!r} trains on "
+                             f"pseudo-queries only already: leave pseudo_items at 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,17 +112,21 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
     items = [e for e in examples if e.qid in train_set]
     if settings.max_items and len(items) > settings.max_items:
         items = random.Random(settings.seed).sample(items, settings.max_items)
-    texts = {e.qid: e.query for e in examples}
+    pseudo = added_pseudo_items(corpus, settings, exclude={e.qid for e in examples})
+    items = items + pseudo
+    pseudo_q = {e.qid for e in pseudo}
+    texts = {e.qid: e.query for e in examples + pseudo}
     positives: dict[str, set[str]] = {}
-    for e in examples:
+    for e in examples + pseudo:
         positives.setdefault(e.qid, set()).update(e.positives)
     used_q = sorted({e.qid for e in items})
     negatives = mine_pool(first_stages, {q: texts[q] for q in used_q}, positives, settings.negatives_depth)
     doc_ids = list(corpus)
     pools = first_stages[0].search(Queries({q: texts[q] for q in val_q}), k=settings.val_depth)
     val_qrels = {q: {d: 1 for d in positives[q]} for q in val_q}
-    # corpus mode: pseudo-query positives are passages without their title, so negatives are too
-    doc_text = (lambda d: corpus[d].text) if settings.mode == "corpus" else (lambda d: corpus[d].contents)
+    # pseudo-query positives are passages without their title, so their negatives are too
+    def doc_text(e: TrainExample, d: str) -> str:
+        return corpus[d].text if settings.mode == "corpus" or e.qid in pseudo_q else corpus[d].contents
 
     val_queries = Queries({q: texts[q] for q in val_q})
     val_stage = Rerank(reranker, corpus, k=settings.val_depth)  # the reranker alone over the pools
@@ -133,7 +143,7 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
         else:  # nothing mined (tiny corpus): random documents that are not positives
             pool = [d for d in doc_ids if d not in positives[e.qid]] or doc_ids
             chosen = [rng.choice(pool) for _ in range(settings.negatives)]
-        return [e.passage] + [doc_text(d) for d in chosen]
+        return [e.passage] + [doc_text(e, d) for d in chosen]
 
     def loss_fn(batch, rng):
         n = 1 + settings.negatives
@@ -176,6 +186,17 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
                        val_queries=len(val_q), settings=settings.to_dict())
 
 
+def added_pseudo_items(corpus, settings: RerankTrainSettings, exclude: set[str] = frozenset()) -> list[TrainExample]:
+    """``settings.pseudo_items`` of the corpus's pseudo-queries (a seeded sample), for supervised training."""
+    if not settings.pseudo_items:
+        return []
+    pool = [e for e in pseudo_examples(corpus, settings.seed) if e.qid not in exclude]
+    if not pool:
+        raise ValueError("pseudo_items: the corpus gives no pseudo-queries (no titles of 3+ words and no passages of "
+                         "2+ sentences); leave pseudo_items at 0")
+    return random.Random(settings.seed + 1).sample(pool, min(settings.pseudo_items, len(pool)))
+
+
 def training_examples(mode: str, corpus, queries: Queries | None = None, qrels: Qrels | None = None,
                       seed: int = 0) -> list[TrainExample]:
     if mode == "supervised":
@@ -204,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--negatives", type=positive_int, default=defaults.negatives)
     p.add_argument("--max-length", type=positive_int, default=defaults.max_length)
     p.add_argument("--max-items", type=positive_int, default=defaults.max_items)
+    p.add_argument("--pseudo-items", type=count, default=defaults.pseudo_items,
+                   help="supervised mode: pseudo-queries from the corpus (titles -> their passages) added to the judged "
+                        "training items (default 0)")
     p.add_argument("--no-dropout", dest="train_dropout", action="store_false",
                    help="train with dropout (the backbone's and LoRA's) off: 1.4x faster on CPUs, worse on held-out queries")
     add_lora_args(p, defaults.lora)
@@ -221,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_dataset(args.dataset, args.split)
     settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                                    batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
-                                   max_items=args.max_items, seed=args.seed, dropout=args.train_dropout,
+                                   max_items=args.max_items, pseudo_items=args.pseudo_items, seed=args.seed, dropout=args.train_dropout,
                                    lora=lora_from_args(args, RerankLoraSettings,
                                                        new_head_pooler=args.new_head_pooler))
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main as bench_main
+from rerankers.train import RerankTrainSettings, split_examples, training_examples
 from retrieval.pipeline.folder import DamagedPipeline, PipelineMismatch, load_pipeline, save_pipeline
 from retrieval.pipeline import PipelineSettings, build_pipeline
 from retrieval.data import load_dataset
@@ -42,7 +43,8 @@ def _settings(models, **kw) -> PipelineSettings:
 @pytest.fixture(scope="module")
 def built(adi, models, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    return build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models), cache_dir=cache, log=lambda m: None), cache
+    settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8)
+    return build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None), cache
 
 
 def _rankings_equal(a, b):
@@ -62,7 +64,11 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
     # the held-out queries took no gradient step in either adapter
     dense_val, rerank_train = info["stages"]["dense"]["train"], info["stages"]["rerank"]["train"]
     assert dense_val["val_queries"] >= len(held) and rerank_train["val_queries"] >= 1
-    assert info["stages"]["rerank"]["train"]["negatives_from"]["dense"] == dense.encoder.fingerprint("query")
+    assert info["stages"]["rerank"]["train"]["negatives_from"]["dense"] == {
+        "query_encoder": dense.encoder.fingerprint("query"), "skip": 2}
+    assert info["stages"]["rerank"]["train"]["settings"]["pseudo_items"] == 8  # the settings reach the trainer
+    judged = split_examples(training_examples("supervised", adi.corpus, adi.queries, adi.qrels), RerankTrainSettings())[0]
+    assert rerank_train["train_queries"] == len(judged) + 8  # the pseudo-queries trained beside the judged ones
     assert len(info["stages"]["rerank"]["fusion"]["depths"]) == 2
     ranking = b.pipeline.search(adi.queries, keep_stages=True)
     assert {"bm25", "dense", "rerank", "rerank/alone"} <= set(ranking.stages)

@@ -415,3 +415,68 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(monkeypatch, flags,
     # off x86 (ARM's bf16 instructions) oneDNN's own check decides
     monkeypatch.setattr(cross_encoder.platform, "machine", lambda: "aarch64")
     assert cross_encoder.cpu_supports_bf16() is bool(flags["onednn_bf16"])
+
+
+def test_pseudo_items_join_supervised_training_with_title_free_negatives(backbone, adi, adi_lucene):
+    """pseudo_items adds the corpus's pseudo-queries (title -> passage without it) to the judged items: their
+    negatives are title-free passages too (a title would give the positive away), the judged items' are whole
+    documents, and no pseudo-query is ever a validation query."""
+    from rerankers.train import added_pseudo_items, split_examples
+
+    ce = _ce(backbone)
+    examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
+    settings = RerankTrainSettings(epochs=1, batch_size=8, negatives=2, max_length=64, val_fraction=0.3,
+                                   pseudo_items=12, lora=RerankLoraSettings(r=4, alpha=8))
+    pseudo = added_pseudo_items(adi.corpus, settings)
+    assert len(pseudo) == 12 and all(e.qid.startswith("pq-") for e in pseudo)
+    assert pseudo == added_pseudo_items(adi.corpus, settings)  # seeded
+    seen = []
+    logits = ce.logits
+
+    def recording(queries, docs):
+        seen.extend(zip(queries, docs))
+        return logits(queries, docs)
+
+    ce.logits = recording
+    result = train_reranker(ce, adi.corpus, examples, [adi_lucene], settings, progress=False)
+    ce.logits = logits
+    texts, contents = {d.text for d in adi.corpus.values()}, {d.contents for d in adi.corpus.values()}
+    by_query = {}
+    for q, d in seen:
+        by_query.setdefault(q, set()).add(d)
+    pseudo_queries = {e.query for e in pseudo}
+    judged_queries = {adi.queries[q] for q in split_examples(examples, settings)[0]}
+    assert pseudo_queries <= set(by_query) and judged_queries & set(by_query)
+    for q, docs in by_query.items():
+        if q in pseudo_queries:
+            positive = next(e.passage for e in pseudo if e.query == q)
+            assert all(d == positive or d in texts for d in docs)
+            assert not any(d.startswith(q) for d in docs)  # no negative carries its title
+        elif q in judged_queries:
+            assert docs <= contents
+    assert result.val_queries == len(split_examples(examples, settings)[1][:settings.max_val_queries])
+    with pytest.raises(ValueError, match="pseudo_items"):
+        RerankTrainSettings(mode="corpus", pseudo_items=5)
+    with pytest.raises(ValueError, match="pseudo_items must be an integer >= 0"):
+        RerankTrainSettings(pseudo_items=-1)
+
+
+def test_skip_top_leaves_a_stages_first_ranks_out_of_mining(adi, adi_lucene):
+    from retrieval.lora.mining import SkipTop, mine_pool
+    from retrieval.pipeline.settings import PipelineSettings
+
+    queries = {q: adi.queries[q] for q in list(adi.queries)[:5]}
+    full = adi_lucene.search(Queries(queries), k=13)
+    skipped = SkipTop(adi_lucene, 3).search(Queries(queries), k=10)
+    for q in queries:
+        assert skipped.ranked(q) == full.ranked(q)[3:]
+    exclude = {q: set() for q in queries}
+    pool = mine_pool([SkipTop(adi_lucene, 3)], queries, exclude, depth=10)
+    assert all(pool[q] == [d for d, _ in full.ranked(q)[3:]] for q in queries)
+    with pytest.raises(ValueError, match="skip must be"):
+        SkipTop(adi_lucene, -1)
+    with pytest.raises(ValueError, match="rerank_dense_skip=5 skips"):
+        PipelineSettings(rerank_dense_skip=5)
+    assert PipelineSettings(rerank_dense_skip=5, rerank_negatives=("bm25", "dense")).rerank_dense_skip == 5
+    with pytest.raises(ValueError, match="rerank_pseudo_items"):
+        PipelineSettings(corpus_only=True, rerank_pseudo_items=10)

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from ..types import Queries
+from ..types import Queries, Ranking
 
 
-def mine_negatives(stage, queries: Mapping[str, str], exclude: Mapping[str, set[str]], depth: int = 30,
-                   skip: int = 0) -> dict[str, list[str]]:
-    """For each query, the stage's top ``depth`` documents minus ``exclude[qid]`` (its positives),
-    best first, leaving out the first ``skip`` ranks (likely unjudged positives)."""
+class SkipTop:
+    """A first stage searched for hard negatives with its top ``skip`` ranks left out: where a stage trained on these
+    very queries ranks their unjudged positives (and near-copies of the judged ones)."""
+
+    def __init__(self, stage, skip: int):
+        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+            raise ValueError(f"skip must be an integer >= 0, got {skip!r}")
+        self.stage, self.skip = stage, skip
+
+    def search(self, queries: Queries, k: int) -> Ranking:
+        ranking = self.stage.search(queries, k=k + self.skip)
+        return Ranking({q: dict(ranking.ranked(q)[self.skip:]) for q in ranking.scores})
+
+
+def mine_negatives(stage, queries: Mapping[str, str], exclude: Mapping[str, set[str]],
+                   depth: int = 30) -> dict[str, list[str]]:
+    """For each query, the stage's top ``depth`` documents minus ``exclude[qid]`` (its positives), best first
+    (``SkipTop(stage, n)`` leaves its first n ranks out)."""
     ranking = stage.search(Queries(dict(queries)), k=depth)
     out = {}
     for qid in queries:
-        ranked = [d for d, _ in ranking.ranked(qid)][skip:]
+        ranked = [d for d, _ in ranking.ranked(qid)]
         out[qid] = [d for d in ranked if d not in exclude.get(qid, set())]
     return out
 

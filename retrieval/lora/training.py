@@ -38,14 +38,17 @@ class TrainResult:
 
 
 def check_numbers(settings, positive_ints: tuple[str, ...] = (), positive: tuple[str, ...] = (),
-                  fractions: tuple[str, ...] = (), unit: tuple[str, ...] = ()) -> None:
+                  fractions: tuple[str, ...] = (), unit: tuple[str, ...] = (),
+                  non_negative_ints: tuple[str, ...] = ()) -> None:
     """Refuse training settings that would train something else than asked for (``epochs=0`` is not "the
-    default"): ``positive_ints`` >= 1, ``positive`` > 0, ``fractions`` strictly between 0 and 1, ``unit`` in [0, 1]."""
+    default"): ``positive_ints`` >= 1, ``non_negative_ints`` >= 0, ``positive`` > 0, ``fractions`` strictly between
+    0 and 1, ``unit`` in [0, 1]."""
     name = type(settings).__name__
-    for field in positive_ints:
-        v = getattr(settings, field)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"{name}.{field} must be a positive integer, got {v!r}")
+    for fields, least, what in ((positive_ints, 1, "a positive integer"), (non_negative_ints, 0, "an integer >= 0")):
+        for field in fields:
+            v = getattr(settings, field)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+                raise ValueError(f"{name}.{field} must be {what}, got {v!r}")
     for field in positive:
         v = getattr(settings, field)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:

@@ -35,6 +35,7 @@ from rerankers.train import split_examples, training_examples
 
 from ..index.faiss import FaissIndex
 from ..lora.base import resolve_model
+from ..lora.mining import SkipTop
 from ..shards import Executor
 from ..stage import Pipeline
 from ..stages.dense import Dense
@@ -116,15 +117,16 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     # 3. reranker: negatives from BM25 and the trained dense stage
     log(f"[3/3] reranker: LoRA cross-encoder, hard negatives from {' and '.join(settings.rerank_negatives)}")
     rs = rerank_settings(settings.corpus_only, settings.rerank_epochs, settings.rerank_max_items, settings.seed,
-                         settings.rerank_max_length)
+                         settings.rerank_max_length, settings.rerank_pseudo_items)
     examples = training_examples("corpus" if settings.corpus_only else "supervised", corpus, queries, qrels, settings.seed)
     miners, negatives_from = [], {}
     if "bm25" in settings.rerank_negatives:
         miners.append(bm25)
         negatives_from["bm25"] = first_stage_facts(bm25)
     if "dense" in settings.rerank_negatives:
-        miners.append(Dense(encoder, index, mode="retrieve", k=rs.negatives_depth, name="dense-retrieve"))
-        negatives_from["dense"] = encoder.fingerprint("query")
+        miners.append(SkipTop(Dense(encoder, index, mode="retrieve", k=rs.negatives_depth, name="dense-retrieve"),
+                              settings.rerank_dense_skip))
+        negatives_from["dense"] = {"query_encoder": encoder.fingerprint("query"), "skip": settings.rerank_dense_skip}
     ce, rerank_train = reranker(corpus, examples, miners, rs, negatives_from, cache_dir, split,
                                  settings.rerank_model, settings.rerank_precision, settings.rerank_inference)
     rerank = Rerank(ce, corpus, k=max(settings.rerank_depths), keep_rest=True)

@@ -165,11 +165,12 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
 
 
 def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed: int = 0,
-                    max_length: int = RerankTrainSettings.max_length) -> RerankTrainSettings:
+                    max_length: int = RerankTrainSettings.max_length, pseudo_items: int = 0) -> RerankTrainSettings:
     mode = "corpus" if corpus_only else "supervised"
     if max_items is None and corpus_only:
         max_items = CORPUS_RERANK_ITEMS
-    return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed, max_length=max_length)
+    return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed, max_length=max_length,
+                               pseudo_items=pseudo_items)
 
 
 def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettings, negatives_from: dict,

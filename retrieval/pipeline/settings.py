@@ -57,8 +57,12 @@ class PipelineSettings:
     rerank_depths: tuple[int, ...] = _setting(DEPTHS, "rerank depths to choose from on held-out training queries")
     rerank_max_items: int | None = _setting(None, "cap on reranker training pairs (default: all; corpus-only 800)",
                                             type=int)
+    rerank_pseudo_items: int = _setting(0, "pseudo-queries from the corpus (titles -> their passages) added to the "
+                                           "reranker's judged training items (supervised only)")
     rerank_negatives: tuple[str, ...] = _setting(("bm25",), "first stages the reranker's hard negatives come from",
                                                  choices=NEGATIVE_SOURCES)
+    rerank_dense_skip: int = _setting(0, "with dense negatives: the trained dense stage's top ranks left out of them "
+                                         "(where it ranks unjudged positives of the queries it was trained on)")
     fit_queries: int = _setting(120, "held-out training queries the weights and depth are chosen on (at most)")
     corpus_rerank_depth: int = _setting(20, "corpus-only: the rerank depth, a rule fixed in advance")
     dense_model: str | None = _setting(None, "bi-encoder: HF id or folder (default: the packaged all-MiniLM-L6-v2)",
@@ -87,6 +91,16 @@ class PipelineSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("rerank_pseudo_items", "rerank_dense_skip"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        if self.rerank_dense_skip and "dense" not in self.rerank_negatives:
+            raise ValueError(f"rerank_dense_skip={self.rerank_dense_skip} skips the dense stage's top negatives, but "
+                             f"rerank_negatives={self.rerank_negatives} takes none from it: add 'dense' or leave it at 0")
+        if self.rerank_pseudo_items and self.corpus_only:
+            raise ValueError("rerank_pseudo_items adds pseudo-queries to judged ones; with corpus_only the reranker "
+                             "trains on pseudo-queries only already (rerank_max_items caps them): leave it at 0")
         for name in ("dense_epochs", "rerank_max_items"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
