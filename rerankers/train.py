@@ -112,7 +112,7 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
     items = [e for e in examples if e.qid in train_set]
     if settings.max_items and len(items) > settings.max_items:
         items = random.Random(settings.seed).sample(items, settings.max_items)
-    pseudo = added_pseudo_items(corpus, settings, exclude={e.qid for e in examples})
+    pseudo = added_pseudo_items(corpus, settings)
     items = items + pseudo
     pseudo_q = {e.qid for e in pseudo}
     texts = {e.qid: e.query for e in examples + pseudo}
@@ -186,11 +186,11 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
                        val_queries=len(val_q), settings=settings.to_dict())
 
 
-def added_pseudo_items(corpus, settings: RerankTrainSettings, exclude: set[str] = frozenset()) -> list[TrainExample]:
+def added_pseudo_items(corpus, settings: RerankTrainSettings) -> list[TrainExample]:
     """``settings.pseudo_items`` of the corpus's pseudo-queries (a seeded sample), for supervised training."""
     if not settings.pseudo_items:
         return []
-    pool = [e for e in pseudo_examples(corpus, settings.seed) if e.qid not in exclude]
+    pool = pseudo_examples(corpus, settings.seed)
     if not pool:
         raise ValueError("pseudo_items: the corpus gives no pseudo-queries (no titles of 3+ words and no passages of "
                          "2+ sentences); leave pseudo_items at 0")

@@ -15,6 +15,7 @@ from rerankers.cross_encoder import PRECISIONS
 from rerankers.train import RerankTrainSettings
 
 from ..lora.openvino import INFERENCES
+from ..lora.training import check_numbers
 from ..stages.bm25 import BACKENDS, DEFAULT_BACKEND
 from ..stages.rerank import DEPTHS
 
@@ -91,10 +92,7 @@ class PipelineSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("rerank_pseudo_items", "rerank_dense_skip"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        check_numbers(self, non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip"))
         if self.rerank_dense_skip and "dense" not in self.rerank_negatives:
             raise ValueError(f"rerank_dense_skip={self.rerank_dense_skip} skips the dense stage's top negatives, but "
                              f"rerank_negatives={self.rerank_negatives} takes none from it: add 'dense' or leave it at 0")
