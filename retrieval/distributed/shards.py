@@ -3,8 +3,10 @@
 Each shard lives on its own actor, opened there by its opener (``FaissIndex.load`` of its folder, or a build from
 vectors sent through the object store), and stays there: a search sends the query vectors once (``ray.put``) to
 every actor and merges what they answer. Shard i's actor is placed on the i-th of the cluster's live nodes, round
-robin (a soft node affinity: if that node cannot take it, Ray places it elsewhere) — Ray's own ``SPREAD`` is best
-effort and was seen to put every shard on one node of a cluster whose second node had just joined. Actors ask for
+robin: a soft node affinity first (if that node cannot take it, Ray places it elsewhere), then every shard that
+landed elsewhere while its node is alive is opened again there with a hard affinity (a few tries; if they fail
+it stays where it is). Ray's own ``SPREAD`` is best effort and was seen to put every shard on one node of a
+cluster whose second node had just joined; so was the soft affinity alone, once in a few dozen runs. Actors ask for
 no CPU of their own (``num_cpus=0``), so any number of shards fits any cluster; each runs single-threaded (Ray's
 ``OMP_NUM_THREADS``).
 """
@@ -38,17 +40,43 @@ class RayShards:
         if not openers:
             raise ValueError("a shard pool needs at least one shard")
         ray = self._ray = ray_module()
+        self._actor, self._cpus = ray.remote(ShardActor), cpus
+        nodes = [n["NodeID"] for n in live_nodes()]
+        want = [nodes[i % len(nodes)] for i in range(len(openers))]
+        self.actors = [self._start(open_, node, soft=True) for open_, node in zip(openers, want)]
+        try:
+            placed = self._get([a.node.remote() for a in self.actors])  # every shard opened (or its error raised)
+        except Exception:
+            self.close()
+            raise
+        for i, (open_, node) in enumerate(zip(openers, want)):
+            if placed[i] != node:
+                self._move(i, open_, node)
+
+    def _start(self, opener: Callable[[], object], node: str, soft: bool):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        nodes = [n["NodeID"] for n in live_nodes()]
-        actor = ray.remote(ShardActor)
-        self.actors = [actor.options(num_cpus=cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(
-            nodes[i % len(nodes)], soft=True)).remote(open_) for i, open_ in enumerate(openers)]
-        try:
-            ray.get([a.node.remote() for a in self.actors])  # every shard opened (or its error raised here)
-        except ray.exceptions.RayTaskError as e:
-            self.close()
-            raise e.as_instanceof_cause() from None
+        return self._actor.options(num_cpus=self._cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node, soft=soft)).remote(opener)
+
+    def _move(self, i: int, opener: Callable[[], object], node: str, tries: int = 3, wait_s: float = 30) -> None:
+        """Shard ``i`` was opened elsewhere than on ``node``: open it again there (hard affinity), a few tries a
+        little apart, and keep the new actor; where the node is gone or never takes it, the shard stays put."""
+        import time
+
+        for attempt in range(tries):
+            if node not in {n["NodeID"] for n in live_nodes()}:
+                return
+            actor = self._start(opener, node, soft=False)
+            try:
+                if self._ray.get(actor.node.remote(), timeout=wait_s) == node:
+                    self._ray.kill(self.actors[i])
+                    self.actors[i] = actor
+                    return
+            except (self._ray.exceptions.RayError, TimeoutError):
+                pass
+            self._ray.kill(actor)
+            time.sleep(1 + attempt)
 
     def __len__(self) -> int:
         return len(self.actors)
