@@ -128,8 +128,11 @@ def add_lora_args(p: argparse.ArgumentParser, defaults: LoraSettings) -> None:
     p.add_argument("--dropout", type=float, default=defaults.dropout, help=f"LoRA dropout (default: {defaults.dropout})")
     p.add_argument("--targets", nargs="+", default=list(defaults.target_modules),
                    help=f"module names LoRA adapts (default: {' '.join(defaults.target_modules)})")
+    p.add_argument("--layers", nargs="+", type=int, default=list(defaults.layers),
+                   help="transformer layers LoRA adapts, from 0 (negative: from the top, -1 -2 the top two; default: all)")
 
 
 def lora_from_args(args: argparse.Namespace, cls: type[LoraSettings] = LoraSettings, **fields) -> LoraSettings:
     """The LoRA settings that ``add_lora_args``'s flags give (``fields`` adds those the flags do not set)."""
-    return cls(r=args.rank, alpha=args.alpha, dropout=args.dropout, target_modules=tuple(args.targets), **fields)
+    return cls(r=args.rank, alpha=args.alpha, dropout=args.dropout, target_modules=tuple(args.targets),
+               layers=tuple(args.layers), **fields)

@@ -480,3 +480,31 @@ def test_skip_top_leaves_a_stages_first_ranks_out_of_mining(adi, adi_lucene):
     assert PipelineSettings(rerank_dense_skip=5, rerank_negatives=("bm25", "dense")).rerank_dense_skip == 5
     with pytest.raises(ValueError, match="rerank_pseudo_items"):
         PipelineSettings(corpus_only=True, rerank_pseudo_items=10)
+
+
+def test_lora_on_the_top_layer_only_adapts_that_layer_and_the_pooler_and_saves(backbone, tmp_path):
+    """``layers=(-1,)``: LoRA in the top layer (and the pooler, in no numbered layer) only; no gradient reaches the
+    layer below; a second adapter on the wrapped model picks its modules the same way; save and load score alike."""
+    ce = _ce(backbone)
+    ce.add_lora(RerankLoraSettings(r=4, alpha=8, layers=(-1,)))
+    adapted = {n.split(".lora_")[0] for n, p in ce.model.named_parameters() if "lora_A" in n}
+    assert adapted and all(".layer.1." in n or "pooler" in n for n in adapted), adapted
+    assert any("pooler" in n for n in adapted) and any("attention.self.query" in n for n in adapted)
+    _perturb(ce)
+    ce.model.train()
+    ce.logits(Q, D).sum().backward()
+    lower = [p.grad for n, p in ce.model.named_parameters() if ".layer.0." in n]
+    assert lower and all(g is None for g in lower)  # nothing trainable below: backward stops at layer 1
+    ce.model.eval()
+    ce.add_lora(RerankLoraSettings(r=2, alpha=4, layers=(0,)), name="low")
+    low = {n.split(".lora_")[0] for n, p in ce.model.named_parameters() if "lora_A.low" in n}
+    assert low and all(".layer.0." in n or "pooler" in n for n in low), low
+    ce.set_adapter("default")
+    s = ce.score(Q, D)
+    ce.save(tmp_path / "top")
+    loaded = CrossEncoderReranker.load(tmp_path / "top", device="cpu")
+    assert loaded.adapters["default"]["lora"]["layers"] == [-1]
+    assert np.array_equal(loaded.score(Q, D), s)
+    for bad in ((2,), (-3,), (0, 0), (True,)):
+        with pytest.raises(ValueError, match="layers"):
+            _ce(backbone).add_lora(RerankLoraSettings(layers=bad))

@@ -117,8 +117,8 @@ class AdapterHost:
         targets = config.get("target_modules") or []
         if isinstance(targets, str):  # a regular expression: peft checks it
             return
-        names = {n.split(".")[-1] for n, _ in self.base_module().named_modules()}
-        missing = [t for t in targets if t not in names]
+        names = [n for n, _ in self.base_module().named_modules()]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]  # peft's matching
         if missing:
             raise AdapterMismatch(f"{path}: the adapter targets modules {missing} that {self.base_model} does not "
                                   f"have; it was trained for another base model")
@@ -201,9 +201,9 @@ class AdapterHost:
             self._check_new(name)
             self.base_fingerprint()  # of the weights as they are before peft wraps them
             if self.is_peft:
-                self.module.add_adapter(name, settings.peft_config())
+                self.module.add_adapter(name, settings.peft_config(self.module))
             else:
-                self._replace_module(get_peft_model(self.module, settings.peft_config(), adapter_name=name))
+                self._replace_module(get_peft_model(self.module, settings.peft_config(self.module), adapter_name=name))
             self._adapters[name] = {**facts, "lora": settings.to_dict()}
             self.set_adapter(name)
             self._drop_exports()

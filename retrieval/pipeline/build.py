@@ -117,7 +117,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     # 3. reranker: negatives from BM25 and the trained dense stage
     log(f"[3/3] reranker: LoRA cross-encoder, hard negatives from {' and '.join(settings.rerank_negatives)}")
     rs = rerank_settings(settings.corpus_only, settings.rerank_epochs, settings.rerank_max_items, settings.seed,
-                         settings.rerank_max_length, settings.rerank_pseudo_items)
+                         settings.rerank_max_length, settings.rerank_pseudo_items, settings.rerank_lora_layers)
     examples = training_examples("corpus" if settings.corpus_only else "supervised", corpus, queries, qrels, settings.seed)
     miners, negatives_from = [], {}
     if "bm25" in settings.rerank_negatives:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from encoders.bi_encoder import BiEncoder
 from encoders.train import default_settings, train_dense
-from rerankers.cross_encoder import CrossEncoderReranker
+from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings
 from rerankers.train import RerankTrainSettings, train_reranker
 
 from ..lora.examples import pseudo_queries
@@ -165,12 +165,13 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
 
 
 def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed: int = 0,
-                    max_length: int = RerankTrainSettings.max_length, pseudo_items: int = 0) -> RerankTrainSettings:
+                    max_length: int = RerankTrainSettings.max_length, pseudo_items: int = 0,
+                    lora_layers: tuple[int, ...] = ()) -> RerankTrainSettings:
     mode = "corpus" if corpus_only else "supervised"
     if max_items is None and corpus_only:
         max_items = CORPUS_RERANK_ITEMS
     return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed, max_length=max_length,
-                               pseudo_items=pseudo_items)
+                               pseudo_items=pseudo_items, lora=RerankLoraSettings(layers=lora_layers))
 
 
 def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettings, negatives_from: dict,

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
-from rerankers.cross_encoder import PRECISIONS
+from rerankers.cross_encoder import PRECISIONS, RerankLoraSettings
 from rerankers.train import RerankTrainSettings
 
 from ..lora.openvino import INFERENCES
@@ -60,6 +60,9 @@ class PipelineSettings:
                                             type=int)
     rerank_pseudo_items: int = _setting(0, "pseudo-queries from the corpus (titles -> their passages) added to the "
                                            "reranker's judged training items (supervised only)")
+    rerank_lora_layers: tuple[int, ...] = _setting((), "transformer layers the reranker's LoRA adapts (0 = the lowest, "
+                                                        "-1 = the top; default: all): top layers only train faster",
+                                                   type=int)
     rerank_negatives: tuple[str, ...] = _setting(("bm25",), "first stages the reranker's hard negatives come from",
                                                  choices=NEGATIVE_SOURCES)
     rerank_dense_skip: int = _setting(0, "with dense negatives: the trained dense stage's top ranks left out of them "
@@ -85,6 +88,7 @@ class PipelineSettings:
         self.rerank_model = str(self.rerank_model) if self.rerank_model else None
         self.rerank_depths = tuple(int(d) for d in self.rerank_depths)
         self.rerank_negatives = tuple(self.rerank_negatives)
+        self.rerank_lora_layers = RerankLoraSettings(layers=self.rerank_lora_layers).layers  # checked there
         if not self.rerank_negatives or set(self.rerank_negatives) - set(NEGATIVE_SOURCES):
             raise ValueError(f"rerank_negatives must name 'bm25' and/or 'dense', got {self.rerank_negatives}")
         for name in ("bm25_k", "dense_k", "neighbours", "rerank_epochs", "rerank_max_length", "fit_queries",
@@ -123,6 +127,7 @@ class PipelineSettings:
         d = asdict(self)
         d["rerank_depths"] = list(self.rerank_depths)
         d["rerank_negatives"] = list(self.rerank_negatives)
+        d["rerank_lora_layers"] = list(self.rerank_lora_layers)
         return d
 
 
@@ -147,7 +152,8 @@ def add_pipeline_args(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ())
             else:
                 group.add_argument(_flag(f.name), dest=f.name, action="store_true", help=help)
         elif isinstance(default, tuple):
-            group.add_argument(_flag(f.name), dest=f.name, nargs="+", type=type(default[0]), default=list(default),
+            group.add_argument(_flag(f.name), dest=f.name, nargs="+", type=meta.get("type") or type(default[0]),
+                               default=list(default),
                                choices=meta.get("choices"), help=help)
         else:
             group.add_argument(_flag(f.name), dest=f.name, type=meta.get("type", type(default)), default=default,
