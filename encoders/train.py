@@ -60,7 +60,7 @@ class DenseTrainSettings:
                       fractions=("val_fraction",), unit=("warmup", "weight_decay"))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "lora": self.lora.to_dict()}
 
 
 def _fit(encoder: BiEncoder, settings: DenseTrainSettings, items: list, loss_fn, validate, desc: str,

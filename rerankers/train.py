@@ -85,7 +85,7 @@ class RerankTrainSettings:
                              f"pseudo-queries only already: leave pseudo_items at 0")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "lora": self.lora.to_dict()}
 
 
 def split_examples(examples: list[TrainExample], settings: RerankTrainSettings) -> tuple[list[str], list[str]]:
