@@ -43,7 +43,7 @@ def _settings(models, **kw) -> PipelineSettings:
 @pytest.fixture(scope="module")
 def built(adi, models, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8)
+    settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,))
     return build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None), cache
 
 
@@ -67,6 +67,8 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
     assert info["stages"]["rerank"]["train"]["negatives_from"]["dense"] == {
         "query_encoder": dense.encoder.fingerprint("query"), "skip": 2}
     assert info["stages"]["rerank"]["train"]["settings"]["pseudo_items"] == 8  # the settings reach the trainer
+    assert info["stages"]["rerank"]["train"]["settings"]["lora"]["layers"] == [-1]
+    assert all(".layer.1." in n or "pooler" in n for n, _ in rerank.reranker.model.named_parameters() if "lora_A" in n)
     judged = split_examples(training_examples("supervised", adi.corpus, adi.queries, adi.qrels), RerankTrainSettings())[0]
     assert rerank_train["train_queries"] == len(judged) + 8  # the pseudo-queries trained beside the judged ones
     assert len(info["stages"]["rerank"]["fusion"]["depths"]) == 2

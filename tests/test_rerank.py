@@ -480,6 +480,8 @@ def test_skip_top_leaves_a_stages_first_ranks_out_of_mining(adi, adi_lucene):
     assert PipelineSettings(rerank_dense_skip=5, rerank_negatives=("bm25", "dense")).rerank_dense_skip == 5
     with pytest.raises(ValueError, match="rerank_pseudo_items"):
         PipelineSettings(corpus_only=True, rerank_pseudo_items=10)
+    with pytest.raises(ValueError, match="layers must be distinct"):
+        PipelineSettings(rerank_lora_layers=(0, 0))
 
 
 def test_lora_on_the_top_layer_only_adapts_that_layer_and_the_pooler_and_saves(backbone, tmp_path):
