@@ -43,7 +43,7 @@ def _settings(models, **kw) -> PipelineSettings:
 @pytest.fixture(scope="module")
 def built(adi, models, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,))
+    settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1)
     return build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None), cache
 
 
@@ -64,6 +64,9 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
     # the held-out queries took no gradient step in either adapter
     dense_val, rerank_train = info["stages"]["dense"]["train"], info["stages"]["rerank"]["train"]
     assert dense_val["val_queries"] >= len(held) and rerank_train["val_queries"] >= 1
+    # one seed splits both adapters' validation queries alike (seed 1 here): the held-out slice is all of them
+    assert dense_val["settings"]["seed"] == rerank_train["settings"]["seed"] == 1
+    assert len(held) == min(10, rerank_train["val_queries"], dense_val["val_queries"])
     assert info["stages"]["rerank"]["train"]["negatives_from"]["dense"] == {
         "query_encoder": dense.encoder.fingerprint("query"), "skip": 2}
     assert info["stages"]["rerank"]["train"]["settings"]["pseudo_items"] == 8  # the settings reach the trainer

@@ -46,6 +46,8 @@ from .cache import base_index, bm25_stage, dense_adapter, first_stage_facts, rer
 from .settings import PipelineSettings
 from .shard import shard_pipeline
 
+MIN_FIT_QUERIES = 30  # fewer held-out queries than this to choose weights and depth on: the build warns
+
 
 @dataclass
 class BuiltPipeline:
@@ -98,7 +100,8 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     index, index_built, _ = base_index(base, corpus, settings.dense_factory, cache_dir, executor)
     mode = "corpus-query" if settings.corpus_only else "query"
     encoder, dense_train = dense_adapter(mode, corpus, queries, qrels, index, settings.dense_epochs, cache_dir, split=split,
-                                         model=settings.dense_model, inference=settings.dense_inference)
+                                         model=settings.dense_model, inference=settings.dense_inference,
+                                         seed=settings.seed)
     dense = Dense(encoder, index, mode="hybrid", k=settings.dense_k, neighbours=settings.neighbours,
                   base_ensemble=settings.corpus_only)
     dense_info = {"mode": "hybrid", "adapter": mode, "base_ensemble": dense.base_ensemble, "train": dense_train,
@@ -142,6 +145,9 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
         held = [q for q in split_examples(examples, rs)[1] if q in dense_val][: settings.fit_queries]
         if not held:
             raise ValueError("no training query is held out of both adapters' training; cannot choose weights")
+        if len(held) < MIN_FIT_QUERIES:
+            log(f"warning: only {len(held)} held-out training queries to choose the fusion weights and rerank depth "
+                f"on; figures chosen on so few are noise (more judged training queries, or a larger val_fraction)")
         fit_q = queries.subset(held)
         fit_qrels = {q: qrels[q] for q in held}
         log(f"choosing fusion weights and rerank depth on {len(held)} held-out training queries")

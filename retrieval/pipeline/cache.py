@@ -127,9 +127,10 @@ def base_index(encoder, corpus: Corpus, factory: str = "Flat", cache_dir=None, e
 
 def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qrels | None, index,
                   epochs: int | None = None, cache_dir=None, bm25=None, split: str = "train",
-                  model: str | None = None, inference: str = "torch") -> tuple[BiEncoder, dict]:
+                  model: str | None = None, inference: str = "torch", seed: int = 0) -> tuple[BiEncoder, dict]:
     """A bi-encoder with a LoRA adapter trained for ``mode`` (see ``encoders.train.train_dense``), run the way
-    ``inference`` says once trained; cached by data and settings. Returns (encoder, training info).
+    ``inference`` says once trained; cached by data and settings. ``seed`` splits off its validation queries
+    (the same ones as the reranker's of that seed) and shuffles. Returns (encoder, training info).
 
     A query-side adapter trains against ``index``'s vectors, so its documents are encoded as the index's were
     (the same export, from the cache) and only the query side is exported after training."""
@@ -138,6 +139,7 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
     if query_side:  # the documents' side, as the index encoded them
         with_inference(enc, inference, corpus, cache_dir, sides=("document",))
     settings = default_settings(mode, epochs)
+    settings.seed = seed
     labelled = mode in ("query", "supervised")
     data = ({"queries": sorted(queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in qrels.items())}
             if labelled else {"pseudo": "title/sentence pseudo-queries, seed 0"})
