@@ -244,16 +244,16 @@ def train_dense(mode: str, corpus, queries: Queries | None = None, qrels: Qrels 
 
 
 
-def default_settings(mode: str, epochs: int | None = None) -> DenseTrainSettings:
+def default_settings(mode: str, epochs: int | None = None, seed: int = 0) -> DenseTrainSettings:
     """The settings the benchmarks use: query-only 8 epochs at 3e-4; supervised both sides 4 epochs at 2e-4
     (the best epoch is chosen on validation; 2 epochs stopped while validation was still rising);
-    corpus-only both sides 2 epochs."""
+    corpus-only both sides 2 epochs. ``seed`` splits off the validation queries and shuffles."""
     if mode == "query":
-        return DenseTrainSettings(mode="query", epochs=8 if epochs is None else epochs)
+        return DenseTrainSettings(mode="query", epochs=8 if epochs is None else epochs, seed=seed)
     if mode == "corpus-query":
-        return DenseTrainSettings(mode="corpus-query", epochs=4 if epochs is None else epochs)
+        return DenseTrainSettings(mode="corpus-query", epochs=4 if epochs is None else epochs, seed=seed)
     return DenseTrainSettings(mode=mode, epochs=(4 if mode == "supervised" else 2) if epochs is None else epochs,
-                              lr=2e-4, lora=LoraSettings(r=16, alpha=32, side="both"))
+                              lr=2e-4, lora=LoraSettings(r=16, alpha=32, side="both"), seed=seed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,7 +76,8 @@ class RayShards:
             except (self._ray.exceptions.RayError, TimeoutError):
                 pass
             self._ray.kill(actor)
-            time.sleep(1 + attempt)
+            if attempt + 1 < tries:
+                time.sleep(1 + attempt)
 
     def __len__(self) -> int:
         return len(self.actors)

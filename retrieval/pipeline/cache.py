@@ -138,8 +138,7 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
     query_side = mode in ("query", "corpus-query")
     if query_side:  # the documents' side, as the index encoded them
         with_inference(enc, inference, corpus, cache_dir, sides=("document",))
-    settings = default_settings(mode, epochs)
-    settings.seed = seed
+    settings = default_settings(mode, epochs, seed)
     labelled = mode in ("query", "supervised")
     data = ({"queries": sorted(queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in qrels.items())}
             if labelled else {"pseudo": "title/sentence pseudo-queries, seed 0"})
