@@ -1,5 +1,6 @@
 """``python -m benchmarks run ...`` (quality), ``python -m benchmarks speed-bm25|speed-dense|speed-rerank ...`` (speed),
 ``tune-cutoffs`` (depths within a latency budget), ``gate-study`` (a learned per-pair fusion gate vs one weight),
+``rerank-study`` (what a pipeline's reranker adds on its held-out queries, in sample and out of fold),
 ``corpus-designs`` (label-free fusions side by side) and ``service-load`` (the HTTP service vs in-process)."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from retrieval.distributed.executor import executor_from_args
 from retrieval.evaluation import CORRECTIONS
 from retrieval.pipeline.settings import add_pipeline_args, settings_from_args
 
-from . import corpus_designs, cutoffs, gate, scale_out, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
+from . import corpus_designs, cutoffs, gate, rerank_study, scale_out, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
 from .conditions import DESCRIPTIONS
 from .regression import load_config
 from .options import DEFAULT_BASELINE, RunOptions
@@ -127,6 +128,24 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=positive_int, default=None)
     g.add_argument("--output", type=Path, default=Path("results/gate"))
 
+    rs = sub.add_parser("rerank-study", help="what saved pipelines' rerankers add on their held-out training queries "
+                                             "(alone, fused in sample and out of fold), as saved or reading other lengths")
+    rs.add_argument("--pipeline", type=Path, action="append", required=True,
+                    help="a saved BM25 >> Dense >> Rerank pipeline folder (repeatable; rows are compared with the first)")
+    rs.add_argument("--dataset", type=Path, required=True)
+    rs.add_argument("--split", default="train",
+                    help="split whose queries judge (default: train; the pipeline's training split gives only the "
+                         "queries it held out)")
+    rs.add_argument("--report-split", default=None, help="also apply each row's in-sample choice to this split (e.g. dev)")
+    rs.add_argument("--max-length", type=positive_int, nargs="+", default=None,
+                    help="query + passage tokens the reranker reads, one row each (default: what it was saved with)")
+    rs.add_argument("--depths", type=positive_int, nargs="+", default=list(rerank_study.DEPTHS),
+                    help="rerank depths the fusion chooses from (default: 10 20 30)")
+    rs.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default: 5)")
+    rs.add_argument("--seed", type=int, default=0)
+    rs.add_argument("--threads", type=positive_int, default=None)
+    rs.add_argument("--output", type=Path, default=Path("results/rerank-study"))
+
     lt = sub.add_parser("service-load", help="load test of the HTTP service vs the same pipeline in-process")
     lt.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder, served as one domain")
     lt.add_argument("--dataset", type=Path, required=True, help="its queries are sent, in turn")
@@ -188,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     commands = {"corpus-designs": corpus_designs.main, "tune-cutoffs": cutoffs.main, "gate-study": gate.main,
+                "rerank-study": rerank_study.main,
                 "service-load": service_load.main, "speed-bm25": speed_bm25.main,
                 "speed-dense": speed_dense.main, "speed-rerank": speed_rerank.main, "speed-inference": speed_inference.main,
                 "scale-out": scale_out.main}

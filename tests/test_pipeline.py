@@ -445,3 +445,32 @@ def test_cutoff_tuning_respects_the_budget(built, adi):
     assert any(r["pareto"] for r in free["grid"])
     with pytest.raises(ValueError, match="budget"):
         tune(pipe, q, qrels, budget_ms=0)
+
+
+def test_rerank_study_reproduces_the_builds_choice_and_scores_out_of_fold(built, adi, datasets_root, tmp_path):
+    from benchmarks.rerank_study import set_length
+
+    b, _ = built
+    # the tiny pipeline was trained on ADI's only split, "test": say so, so that its held-out queries are the judges
+    folder = save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, {**b.info, "split": "test"})
+    rerank = b.pipeline.stages[2]
+    out = tmp_path / "study"
+    assert bench_main(["rerank-study", "--pipeline", str(folder), "--dataset", str(datasets_root / "adi"),
+                       "--split", "test", "--report-split", "test", "--max-length", "64", str(rerank.reranker.max_length),
+                       "--depths", "5", "10", "--folds", "2", "--output", str(out)]) == 0
+    rows = json.loads((out / "rerank_study.json").read_text())["rows"]
+    assert [r["reads"] for r in rows] == [64, rerank.reranker.max_length] and rows[0]["held_out"]
+    held = b.info["held_out"]
+    queries, qrels = adi.queries.subset(held), {q: adi.qrels[q] for q in held}
+    as_saved = rows[1]
+    # in sample, the study chooses what the build chose on the same held-out queries, and scores what the pipeline scores
+    assert (as_saved["depth"], as_saved["weight"]) == (rerank.k, pytest.approx(rerank.fusion.weights[1]))
+    full = evaluate(b.pipeline.search(queries), qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+    assert as_saved["fused_in_sample"] == pytest.approx(full)
+    assert set(as_saved["per_query"]["out_of_fold"]) == set(held) and as_saved["queries"] == len(held)
+    assert as_saved["vs_first_row"]["p_value"] is not None and rows[0]["vs_first_row"]["delta"] == 0.0
+    assert as_saved["report"]["queries"] == len([q for q in adi.queries if q in adi.qrels])
+    assert "out of fold" in (out / "rerank_study.md").read_text()
+    for bad in (8, 10_000, True):
+        with pytest.raises(ValueError, match="max-length"):
+            set_length(rerank.reranker, bad)

@@ -1,0 +1,207 @@
+"""Third-stage study: what a saved pipeline's reranker adds on the queries its weights may be chosen on, as saved or
+reading another number of tokens.
+
+For each pipeline and each ``--max-length`` (none: as saved), the first two stages' top ``max(depths)`` for the
+pipeline's held-out training queries are scored once by its reranker. Then, per depth, the reranker alone; and
+fused with the incoming score (z-scores within the query, one weight: the pipeline's own fusion) with depth and
+weight chosen
+
+- in sample, on all held-out queries: what ``python -m retrieval train`` does;
+- out of fold: chosen on ``k - 1`` folds, scored on the k-th, every query once: a figure the choice has not seen.
+
+Rows on the same queries are compared with the first row by a paired t-test. ``--report-split`` applies each row's
+in-sample choice to another split (dev), reported, never chosen on. A pipeline's held-out queries that earlier
+choices were made on are no longer a fair judge of the next: give later rules another seed's pipeline (its held-out
+queries are others).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from retrieval.data import load_dataset
+from retrieval.evaluation import evaluate, paired_ttest
+from retrieval.pipeline.folder import load_pipeline
+from retrieval.stages.fusion import zscore
+from retrieval.types import Qrels, Queries, Ranking
+from retrieval.util import write_json
+
+from .cutoffs import tuning_queries
+from .gate import METRIC, Pairs, fit_global, folds, per_query
+from .report import md_table
+
+DEPTHS = (10, 20, 30)
+
+
+def candidate_pairs(candidates: Ranking, alone: Ranking, qrels: Qrels, depth: int) -> list[Pairs]:
+    """Each query's top ``depth`` candidates: the incoming and the reranker's scores as z-scores."""
+    out = []
+    for qid in alone.scores:
+        top = candidates.ranked(qid)[:depth]
+        docs = [d for d, _ in top]
+        out.append(Pairs(qid, docs, zscore([s for _, s in top]), zscore([alone.scores[qid][d] for d in docs]),
+                         np.array([float(qrels.get(qid, {}).get(d, 0) > 0) for d in docs]), {}))
+    return out
+
+
+def mean_fused(data: Sequence[Pairs], weight: float, qrels: Qrels) -> float:
+    return float(np.mean(list(per_query(data, [weight] * len(data), qrels).values())))
+
+
+def choose(by_depth: dict[int, list[Pairs]], qrels: Qrels, rows: Sequence[int]) -> tuple[int, float, float]:
+    """Depth and weight fitted on the queries at ``rows`` (the pipeline's ``fit_rerank``: the weight by
+    ``fit_weight`` at each depth, the best depth, ties to the shallower). Returns (depth, weight, figure)."""
+    best = None
+    for depth in sorted(by_depth):
+        data = [by_depth[depth][i] for i in rows]
+        weight = fit_global(data, qrels)
+        score = mean_fused(data, weight, qrels)
+        if best is None or score > best[2] + 1e-12:
+            best = (depth, weight, score)
+    assert best is not None
+    return best
+
+
+def out_of_fold(by_depth: dict[int, list[Pairs]], qrels: Qrels, k: int, seed: int) -> dict[str, float]:
+    """Each query's fused nDCG@10 with depth and weight chosen on the other folds."""
+    n = len(next(iter(by_depth.values())))
+    scores: dict[str, float] = {}
+    for train, held in folds(n, k, seed):
+        depth, weight, _ = choose(by_depth, qrels, train)
+        scores.update(per_query([by_depth[depth][i] for i in held], [weight] * len(held), qrels))
+    return scores
+
+
+def _per_query(ranking: Ranking, qrels: Qrels) -> dict[str, float]:
+    return {q: r[METRIC] for q, r in evaluate(ranking, qrels, [METRIC]).per_query.items()}
+
+
+def score_split(pipe, queries: Queries, qrels: Qrels, depths: Sequence[int]) -> dict[int, list[Pairs]]:
+    """The first two stages' candidates scored once by the reranker at the deepest depth: ``Pairs`` per depth."""
+    first, second, rerank = pipe.stages
+    candidates = second.search(queries, first.search(queries))
+    alone = rerank.scores(queries, candidates, max(depths))
+    return {d: candidate_pairs(candidates, alone, qrels, d) for d in depths}
+
+
+def measure(pipe, queries: Queries, qrels: Qrels, depths: Sequence[int], k: int, seed: int,
+            report: tuple[Queries, Qrels] | None = None) -> dict:
+    """One row: the first two stages, the reranker alone at each depth, fused in sample and out of fold; with
+    ``report``, the in-sample choice applied to those queries."""
+    by_depth = score_split(pipe, queries, qrels, depths)
+    deepest = by_depth[max(depths)]
+    first_two = per_query(deepest, [0.0] * len(deepest), qrels)  # weight 0: the incoming order
+    alone = {d: float(np.mean(list(per_query(by_depth[d], [1.0] * len(by_depth[d]), qrels).values()))) for d in depths}
+    depth, weight, in_sample = choose(by_depth, qrels, range(len(deepest)))
+    oof = out_of_fold(by_depth, qrels, k, seed)
+    qids = [p.qid for p in deepest]
+    t, p = paired_ttest([oof[q] for q in qids], [first_two[q] for q in qids])
+    row = {"queries": len(qids), "first_two": float(np.mean([first_two[q] for q in qids])), "alone": alone,
+           "depth": depth, "weight": weight, "fused_in_sample": in_sample,
+           "fused_out_of_fold": float(np.mean([oof[q] for q in qids])), "oof_vs_first_two_p": p,
+           "per_query": {"first_two": first_two, "out_of_fold": oof}}
+    if report is not None:
+        r_queries, r_qrels = report
+        r_depth = score_split(pipe, r_queries, r_qrels, [depth])[depth]
+        r_first = per_query(r_depth, [0.0] * len(r_depth), r_qrels)
+        r_fused = per_query(r_depth, [weight] * len(r_depth), r_qrels)
+        r_qids = [p.qid for p in r_depth]
+        _, rp = paired_ttest([r_fused[q] for q in r_qids], [r_first[q] for q in r_qids])
+        row["report"] = {"queries": len(r_qids), "first_two": float(np.mean(list(r_first.values()))),
+                         "fused": float(np.mean(list(r_fused.values()))), "vs_first_two_p": rp,
+                         "alone": float(np.mean(list(per_query(r_depth, [1.0] * len(r_depth), r_qrels).values()))),
+                         "per_query": {"first_two": r_first, "fused": r_fused}}
+    return row
+
+
+def set_length(reranker, max_length: int | None) -> int:
+    """Make ``reranker`` read ``max_length`` tokens (query + passage); ``None`` keeps what it was saved with."""
+    if max_length is None:
+        return int(reranker.max_length)
+    config = getattr(getattr(reranker, "model", None), "config", None)
+    limit = int(getattr(config, "max_position_embeddings", 512) or 512)
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 16 <= max_length <= limit:
+        raise ValueError(f"--max-length must be an integer from 16 to the model's {limit} positions, got {max_length!r}")
+    reranker.max_length = max_length
+    return max_length
+
+
+def _dig(row: dict, path: Sequence[str]):
+    for key in path:
+        row = row.get(key) if isinstance(row, dict) else None
+    return row
+
+
+def compare(rows: list[dict], path: Sequence[str], name: str) -> None:
+    """Paired t-test of each row's per-query figures (at ``path``) against the first row's, where the queries
+    are the same ones; stored as ``row[name]`` (None where they are not)."""
+    base = _dig(rows[0], path)
+    for row in rows:
+        mine = _dig(row, path)
+        if base is None or mine is None or set(mine) != set(base):
+            row[name] = None
+            continue
+        qids = sorted(base)
+        a, b = [mine[q] for q in qids], [base[q] for q in qids]
+        row[name] = {"delta": float(np.mean(a) - np.mean(b)), "p_value": paired_ttest(a, b)[1]}
+
+
+def _fmt_vs(v: dict | None) -> str:
+    return "-" if not v else f"{v['delta']:+.4f} (p {v['p_value']:.3f})"
+
+
+def main(args) -> int:
+    """``python -m benchmarks rerank-study --pipeline DIR [--pipeline DIR2] --dataset DIR [--max-length 192 256]``."""
+    dataset = load_dataset(args.dataset, args.split)
+    report_ds = load_dataset(args.dataset, args.report_split) if args.report_split else None
+    lengths = args.max_length or [None]
+    rows = []
+    for path in args.pipeline:
+        pipe, corpus, config = load_pipeline(path, threads=args.threads)
+        if len(pipe.stages) != 3 or not hasattr(pipe.stages[2], "reranker"):
+            raise ValueError(f"{path}: the rerank study takes a three-stage pipeline ending in a reranker, "
+                             f"got {[s.name for s in pipe.stages]}")
+        queries, qrels, held = tuning_queries(config, dataset, corpus, path, args.split)
+        folds(len(queries), args.folds, args.seed)  # a fold count that cannot work is refused before any scoring
+        report = None
+        if report_ds is not None:
+            r_qids = [q for q in report_ds.queries if q in report_ds.qrels]
+            report = (report_ds.queries.subset(r_qids), {q: report_ds.qrels[q] for q in r_qids})
+        saved = int(pipe.stages[2].reranker.max_length)
+        for length in tqdm(lengths, desc=f"rerank study {path}", unit="length"):
+            reads = set_length(pipe.stages[2].reranker, length)
+            row = measure(pipe, queries, qrels, args.depths, args.folds, args.seed, report)
+            row.update(pipeline=str(path), reads=reads, trained_at=saved, held_out=held)
+            rows.append(row)
+        pipe.stages[2].reranker.max_length = saved
+    compare(rows, ("per_query", "out_of_fold"), "vs_first_row")
+    if report_ds is not None:
+        compare(rows, ("report", "per_query", "fused"), "report_vs_first_row")
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_json(args.output / "rerank_study.json", {"split": args.split, "report_split": args.report_split,
+                                                   "depths": list(args.depths), "folds": args.folds, "seed": args.seed,
+                                                   "rows": rows})
+    head = ["pipeline", "reads tokens", "queries", "first two", "alone (" + "/".join(map(str, args.depths)) + ")",
+            "in sample (depth, w)", "out of fold", "vs first two (p)", "vs row 1"]
+    table = [[r["pipeline"], f"{r['reads']} (saved {r['trained_at']})", r["queries"], r["first_two"],
+              " / ".join(f"{r['alone'][d]:.4f}" for d in args.depths),
+              f"{r['fused_in_sample']:.4f} ({r['depth']}, {r['weight']:.2f})", r["fused_out_of_fold"],
+              f"{r['fused_out_of_fold'] - r['first_two']:+.4f} ({r['oof_vs_first_two_p']:.3f})",
+              _fmt_vs(r["vs_first_row"])] for r in rows]
+    text = [f"{METRIC} on {args.split!r} ({'held out of the adapters training' if rows and rows[0]['held_out'] else 'all'}"
+            f" queries), {args.folds}-fold out of fold (seed {args.seed})", "", md_table(head, table)]
+    if report_ds is not None:
+        text += ["", f"reported on {args.report_split!r} with each row's in-sample choice (never chosen on):", "",
+                 md_table(["pipeline", "reads tokens", "queries", "first two", "alone", "fused", "vs first two (p)",
+                           "vs row 1"],
+                          [[r["pipeline"], r["reads"], r["report"]["queries"], r["report"]["first_two"],
+                            r["report"]["alone"], r["report"]["fused"],
+                            f"{r['report']['fused'] - r['report']['first_two']:+.4f} ({r['report']['vs_first_two_p']:.3f})",
+                            _fmt_vs(r["report_vs_first_row"])] for r in rows])]
+    (args.output / "rerank_study.md").write_text("\n".join(text) + "\n", encoding="utf-8")
+    print("\n".join(text))
+    print(f"wrote {args.output}/rerank_study.json, rerank_study.md")
+    return 0
