@@ -10,7 +10,8 @@ weight chosen
 - out of fold: chosen on ``k - 1`` folds, scored on the k-th, every query once: a figure the choice has not seen.
 
 Rows on the same queries are compared with the first row by a paired t-test. ``--report-split`` applies each row's
-in-sample choice to another split (dev), reported, never chosen on. A pipeline's held-out queries that earlier
+in-sample choice to another split (dev), reported, never chosen on. Another length is read through the same
+model (its int8 export, if it has one, calibrated at the saved length). A pipeline's held-out queries that earlier
 choices were made on are no longer a fair judge of the next: give later rules another seed's pipeline (its held-out
 queries are others).
 """
@@ -23,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from retrieval.data import load_dataset
-from retrieval.evaluation import evaluate, paired_ttest
+from retrieval.evaluation import paired_ttest
 from retrieval.pipeline.folder import load_pipeline
 from retrieval.stages.fusion import zscore
 from retrieval.types import Qrels, Queries, Ranking
@@ -75,10 +76,6 @@ def out_of_fold(by_depth: dict[int, list[Pairs]], qrels: Qrels, k: int, seed: in
     return scores
 
 
-def _per_query(ranking: Ranking, qrels: Qrels) -> dict[str, float]:
-    return {q: r[METRIC] for q, r in evaluate(ranking, qrels, [METRIC]).per_query.items()}
-
-
 def score_split(pipe, queries: Queries, qrels: Qrels, depths: Sequence[int]) -> dict[int, list[Pairs]]:
     """The first two stages' candidates scored once by the reranker at the deepest depth: ``Pairs`` per depth."""
     first, second, rerank = pipe.stages
@@ -98,7 +95,7 @@ def measure(pipe, queries: Queries, qrels: Qrels, depths: Sequence[int], k: int,
     depth, weight, in_sample = choose(by_depth, qrels, range(len(deepest)))
     oof = out_of_fold(by_depth, qrels, k, seed)
     qids = [p.qid for p in deepest]
-    t, p = paired_ttest([oof[q] for q in qids], [first_two[q] for q in qids])
+    _, p = paired_ttest([oof[q] for q in qids], [first_two[q] for q in qids])
     row = {"queries": len(qids), "first_two": float(np.mean([first_two[q] for q in qids])), "alone": alone,
            "depth": depth, "weight": weight, "fused_in_sample": in_sample,
            "fused_out_of_fold": float(np.mean([oof[q] for q in qids])), "oof_vs_first_two_p": p,
@@ -157,6 +154,10 @@ def main(args) -> int:
     """``python -m benchmarks rerank-study --pipeline DIR [--pipeline DIR2] --dataset DIR [--max-length 192 256]``."""
     dataset = load_dataset(args.dataset, args.split)
     report_ds = load_dataset(args.dataset, args.report_split) if args.report_split else None
+    report = None
+    if report_ds is not None:
+        r_qids = [q for q in report_ds.queries if q in report_ds.qrels]
+        report = (report_ds.queries.subset(r_qids), {q: report_ds.qrels[q] for q in r_qids})
     lengths = args.max_length or [None]
     rows = []
     for path in args.pipeline:
@@ -166,10 +167,6 @@ def main(args) -> int:
                              f"got {[s.name for s in pipe.stages]}")
         queries, qrels, held = tuning_queries(config, dataset, corpus, path, args.split)
         folds(len(queries), args.folds, args.seed)  # a fold count that cannot work is refused before any scoring
-        report = None
-        if report_ds is not None:
-            r_qids = [q for q in report_ds.queries if q in report_ds.qrels]
-            report = (report_ds.queries.subset(r_qids), {q: report_ds.qrels[q] for q in r_qids})
         saved = int(pipe.stages[2].reranker.max_length)
         for length in tqdm(lengths, desc=f"rerank study {path}", unit="length"):
             reads = set_length(pipe.stages[2].reranker, length)
