@@ -76,22 +76,28 @@ def out_of_fold(by_depth: dict[int, list[Pairs]], qrels: Qrels, k: int, seed: in
     return scores
 
 
-def score_split(pipe, queries: Queries, qrels: Qrels, depths: Sequence[int]) -> dict[int, list[Pairs]]:
-    """The first two stages' candidates scored once by the reranker at the deepest depth: ``Pairs`` per depth."""
-    first, second, rerank = pipe.stages
-    candidates = second.search(queries, first.search(queries))
-    alone = rerank.scores(queries, candidates, max(depths))
+def candidates_of(pipe, queries: Queries, qrels: Qrels) -> tuple[Queries, Qrels, Ranking]:
+    """The first two stages' candidates for ``queries``: searched once, whatever the reranker reads."""
+    first, second, _ = pipe.stages
+    return queries, qrels, second.search(queries, first.search(queries))
+
+
+def score_split(pipe, split: tuple[Queries, Qrels, Ranking], depths: Sequence[int]) -> dict[int, list[Pairs]]:
+    """A split's candidates scored once by the reranker at the deepest depth: ``Pairs`` per depth."""
+    queries, qrels, candidates = split
+    alone = pipe.stages[2].scores(queries, candidates, max(depths))
     return {d: candidate_pairs(candidates, alone, qrels, d) for d in depths}
 
 
-def measure(pipe, queries: Queries, qrels: Qrels, depths: Sequence[int], k: int, seed: int,
-            report: tuple[Queries, Qrels] | None = None) -> dict:
+def measure(pipe, held: tuple[Queries, Qrels, Ranking], depths: Sequence[int], k: int, seed: int,
+            report: tuple[Queries, Qrels, Ranking] | None = None) -> dict:
     """One row: the first two stages, the reranker alone at each depth, fused in sample and out of fold; with
-    ``report``, the in-sample choice applied to those queries."""
-    by_depth = score_split(pipe, queries, qrels, depths)
+    ``report``, the in-sample choice applied to those queries. Splits come from ``candidates_of``."""
+    qrels = held[1]
+    by_depth = score_split(pipe, held, depths)
     deepest = by_depth[max(depths)]
     first_two = per_query(deepest, [0.0] * len(deepest), qrels)  # weight 0: the incoming order
-    alone = {d: float(np.mean(list(per_query(by_depth[d], [1.0] * len(by_depth[d]), qrels).values()))) for d in depths}
+    alone = {d: mean_fused(by_depth[d], 1.0, qrels) for d in depths}
     depth, weight, in_sample = choose(by_depth, qrels, range(len(deepest)))
     oof = out_of_fold(by_depth, qrels, k, seed)
     qids = [p.qid for p in deepest]
@@ -101,15 +107,15 @@ def measure(pipe, queries: Queries, qrels: Qrels, depths: Sequence[int], k: int,
            "fused_out_of_fold": float(np.mean([oof[q] for q in qids])), "oof_vs_first_two_p": p,
            "per_query": {"first_two": first_two, "out_of_fold": oof}}
     if report is not None:
-        r_queries, r_qrels = report
-        r_depth = score_split(pipe, r_queries, r_qrels, [depth])[depth]
+        r_qrels = report[1]
+        r_depth = score_split(pipe, report, [depth])[depth]
         r_first = per_query(r_depth, [0.0] * len(r_depth), r_qrels)
         r_fused = per_query(r_depth, [weight] * len(r_depth), r_qrels)
         r_qids = [p.qid for p in r_depth]
         _, rp = paired_ttest([r_fused[q] for q in r_qids], [r_first[q] for q in r_qids])
         row["report"] = {"queries": len(r_qids), "first_two": float(np.mean(list(r_first.values()))),
                          "fused": float(np.mean(list(r_fused.values()))), "vs_first_two_p": rp,
-                         "alone": float(np.mean(list(per_query(r_depth, [1.0] * len(r_depth), r_qrels).values()))),
+                         "alone": mean_fused(r_depth, 1.0, r_qrels),
                          "per_query": {"first_two": r_first, "fused": r_fused}}
     return row
 
@@ -118,8 +124,7 @@ def set_length(reranker, max_length: int | None) -> int:
     """Make ``reranker`` read ``max_length`` tokens (query + passage); ``None`` keeps what it was saved with."""
     if max_length is None:
         return int(reranker.max_length)
-    config = getattr(getattr(reranker, "model", None), "config", None)
-    limit = int(getattr(config, "max_position_embeddings", 512) or 512)
+    limit = int(reranker.max_positions)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or not 16 <= max_length <= limit:
         raise ValueError(f"--max-length must be an integer from 16 to the model's {limit} positions, got {max_length!r}")
     reranker.max_length = max_length
@@ -154,10 +159,7 @@ def main(args) -> int:
     """``python -m benchmarks rerank-study --pipeline DIR [--pipeline DIR2] --dataset DIR [--max-length 192 256]``."""
     dataset = load_dataset(args.dataset, args.split)
     report_ds = load_dataset(args.dataset, args.report_split) if args.report_split else None
-    report = None
-    if report_ds is not None:
-        r_qids = [q for q in report_ds.queries if q in report_ds.qrels]
-        report = (report_ds.queries.subset(r_qids), {q: report_ds.qrels[q] for q in r_qids})
+    r_qids = [q for q in report_ds.queries if q in report_ds.qrels] if report_ds is not None else []
     lengths = args.max_length or [None]
     rows = []
     for path in args.pipeline:
@@ -167,10 +169,13 @@ def main(args) -> int:
                              f"got {[s.name for s in pipe.stages]}")
         queries, qrels, held = tuning_queries(config, dataset, corpus, path, args.split)
         folds(len(queries), args.folds, args.seed)  # a fold count that cannot work is refused before any scoring
+        held_split = candidates_of(pipe, queries, qrels)
+        report = (candidates_of(pipe, report_ds.queries.subset(r_qids), {q: report_ds.qrels[q] for q in r_qids})
+                  if report_ds is not None else None)
         saved = int(pipe.stages[2].reranker.max_length)
         for length in tqdm(lengths, desc=f"rerank study {path}", unit="length"):
             reads = set_length(pipe.stages[2].reranker, length)
-            row = measure(pipe, queries, qrels, args.depths, args.folds, args.seed, report)
+            row = measure(pipe, held_split, args.depths, args.folds, args.seed, report)
             row.update(pipeline=str(path), reads=reads, trained_at=saved, held_out=held)
             rows.append(row)
         pipe.stages[2].reranker.max_length = saved

@@ -172,9 +172,9 @@ class CrossEncoderReranker(AdapterHost):
                 if head.bias is not None:
                     head.bias.zero_()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        limit = min(int(getattr(config, "max_position_embeddings", 512) or 512),
-                    int(self.tokenizer.model_max_length) if self.tokenizer.model_max_length < 10**6 else 512)
-        self.max_length = min(int(max_length), limit) if max_length else limit
+        self.max_positions = min(int(getattr(config, "max_position_embeddings", 512) or 512),  # the most it can read
+                                 int(self.tokenizer.model_max_length) if self.tokenizer.model_max_length < 10**6 else 512)
+        self.max_length = min(int(max_length), self.max_positions) if max_length else self.max_positions
         self.model.to(self.device).eval()
         _align(self.model)
         for p in self.model.parameters():
