@@ -13,6 +13,7 @@ from retrieval.cli import add_cache_args, add_debug_arg, add_ray_args, count, po
 from retrieval.distributed.executor import executor_from_args
 from retrieval.evaluation import CORRECTIONS
 from retrieval.pipeline.settings import add_pipeline_args, settings_from_args
+from rerankers.train import RerankTrainSettings
 
 from . import corpus_designs, cutoffs, gate, rerank_study, scale_out, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
 from .conditions import DESCRIPTIONS
@@ -79,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("speed-rerank", help="reranker pairs/s vs plain transformers, merged vs unmerged, time by depth")
     c.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
     c.add_argument("--pairs", type=positive_int, default=256, help="(query, passage) pairs per throughput run (default: 256)")
-    c.add_argument("--max-length", type=positive_int, default=192)
+    c.add_argument("--max-length", type=positive_int, default=RerankTrainSettings.max_length)
     c.add_argument("--depths", type=positive_int, nargs="+", default=[10, 20, 50, 100])
     c.add_argument("--depth-queries", type=positive_int, default=10, help="queries timed at each depth (default: 10)")
     c.add_argument("--train-steps", type=positive_int, default=3, help="timed training steps per precision (default: 3)")

@@ -145,7 +145,7 @@ class CrossEncoderReranker(AdapterHost):
     """Score (query, document) pairs; add, save, load, switch, disable and merge LoRA adapters
     (``retrieval.lora.AdapterHost``).
 
-    >>> ce = CrossEncoderReranker(max_length=192)            # packaged MiniLM + a new head (train it first)
+    >>> ce = CrossEncoderReranker(max_length=256)            # packaged MiniLM + a new head (train it first)
     >>> ce.add_lora(RerankLoraSettings())
     >>> ce.score(["what causes scurvy"], ["Scurvy is caused by a lack of vitamin C."])
     """

@@ -53,7 +53,7 @@ class RerankTrainSettings:
     batch_size: int = 8               # training items (queries) per step; each brings 1 + negatives pairs
     negatives: int = 3
     negatives_depth: int = 30
-    max_length: int = 192             # query + passage tokens while training
+    max_length: int = 256             # query + passage tokens while training (and scoring)
     val_fraction: float = 0.15
     max_val_queries: int = 64
     val_depth: int = 20
