@@ -474,3 +474,42 @@ def test_rerank_study_reproduces_the_builds_choice_and_scores_out_of_fold(built,
     for bad in (8, 10_000, True):
         with pytest.raises(ValueError, match="max-length"):
             set_length(rerank.reranker, bad)
+
+
+def test_ranking_teacher_answers_with_the_systems_scores(adi, adi_bm25s):
+    from retrieval.pipeline.teacher import RankingTeacher
+
+    teacher = RankingTeacher(adi_bm25s, adi.corpus)
+    qid = next(iter(adi.queries))
+    query = adi.queries[qid]
+    ranked = adi_bm25s.search(adi.queries.subset([qid])).ranked(qid)
+    unranked = next(d for d in adi.corpus if d not in dict(ranked))
+    docs = [adi.corpus[d].contents for d, _ in ranked[:3]] + [adi.corpus[ranked[4][0]].text, adi.corpus[unranked].contents]
+    scores = teacher([query] * 5, docs)
+    assert scores[:4] == pytest.approx([s for _, s in ranked[:3]] + [ranked[4][1]])
+    assert scores[4] == pytest.approx(min(s for _, s in ranked))  # not ranked: the query's lowest score
+    with pytest.raises(ValueError, match="no document of its corpus"):
+        teacher([query], ["a text that is in no document"])
+    with pytest.raises(ValueError, match="scores pairs"):
+        teacher([query, query], docs[:1])
+
+
+def test_a_reranker_distilled_from_the_first_two_stages(built, adi, models):
+    """``rerank_distill``: the reranker's training groups are pulled towards the first two stages' fused scores,
+    whose weights are fitted (on the held-out queries) before the reranker trains: the same as without it."""
+    b, cache = built
+    settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1,
+                         rerank_distill=0.5)
+    d = build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None)
+    dense = d.pipeline.stages[1]
+    assert dense.fusion == b.pipeline.stages[1].fusion and d.info["held_out"] == b.info["held_out"]
+    train = d.info["stages"]["rerank"]["train"]
+    assert train["teacher"]["fusion"] == dense.fusion.to_dict() and train["settings"]["distill_weight"] == 0.5
+    assert "teacher" not in b.info["stages"]["rerank"]["train"]
+    q = adi.queries.subset(b.info["held_out"][:3])
+    candidates = b.pipeline.stages[1].search(q, b.pipeline.stages[0].search(q))
+    plain, distilled = (p.stages[2].reranker.score([q[x] for x in q], [adi.corpus[next(iter(candidates[x]))].contents
+                                                                        for x in q]) for p in (b.pipeline, d.pipeline))
+    assert not plain == pytest.approx(distilled)  # another adapter: the KL term changed the training
+    with pytest.raises(ValueError, match="rerank_distill"):
+        _settings(models, rerank_distill=1.5)

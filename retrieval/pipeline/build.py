@@ -9,7 +9,9 @@
    hard negatives, and every other document, are negatives. The stage runs in hybrid mode: BM25's
    candidates plus the index's own nearest neighbours, fused with BM25's score.
 3. **Rerank**: a LoRA cross-encoder (MiniLM + a new head) trained with hard negatives pooled from BM25 and
-   the trained dense stage; it reorders the dense stage's top candidates and is fused with their score.
+   the trained dense stage; it reorders the dense stage's top candidates and is fused with their score. With
+   ``rerank_distill`` its loss also pulls each training group towards the first two stages' fused scores
+   (``retrieval.pipeline.teacher``), so their weights are chosen before it trains.
 
 Settings are chosen without the evaluated split: the dense fusion weight, the rerank depth and the rerank
 fusion weight on training queries held out of both adapters' training (the same seeded slice).
@@ -45,6 +47,7 @@ from ..types import Corpus, Qrels, Queries
 from .cache import base_index, bm25_stage, dense_adapter, first_stage_facts, rerank_settings, reranker, with_inference
 from .settings import PipelineSettings
 from .shard import shard_pipeline
+from .teacher import RankingTeacher
 
 MIN_FIT_QUERIES = 30  # fewer held-out queries than this to choose weights and depth on: the build warns
 
@@ -117,30 +120,15 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
             dense.k = max(settings.dense_k, settings.bm25_k)
             return _built(stages, corpus, info, t_start, [], settings, cache_dir, threads, executor, log)
 
-    # 3. reranker: negatives from BM25 and the trained dense stage
-    log(f"[3/3] reranker: LoRA cross-encoder, hard negatives from {' and '.join(settings.rerank_negatives)}")
     rs = rerank_settings(settings.corpus_only, settings.rerank_epochs, settings.rerank_max_items, settings.seed,
-                         settings.rerank_max_length, settings.rerank_pseudo_items, settings.rerank_lora_layers)
+                         settings.rerank_max_length, settings.rerank_pseudo_items, settings.rerank_lora_layers,
+                         settings.rerank_distill)
     examples = training_examples("corpus" if settings.corpus_only else "supervised", corpus, queries, qrels, settings.seed)
-    miners, negatives_from = [], {}
-    if "bm25" in settings.rerank_negatives:
-        miners.append(bm25)
-        negatives_from["bm25"] = first_stage_facts(bm25)
-    if "dense" in settings.rerank_negatives:
-        miners.append(SkipTop(Dense(encoder, index, mode="retrieve", k=rs.negatives_depth, name="dense-retrieve"),
-                              settings.rerank_dense_skip))
-        negatives_from["dense"] = {"query_encoder": encoder.fingerprint("query"), "skip": settings.rerank_dense_skip}
-    ce, rerank_train = reranker(corpus, examples, miners, rs, negatives_from, cache_dir, split,
-                                 settings.rerank_model, settings.rerank_precision, settings.rerank_inference)
-    rerank = Rerank(ce, corpus, k=max(settings.rerank_depths), keep_rest=True)
-    stages.append(rerank)
-
-    # fusion weights and depth
     if settings.corpus_only:
-        rerank.k, rerank.fusion = settings.corpus_rerank_depth, Fusion("weighted", (0.5, 0.5))
-        depth_rows, held = [], []
+        held = []
     else:
-        # the slice both adapters held out: the dense trainer's validation queries that the reranker's held out too
+        # the dense stage's fusion weights (before the reranker trains: a teacher distils the fused scores), on the
+        # slice both adapters held out: the dense trainer's validation queries that the reranker's held out too
         dense_val = set(dense_held_out(queries, qrels, index, dense_train))
         held = [q for q in split_examples(examples, rs)[1] if q in dense_val][: settings.fit_queries]
         if not held:
@@ -150,13 +138,41 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
                 f"on; figures chosen on so few are noise (more judged training queries, or a larger val_fraction)")
         fit_q = queries.subset(held)
         fit_qrels = {q: qrels[q] for q in held}
-        log(f"choosing fusion weights and rerank depth on {len(held)} held-out training queries")
+        log(f"choosing the dense stage's fusion weights on {len(held)} held-out training queries")
         first = bm25.search(fit_q)
         dense.fusion, dense_grid = fit_weight(first, dense.dense_scores(fit_q, first), fit_qrels)
-        candidates = dense.search(fit_q, first)
-        rerank.k, rerank.fusion, depth_rows = fit_rerank(rerank, fit_q, candidates, fit_qrels, settings.rerank_depths)
         fitted_on = f"{len(held)} training queries held out of both adapters' training"
         dense_info["fusion"] = {**dense.fusion.to_dict(), "fitted_on": fitted_on, "grid": dense_grid}
+
+    # 3. reranker: negatives from BM25 and the trained dense stage
+    log(f"[3/3] reranker: LoRA cross-encoder, hard negatives from {' and '.join(settings.rerank_negatives)}")
+    miners, negatives_from = [], {}
+    if "bm25" in settings.rerank_negatives:
+        miners.append(bm25)
+        negatives_from["bm25"] = first_stage_facts(bm25)
+    if "dense" in settings.rerank_negatives:
+        miners.append(SkipTop(Dense(encoder, index, mode="retrieve", k=rs.negatives_depth, name="dense-retrieve"),
+                              settings.rerank_dense_skip))
+        negatives_from["dense"] = {"query_encoder": encoder.fingerprint("query"), "skip": settings.rerank_dense_skip}
+    teacher = teacher_from = None
+    if settings.rerank_distill:  # the first two stages' fused scores
+        teacher = RankingTeacher(Pipeline([bm25, dense], name="first-stages"), corpus)
+        teacher_from = {"bm25": first_stage_facts(bm25), "query_encoder": encoder.fingerprint("query"),
+                        "fusion": dense.fusion.to_dict(), "k": dense.k, "neighbours": dense.neighbours}
+    ce, rerank_train = reranker(corpus, examples, miners, rs, negatives_from, cache_dir, split,
+                                 settings.rerank_model, settings.rerank_precision, settings.rerank_inference,
+                                 teacher=teacher, teacher_from=teacher_from)
+    rerank = Rerank(ce, corpus, k=max(settings.rerank_depths), keep_rest=True)
+    stages.append(rerank)
+
+    # the reranker's fusion weight and depth
+    if settings.corpus_only:
+        rerank.k, rerank.fusion = settings.corpus_rerank_depth, Fusion("weighted", (0.5, 0.5))
+        depth_rows = []
+    else:
+        log(f"choosing the rerank depth and weight on the same {len(held)} held-out training queries")
+        candidates = dense.search(fit_q, first)
+        rerank.k, rerank.fusion, depth_rows = fit_rerank(rerank, fit_q, candidates, fit_qrels, settings.rerank_depths)
     info["stages"]["rerank"] = {"train": rerank_train, "depth": rerank.k,
                                 "fusion": {**rerank.fusion.to_dict(), "fitted_on": fitted_on,
                                            "depths": [{k: v for k, v in r.items() if k != "grid"} for r in depth_rows]}}

@@ -167,20 +167,25 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
 
 def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed: int = 0,
                     max_length: int = RerankTrainSettings.max_length, pseudo_items: int = 0,
-                    lora_layers: tuple[int, ...] = ()) -> RerankTrainSettings:
+                    lora_layers: tuple[int, ...] = (), distill: float = 0.0) -> RerankTrainSettings:
+    """The reranker's training settings; ``distill`` > 0 weighs the KL term towards a teacher (its default weight
+    otherwise, unused without a teacher, so the cache keys of reranker trained without one stay as they were)."""
     mode = "corpus" if corpus_only else "supervised"
     if max_items is None and corpus_only:
         max_items = CORPUS_RERANK_ITEMS
+    extra = {"distill_weight": distill} if distill else {}
     return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed, max_length=max_length,
-                               pseudo_items=pseudo_items, lora=RerankLoraSettings(layers=lora_layers))
+                               pseudo_items=pseudo_items, lora=RerankLoraSettings(layers=lora_layers), **extra)
 
 
 def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettings, negatives_from: dict,
              cache_dir=None, split: str = "train", model: str | None = None,
-             precision: str = "auto", inference: str = "torch") -> tuple[CrossEncoderReranker, dict]:
+             precision: str = "auto", inference: str = "torch", teacher=None,
+             teacher_from: dict | None = None) -> tuple[CrossEncoderReranker, dict]:
     """A cross-encoder with a LoRA adapter trained on ``examples``, negatives from ``first_stages``, run the way
     ``inference`` says once trained (its export calibrated on the examples' queries and the first stage's
-    candidates); cached by data, settings and the first stages (``negatives_from`` describes them). Every
+    candidates); cached by data, settings and the first stages (``negatives_from`` describes them; with a
+    ``teacher`` to distil from, ``teacher_from`` describes it). Every
     epoch's adapter is kept under ``epochs/`` for the per-epoch report. Returns (reranker, training info)."""
     from safetensors.torch import save_file
 
@@ -188,17 +193,18 @@ def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettin
     key = _key({"mode": settings.mode, "corpus": corpus.fingerprint(),
                 "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
                 "base": model.base_fingerprint(), "settings": settings.to_dict(), "negatives_from": negatives_from,
-                "inference": inference})
+                "inference": inference, **({"teacher": teacher_from} if teacher is not None else {})})
     root = cache_root(cache_dir) / "adapters" / f"rerank-{settings.mode}-{key}"
     hit = _cached(root, lambda: (CrossEncoderReranker.load(root, precision=precision, require_checksums=True),
                                  read_json(root / "train_result.json", "training result")))
     if hit is not None:
         return hit
     states: dict[int, dict] = {}
-    result = train_reranker(model, corpus, examples, first_stages, settings,
+    result = train_reranker(model, corpus, examples, first_stages, settings, teacher=teacher,
                             on_epoch=lambda epoch, state: states.__setitem__(epoch, state))
     info = {"split": split if settings.mode == "supervised" else "none (pseudo-queries from the corpus)",
-            "cached_at": str(root), "negatives_from": negatives_from, **result.to_dict(),
+            "cached_at": str(root), "negatives_from": negatives_from,
+            **({"teacher": teacher_from} if teacher is not None else {}), **result.to_dict(),
             "inference": with_inference(model, inference, corpus, cache_dir,
                                         pairs=calibration_pairs(corpus, examples, first_stages[0], settings.seed))}
     model.save(root, overwrite=True, extra_json={"train_result.json": info})

@@ -67,6 +67,8 @@ class PipelineSettings:
                                                  choices=NEGATIVE_SOURCES)
     rerank_dense_skip: int = _setting(0, "with dense negatives: the trained dense stage's top ranks left out of them "
                                          "(where it ranks unjudged positives of the queries it was trained on)")
+    rerank_distill: float = _setting(0.0, "weight of a KL term pulling the reranker's softmax over each training "
+                                          "group towards the first two stages' fused scores (0: labels only)")
     fit_queries: int = _setting(120, "held-out training queries the weights and depth are chosen on (at most)")
     corpus_rerank_depth: int = _setting(20, "corpus-only: the rerank depth, a rule fixed in advance")
     dense_model: str | None = _setting(None, "bi-encoder: HF id or folder (default: the packaged all-MiniLM-L6-v2)",
@@ -96,7 +98,7 @@ class PipelineSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        check_numbers(self, non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip"))
+        check_numbers(self, non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip"), unit=("rerank_distill",))
         if self.rerank_dense_skip and "dense" not in self.rerank_negatives:
             raise ValueError(f"rerank_dense_skip={self.rerank_dense_skip} skips the dense stage's top negatives, but "
                              f"rerank_negatives={self.rerank_negatives} takes none from it: add 'dense' or leave it at 0")
