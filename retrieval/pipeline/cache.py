@@ -169,7 +169,7 @@ def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed:
                     max_length: int = RerankTrainSettings.max_length, pseudo_items: int = 0,
                     lora_layers: tuple[int, ...] = (), distill: float = 0.0) -> RerankTrainSettings:
     """The reranker's training settings; ``distill`` > 0 weighs the KL term towards a teacher (its default weight
-    otherwise, unused without a teacher, so the cache keys of reranker trained without one stay as they were)."""
+    otherwise, unused without a teacher, so the cache keys of rerankers trained without one stay as they were)."""
     mode = "corpus" if corpus_only else "supervised"
     if max_items is None and corpus_only:
         max_items = CORPUS_RERANK_ITEMS

@@ -23,7 +23,7 @@ class RankingTeacher:
             doc = corpus[doc_id]
             self._ids.setdefault(doc.contents, doc_id)
             self._ids.setdefault(doc.text, doc_id)
-        self._scores: dict[str, dict[str, float]] = {}
+        self._scores: dict[str, tuple[dict[str, float], float]] = {}  # query text -> (scores, the lowest of them)
 
     def _search(self, queries: Sequence[str]) -> None:
         new = [q for q in dict.fromkeys(queries) if q not in self._scores]
@@ -31,7 +31,8 @@ class RankingTeacher:
             return
         ranking = self.system.search(Queries({f"q{i}": q for i, q in enumerate(new)}), k=self.k)
         for i, q in enumerate(new):
-            self._scores[q] = ranking.scores.get(f"q{i}", {})
+            scores = ranking.scores.get(f"q{i}", {})
+            self._scores[q] = scores, min(scores.values(), default=0.0)
 
     def __call__(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
         if len(queries) != len(docs):
@@ -39,10 +40,9 @@ class RankingTeacher:
         self._search(queries)
         out = []
         for q, d in zip(queries, docs):
-            scores = self._scores[q]
+            scores, floor = self._scores[q]
             doc_id = self._ids.get(d)
             if doc_id is None:
                 raise ValueError(f"the teacher was asked about a text that is no document of its corpus: {d[:80]!r}")
-            floor = min(scores.values()) if scores else 0.0
             out.append(float(scores.get(doc_id, floor)))
         return out
