@@ -64,7 +64,8 @@ class RerankTrainSettings:
     seed: int = 0
     weight_decay: float = 0.01
     warmup: float = 0.1
-    dropout: bool = True              # dropout while training (off: 1.4x faster on CPUs, but lost on held-out queries)
+    dropout: bool = True              # dropout while training (False: every dropout layer off)
+    attention_dropout: bool = True    # dropout on the attention probabilities (off: a fused attention kernel)
     lora: RerankLoraSettings = field(default_factory=RerankLoraSettings)
     adapter_name: str = "default"
 
@@ -85,7 +86,13 @@ class RerankTrainSettings:
                              f"pseudo-queries only already: leave pseudo_items at 0")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "lora": self.lora.to_dict()}
+        d = {**asdict(self), "lora": self.lora.to_dict()}
+        # recorded only when off (dropout=False switches it off too), so the cache keys of earlier adapters hold
+        if self.dropout and self.attention_dropout:
+            del d["attention_dropout"]
+        else:
+            d["attention_dropout"] = False
+        return d
 
 
 def split_examples(examples: list[TrainExample], settings: RerankTrainSettings) -> tuple[list[str], list[str]]:
@@ -179,7 +186,7 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
                           weight_decay=settings.weight_decay, warmup=settings.warmup, seed=settings.seed,
                           desc=f"{settings.mode} reranker LoRA", progress=progress,
                           param_groups=[g for g in groups if g["params"]], on_epoch=on_epoch,
-                          dropout=settings.dropout)
+                          dropout=settings.dropout, attention_dropout=settings.attention_dropout)
     finally:
         reranker.max_length = saved_len
     return TrainResult(**out, trainable_share=share, peak_memory_mb=peak_memory_mb(), train_queries=len(used_q),
@@ -229,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="supervised mode: pseudo-queries from the corpus (titles -> their passages) added to the judged "
                         "training items (default 0)")
     p.add_argument("--no-dropout", dest="train_dropout", action="store_false",
-                   help="train with dropout (the backbone's and LoRA's) off: 1.4x faster on CPUs, worse on held-out queries")
+                   help="train with every dropout layer off (the backbone's, the attention probabilities', LoRA's)")
+    p.add_argument("--no-attention-dropout", dest="attention_dropout", action="store_false",
+                   help="train without dropout on the attention probabilities: PyTorch's fused attention kernel runs "
+                        "instead of its unfused path (training steps ~1.45x faster on a CPU at 256 tokens)")
     add_lora_args(p, defaults.lora)
     p.add_argument("--new-head-pooler", choices=POOLER_INITS, default=defaults.lora.new_head_pooler,
                    help="a new head's pooler: the checkpoint's, with LoRA (default), or its own, starting as the identity")
@@ -246,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                                    batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
                                    max_items=args.max_items, pseudo_items=args.pseudo_items, seed=args.seed, dropout=args.train_dropout,
+                                   attention_dropout=args.attention_dropout,
                                    lora=lora_from_args(args, RerankLoraSettings,
                                                        new_head_pooler=args.new_head_pooler))
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision)

@@ -18,6 +18,7 @@ from benchmarks.__main__ import main as bench_main
 from rerankers.train import RerankTrainSettings, split_examples, training_examples
 from retrieval.pipeline.folder import DamagedPipeline, PipelineMismatch, load_pipeline, save_pipeline
 from retrieval.pipeline import PipelineSettings, build_pipeline
+from retrieval.pipeline.cache import rerank_settings
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
 from retrieval.types import Ranking
@@ -513,3 +514,17 @@ def test_a_reranker_distilled_from_the_first_two_stages(built, adi, models):
     assert not plain == pytest.approx(distilled)  # another adapter: the KL term changed the training
     with pytest.raises(ValueError, match="rerank_distill"):
         _settings(models, rerank_distill=1.5)
+
+
+def test_rerank_dropout_setting_reaches_the_reranker_training(models):
+    """``rerank_dropout``: all (default) / no-attention / none become the training settings' two switches; the
+    default records neither, so the cache keys of rerankers trained before the setting existed still match."""
+    expected = {"all": (True, True), "no-attention": (True, False), "none": (False, False)}
+    for value, switches in expected.items():
+        s = _settings(models, rerank_dropout=value)
+        rs = rerank_settings(False, s.rerank_epochs, None, dropout=s.rerank_dropout)
+        assert (rs.dropout, rs.attention_dropout) == switches
+        assert ("attention_dropout" in rs.to_dict()) == (value != "all")
+    assert PipelineSettings().rerank_dropout == "all"
+    with pytest.raises(ValueError, match="rerank_dropout must be one of"):
+        _settings(models, rerank_dropout="attention")

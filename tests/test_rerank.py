@@ -326,26 +326,41 @@ def test_openvino_export_matches_torch_and_is_refused_when_it_disagrees(backbone
     assert ce.inference == "torch" and ce.export_report["refused"] and np.allclose(ce.score(Q, D), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("dropout", [False, True])
-def test_training_dropout_can_be_switched_off(backbone, adi, adi_lucene, dropout):
-    """Dropout's random masks cost a third of a CPU training step: dropout=False switches every dropout layer (the
-    backbone's and LoRA's) off while training; the default keeps them (it won on held-out queries)."""
+@pytest.mark.parametrize("dropout,attention", [(True, True), (True, False), (False, True)])
+def test_training_dropout_can_be_switched_off(backbone, adi, adi_lucene, dropout, attention):
+    """Dropout's random masks cost a third of a CPU training step. dropout=False switches every dropout layer off
+    while training, the one on the attention probabilities included (the attention module hands its ``p`` to the
+    kernel whenever it is training, so eval mode on the layer alone left it on); attention_dropout=False only that
+    one (PyTorch's fused attention kernel runs then). Afterwards every layer's ``p`` is as it was."""
     ce = _ce(backbone)
     examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
     settings = RerankTrainSettings(epochs=1, batch_size=8, negatives=2, max_length=64, val_fraction=0.3,
-                                   lora=RerankLoraSettings(r=4, alpha=8), dropout=dropout)
-    modes = []
+                                   lora=RerankLoraSettings(r=4, alpha=8), dropout=dropout, attention_dropout=attention)
+    layers = {id(m): (n, m) for n, m in ce.model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    before = {i: m.p for i, (_, m) in layers.items()}
+    attention_layers = {i for i, (n, _) in layers.items() if n.endswith("attention.self.dropout")}
+    assert len(attention_layers) == 2 and all(before[i] > 0 for i in attention_layers)
+    seen = []
     forward = ce.model.forward
 
-    def recording(*args, **kwargs):
-        if torch.is_grad_enabled():
-            modes.append({m.training for m in ce.model.modules() if isinstance(m, torch.nn.Dropout)})
+    def recording(*args, **kwargs):  # what each dropout layer drops in the training steps' forward passes (LoRA's
+        if torch.is_grad_enabled():  # layers are added by the training: p = the LoRA settings' dropout); the attention
+            # module hands its layer's p to the kernel whenever it is training itself, whatever the layer's mode
+            seen.append({id(m): m.p if m.training or id(m) in attention_layers else 0.0
+                         for m in ce.model.modules() if isinstance(m, torch.nn.Dropout)})
         return forward(*args, **kwargs)
 
     ce.model.forward = recording
     train_reranker(ce, adi.corpus, examples, [adi_lucene], settings, progress=False)
-    assert modes and all(m == {dropout} for m in modes)
-    assert RerankTrainSettings().dropout is True
+    assert seen and len(seen[0]) > len(before)  # LoRA's dropout layers too
+    for probs in seen:
+        for i, p in probs.items():
+            on = dropout and (attention or i not in attention_layers)
+            assert p == (before.get(i, settings.lora.dropout) if on else 0.0)
+    assert {i: m.p for i, (_, m) in layers.items()} == before  # put back
+    assert RerankTrainSettings().dropout is True and RerankTrainSettings().attention_dropout is True
+    recorded = settings.to_dict()
+    assert ("attention_dropout" in recorded) == (not (dropout and attention))  # earlier adapters' keys unchanged
 
 
 def test_saved_adapter_names_the_base_model_by_its_id_not_a_local_path(tmp_path):

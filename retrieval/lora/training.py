@@ -7,6 +7,7 @@ progress bar, wall time and peak memory.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import resource
@@ -85,18 +86,52 @@ def peak_memory_mb() -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
+def attention_dropouts(module) -> list:
+    """The dropout layers on attention probabilities: those an attention module owns itself (transformers'
+    ``BertSelfAttention.dropout``, DistilBERT's ``MultiHeadSelfAttention.dropout``, ...). The attention module hands
+    their ``p`` to its attention kernel whenever *it* is training, so putting the layer in eval mode does not
+    switch them off; and while it is above 0 PyTorch's CPU attention runs its unfused path."""
+    import torch
+
+    return [child for m in module.modules() if "Attention" in type(m).__name__
+            for child in m.children() if isinstance(child, torch.nn.Dropout)]
+
+
+@contextlib.contextmanager
+def dropouts_off(module, which: str | None):
+    """Within the block, dropout layers of ``module`` drop nothing (``p`` = 0; put back after): ``which`` =
+    "all" (every ``torch.nn.Dropout``: the backbone's, LoRA's, the attention probabilities'), "attention" (those
+    of ``attention_dropouts``) or None (none)."""
+    import torch
+
+    if which not in ("all", "attention", None):
+        raise ValueError(f"which must be 'all', 'attention' or None, got {which!r}")
+    layers = ([] if which is None else attention_dropouts(module) if which == "attention"
+              else [m for m in module.modules() if isinstance(m, torch.nn.Dropout)])
+    saved = [m.p for m in layers]
+    try:
+        for m in layers:
+            m.p = 0.0
+        yield layers
+    finally:
+        for m, p in zip(layers, saved):
+            m.p = p
+
+
 def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validate: Callable[[], float], *,
                 epochs: int, lr: float, batch_size: int, weight_decay: float = 0.01, warmup: float = 0.1,
                 seed: int = 0, desc: str = "LoRA", progress: bool = True, param_groups: list[dict] | None = None,
-                train_module=None, on_epoch: Callable[[int, dict], None] | None = None, dropout: bool = True) -> dict:
+                train_module=None, on_epoch: Callable[[int, dict], None] | None = None, dropout: bool = True,
+                attention_dropout: bool = True) -> dict:
     """Train the adapter ``adapter_name`` of ``host`` (an ``AdapterHost``) on ``items`` with ``loss_fn(batch, rng) -> loss``.
 
     ``validate()`` returns the figure to maximise (nDCG@10 on held-out queries); the best epoch's adapter
     weights are put back at the end (epoch 0 = untrained, if nothing beats it). ``param_groups`` overrides
     the default single group of every trainable parameter (e.g. a higher rate for a new head);
     ``train_module`` is what ``.train()``/``.eval()`` is called on (default ``host.module``); ``on_epoch(epoch,
-    adapter_state)`` sees each epoch's weights. ``dropout=False`` trains with every dropout layer (the backbone's
-    and LoRA's) switched off. Returns ``{best_epoch, best_val, start_val, history, seconds}``;
+    adapter_state)`` sees each epoch's weights. ``dropout=False`` trains with every dropout layer (the backbone's,
+    on the attention probabilities too, and LoRA's) switched off; ``attention_dropout=False`` only the dropout on
+    the attention probabilities (see ``dropouts_off``). Returns ``{best_epoch, best_val, start_val, history, seconds}``;
     parameters are frozen and the module left in eval mode.
     """
     import torch
@@ -121,24 +156,22 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
     best_val, best_epoch, best_state = start_val, 0, host.adapter_state(adapter_name)
     history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
+    off = "all" if not dropout else "attention" if not attention_dropout else None
     try:
         for epoch in range(1, epochs + 1):
             module.train()
-            if not dropout:
-                for m in module.modules():
-                    if isinstance(m, torch.nn.Dropout):
-                        m.eval()
             rng.shuffle(items)
             losses = []
-            for i in range(0, len(items), batch_size):
-                loss = loss_fn(items[i : i + batch_size], rng)
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-                sched.step()
-                losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}")
+            with dropouts_off(module, off):
+                for i in range(0, len(items), batch_size):
+                    loss = loss_fn(items[i : i + batch_size], rng)
+                    optim.zero_grad()
+                    loss.backward()
+                    optim.step()
+                    sched.step()
+                    losses.append(loss.item())
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}")
             module.eval()
             val = validate()
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_nDCG@10": val,
