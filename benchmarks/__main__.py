@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-length", type=positive_int, default=RerankTrainSettings.max_length)
     c.add_argument("--depths", type=positive_int, nargs="+", default=[10, 20, 50, 100])
     c.add_argument("--depth-queries", type=positive_int, default=10, help="queries timed at each depth (default: 10)")
-    c.add_argument("--train-steps", type=positive_int, default=3, help="timed training steps per precision (default: 3)")
+    c.add_argument("--train-steps", type=positive_int, default=3, help="timed training steps per precision and dropout (default: 3)")
     c.add_argument("--repeats", type=positive_int, default=3)
     c.add_argument("--output", type=Path, default=Path("results/speed-rerank"))
 

@@ -7,7 +7,9 @@
    pairs), each with the Spearman correlation of its scores to the plain float32 forward's.
 2. How rerank time grows with depth: the ``Rerank`` stage over BM25 candidates at k = 10, 20, 50, 100.
 3. A training step (listwise, 8 queries x (1 + 3) passages, LoRA) in float32 vs bf16 autocast, and which of the
-   two ``precision="auto"`` takes on this CPU: bf16 pays only where the CPU computes it natively (AVX512-BF16, AMX).
+   two ``precision="auto"`` takes on this CPU: bf16 pays only where the CPU computes it natively (AVX512-BF16, AMX);
+   and in float32 with dropout as ``PipelineSettings.rerank_dropout`` sets it: all (the default), no-attention (the
+   attention probabilities' off: PyTorch's fused attention kernel runs) and none.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings, cpu_bf16_facts
 from retrieval.data import load_dataset
+from retrieval.lora.training import dropouts_off
 from retrieval.stages.bm25 import BM25
 from retrieval.stages.rerank import Rerank
 from retrieval.types import Queries
@@ -130,9 +133,15 @@ def depth_part(args, ds, bm25) -> dict:
     return {"queries": len(qids), "max_length": ce.max_length, "precision": ce.precision, "rows": rows}
 
 
+# (precision, dropout while training as PipelineSettings.rerank_dropout names it) of each timed training step
+STEP_VARIANTS = (("float32", "all"), ("bfloat16", "all"), ("float32", "no-attention"), ("float32", "none"))
+SWITCHED_OFF = {"all": None, "no-attention": "attention", "none": "all"}  # rerank_dropout -> dropouts_off(which)
+
+
 def train_step_part(args, ds, bm25, batch: int = 8, group: int = 4) -> dict:
-    """Seconds per listwise LoRA training step at each precision, on real SciFact pairs (the training default's
-    shape), the precisions alternating; and the loss of the first step at each (they start from one state)."""
+    """Seconds per listwise LoRA training step for each of ``STEP_VARIANTS``, on real SciFact pairs (the training
+    default's shape), the variants alternating; and the loss of the first step of each (they start from one
+    state; with dropout on, the losses differ by its random masks too)."""
     import torch
 
     qids = list(ds.queries)[:batch]
@@ -142,38 +151,42 @@ def train_step_part(args, ds, bm25, batch: int = 8, group: int = 4) -> dict:
     if len(docs) != len(queries):
         raise ValueError(f"BM25 found fewer than {group} passages for a query")
     models = {}
-    for precision in ("float32", "bfloat16"):
+    for variant in STEP_VARIANTS:
         torch.manual_seed(0)
-        ce = CrossEncoderReranker(max_length=args.max_length, precision=precision)
+        ce = CrossEncoderReranker(max_length=args.max_length, precision=variant[0])
         ce.add_lora(RerankLoraSettings())
         ce.model.train()
         optim = torch.optim.AdamW([p for p in ce.model.parameters() if p.requires_grad], lr=1e-3)
-        models[precision] = (ce, optim)
+        models[variant] = (ce, optim)
 
-    def step(precision):
-        ce, optim = models[precision]
-        logits = ce.logits(queries, docs).view(batch, group)
-        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
+    def step(variant):
+        ce, optim = models[variant]
+        with dropouts_off(ce.model, SWITCHED_OFF[variant[1]]):
+            logits = ce.logits(queries, docs).view(batch, group)
+            loss = torch.nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
         return loss.item()
 
-    first_loss = {p: step(p) for p in models}  # warm-up
-    times = {p: [] for p in models}
+    first_loss = {v: step(v) for v in models}  # warm-up
+    times = {v: [] for v in models}
     for _ in range(args.train_steps):
-        for p in models:
+        for v in models:
             t0 = time.perf_counter()
-            step(p)
-            times[p].append(time.perf_counter() - t0)
-    rows = [{"precision": p, "s_per_step": statistics.median(v), "runs_s": v, "first_loss": first_loss[p]}
-            for p, v in times.items()]
-    by = {r["precision"]: r["s_per_step"] for r in rows}
+            step(v)
+            times[v].append(time.perf_counter() - t0)
+    rows = [{"precision": v[0], "dropout": v[1], "s_per_step": statistics.median(t), "runs_s": t,
+             "first_loss": first_loss[v]} for v, t in times.items()]
+    by = {(r["precision"], r["dropout"]): r["s_per_step"] for r in rows}
     auto = CrossEncoderReranker(max_length=args.max_length).precision
     return {"pairs_per_step": len(docs), "max_length": args.max_length, "steps": args.train_steps,
             "threads": torch.get_num_threads(), "cpu": cpu_bf16_facts(), "auto": auto, "rows": rows,
-            "ratio": {"bfloat16 / float32 (step time)": by["bfloat16"] / by["float32"],
-                      "auto / fastest (step time)": by[auto] / min(by.values())}}
+            "ratio": {"bfloat16 / float32 (step time, dropout all)": by["bfloat16", "all"] / by["float32", "all"],
+                      "auto / fastest precision (step time, dropout all)":
+                          by[auto, "all"] / min(by["float32", "all"], by["bfloat16", "all"]),
+                      "float32: dropout all / no-attention (step time)": by["float32", "all"] / by["float32", "no-attention"],
+                      "float32: dropout all / none (step time)": by["float32", "all"] / by["float32", "none"]}}
 
 
 def main(args) -> int:
@@ -193,8 +206,8 @@ def main(args) -> int:
                for r in d["rows"]],
              "", f"LoRA training step: {s['pairs_per_step']} pairs (8 queries x 4), max length {s['max_length']}, median of "
                  f"{s['steps']} alternating steps; CPU: {s['cpu']}", "",
-             "| precision | s/step | first loss |", "| --- | ---: | ---: |",
-             *[f"| {r['precision']} | {r['s_per_step']:.2f} | {r['first_loss']:.4f} |" for r in s["rows"]], "",
+             "| precision | dropout | s/step | first loss |", "| --- | --- | ---: | ---: |",
+             *[f"| {r['precision']} | {r['dropout']} | {r['s_per_step']:.2f} | {r['first_loss']:.4f} |" for r in s["rows"]], "",
              *[f"- {k}: {v:.2f}" for k, v in s["ratio"].items()], f"- `precision=\"auto\"` takes {s['auto']} here"]
     text = "\n".join(lines)
     print(text)

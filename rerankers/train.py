@@ -40,6 +40,9 @@ from retrieval.types import Qrels, Queries
 from .cross_encoder import POOLER_INITS, PRECISIONS, CrossEncoderReranker, RerankLoraSettings
 
 MODES = ("supervised", "corpus")
+# dropout while the reranker trains: every layer's (the backbone's, the attention probabilities', LoRA's), all but the
+# attention probabilities', or none (the default: 2.2x faster steps on a CPU, and it won on held-out queries)
+DROPOUTS = ("all", "no-attention", "none")
 LOSSES = ("listwise", "pointwise")
 
 
@@ -64,8 +67,8 @@ class RerankTrainSettings:
     seed: int = 0
     weight_decay: float = 0.01
     warmup: float = 0.1
-    dropout: bool = True              # dropout while training (False: every dropout layer off)
-    attention_dropout: bool = True    # dropout on the attention probabilities (off: a fused attention kernel)
+    dropout: bool = False             # dropout while training (False: every dropout layer off; see DROPOUTS)
+    attention_dropout: bool = True    # with dropout: also on the attention probabilities (off: a fused attention kernel)
     lora: RerankLoraSettings = field(default_factory=RerankLoraSettings)
     adapter_name: str = "default"
 
@@ -85,9 +88,17 @@ class RerankTrainSettings:
             raise ValueError(f"pseudo_items adds pseudo-queries to supervised training; mode={self.mode!r} trains on "
                              f"pseudo-queries only already: leave pseudo_items at 0")
 
+    @classmethod
+    def dropout_switches(cls, name: str) -> dict:
+        """``dropout`` and ``attention_dropout`` for one of ``DROPOUTS``."""
+        if name not in DROPOUTS:
+            raise ValueError(f"reranker training dropout must be one of {DROPOUTS}, got {name!r}")
+        return {"dropout": name != "none", "attention_dropout": name == "all"}
+
     def to_dict(self) -> dict:
         d = {**asdict(self), "lora": self.lora.to_dict()}
-        # recorded only when off (dropout=False switches it off too), so the cache keys of earlier adapters hold
+        # recorded only when off (dropout=False switches it off too), so the cache keys of adapters trained with
+        # every dropout on before it existed still match
         if self.dropout and self.attention_dropout:
             del d["attention_dropout"]
         else:
@@ -235,11 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pseudo-items", type=count, default=defaults.pseudo_items,
                    help="supervised mode: pseudo-queries from the corpus (titles -> their passages) added to the judged "
                         "training items (default 0)")
-    p.add_argument("--no-dropout", dest="train_dropout", action="store_false",
-                   help="train with every dropout layer off (the backbone's, the attention probabilities', LoRA's)")
-    p.add_argument("--no-attention-dropout", dest="attention_dropout", action="store_false",
-                   help="train without dropout on the attention probabilities: PyTorch's fused attention kernel runs "
-                        "instead of its unfused path (training steps ~1.45x faster on a CPU at 256 tokens)")
+    p.add_argument("--train-dropout", choices=DROPOUTS, default="none",
+                   help="dropout while training: none (default; 2.2x faster steps on a CPU), all (the backbone's, the "
+                        "attention probabilities', LoRA's) or no-attention (all but the attention probabilities')")
     add_lora_args(p, defaults.lora)
     p.add_argument("--new-head-pooler", choices=POOLER_INITS, default=defaults.lora.new_head_pooler,
                    help="a new head's pooler: the checkpoint's, with LoRA (default), or its own, starting as the identity")
@@ -255,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_dataset(args.dataset, args.split)
     settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                                    batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
-                                   max_items=args.max_items, pseudo_items=args.pseudo_items, seed=args.seed, dropout=args.train_dropout,
-                                   attention_dropout=args.attention_dropout,
+                                   max_items=args.max_items, pseudo_items=args.pseudo_items, seed=args.seed,
+                                   **RerankTrainSettings.dropout_switches(args.train_dropout),
                                    lora=lora_from_args(args, RerankLoraSettings,
                                                        new_head_pooler=args.new_head_pooler))
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision)

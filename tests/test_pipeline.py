@@ -517,14 +517,14 @@ def test_a_reranker_distilled_from_the_first_two_stages(built, adi, models):
 
 
 def test_rerank_dropout_setting_reaches_the_reranker_training(models):
-    """``rerank_dropout``: all (default) / no-attention / none become the training settings' two switches; the
-    default records neither, so the cache keys of rerankers trained before the setting existed still match."""
+    """``rerank_dropout``: all / no-attention / none (the default) become the training settings' two switches; "all"
+    records neither, so the cache keys of rerankers trained with every dropout before the setting existed still match."""
     expected = {"all": (True, True), "no-attention": (True, False), "none": (False, False)}
     for value, switches in expected.items():
         s = _settings(models, rerank_dropout=value)
         rs = rerank_settings(False, s.rerank_epochs, None, dropout=s.rerank_dropout)
         assert (rs.dropout, rs.attention_dropout) == switches
         assert ("attention_dropout" in rs.to_dict()) == (value != "all")
-    assert PipelineSettings().rerank_dropout == "all"
+    assert PipelineSettings().rerank_dropout == "none"
     with pytest.raises(ValueError, match="rerank_dropout must be one of"):
         _settings(models, rerank_dropout="attention")

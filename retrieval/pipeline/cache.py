@@ -167,17 +167,17 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
 
 def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed: int = 0,
                     max_length: int = RerankTrainSettings.max_length, pseudo_items: int = 0,
-                    lora_layers: tuple[int, ...] = (), distill: float = 0.0, dropout: str = "all") -> RerankTrainSettings:
+                    lora_layers: tuple[int, ...] = (), distill: float = 0.0, dropout: str = "none") -> RerankTrainSettings:
     """The reranker's training settings; ``distill`` > 0 weighs the KL term towards a teacher (its default weight
     otherwise, unused without a teacher, so the cache keys of rerankers trained without one stay as they were);
-    ``dropout``: "all", "no-attention" or "none" (``PipelineSettings.rerank_dropout``)."""
+    ``dropout``: one of ``rerankers.train.DROPOUTS`` (``PipelineSettings.rerank_dropout``)."""
     mode = "corpus" if corpus_only else "supervised"
     if max_items is None and corpus_only:
         max_items = CORPUS_RERANK_ITEMS
     extra = {"distill_weight": distill} if distill else {}
     return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed, max_length=max_length,
                                pseudo_items=pseudo_items, lora=RerankLoraSettings(layers=lora_layers),
-                               dropout=dropout != "none", attention_dropout=dropout == "all", **extra)
+                               **RerankTrainSettings.dropout_switches(dropout), **extra)
 
 
 def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettings, negatives_from: dict,
