@@ -21,6 +21,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings, cpu_bf16_facts
+from rerankers.train import RerankTrainSettings
 from retrieval.data import load_dataset
 from retrieval.lora.training import dropouts_off
 from retrieval.stages.bm25 import BM25
@@ -135,7 +136,6 @@ def depth_part(args, ds, bm25) -> dict:
 
 # (precision, dropout while training as PipelineSettings.rerank_dropout names it) of each timed training step
 STEP_VARIANTS = (("float32", "all"), ("bfloat16", "all"), ("float32", "no-attention"), ("float32", "none"))
-SWITCHED_OFF = {"all": None, "no-attention": "attention", "none": "all"}  # rerank_dropout -> dropouts_off(which)
 
 
 def train_step_part(args, ds, bm25, batch: int = 8, group: int = 4) -> dict:
@@ -161,7 +161,7 @@ def train_step_part(args, ds, bm25, batch: int = 8, group: int = 4) -> dict:
 
     def step(variant):
         ce, optim = models[variant]
-        with dropouts_off(ce.model, SWITCHED_OFF[variant[1]]):
+        with dropouts_off(ce.model, **RerankTrainSettings.dropout_switches(variant[1])):
             logits = ce.logits(queries, docs).view(batch, group)
             loss = torch.nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
             optim.zero_grad()

@@ -98,16 +98,14 @@ def attention_dropouts(module) -> list:
 
 
 @contextlib.contextmanager
-def dropouts_off(module, which: str | None):
-    """Within the block, dropout layers of ``module`` drop nothing (``p`` = 0; put back after): ``which`` =
-    "all" (every ``torch.nn.Dropout``: the backbone's, LoRA's, the attention probabilities'), "attention" (those
-    of ``attention_dropouts``) or None (none)."""
+def dropouts_off(module, dropout: bool = True, attention_dropout: bool = True):
+    """Within the block, the dropout layers of ``module`` that the switches turn off drop nothing (``p`` = 0; put
+    back after): ``dropout=False`` every ``torch.nn.Dropout`` (the backbone's, LoRA's, the attention
+    probabilities'), ``attention_dropout=False`` those of ``attention_dropouts``."""
     import torch
 
-    if which not in ("all", "attention", None):
-        raise ValueError(f"which must be 'all', 'attention' or None, got {which!r}")
-    layers = ([] if which is None else attention_dropouts(module) if which == "attention"
-              else [m for m in module.modules() if isinstance(m, torch.nn.Dropout)])
+    layers = ([m for m in module.modules() if isinstance(m, torch.nn.Dropout)] if not dropout
+              else [] if attention_dropout else attention_dropouts(module))
     saved = [m.p for m in layers]
     try:
         for m in layers:
@@ -156,13 +154,12 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
     best_val, best_epoch, best_state = start_val, 0, host.adapter_state(adapter_name)
     history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
-    off = "all" if not dropout else "attention" if not attention_dropout else None
     try:
         for epoch in range(1, epochs + 1):
             module.train()
             rng.shuffle(items)
             losses = []
-            with dropouts_off(module, off):
+            with dropouts_off(module, dropout, attention_dropout):
                 for i in range(0, len(items), batch_size):
                     loss = loss_fn(items[i : i + batch_size], rng)
                     optim.zero_grad()
