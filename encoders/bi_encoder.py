@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from retrieval.lora.base import PACKAGED_ID, default_device, resolve_model
 from retrieval.lora.host import (CONFIG_NAME, AdapterHost, QualityRefused, read_model_config, weights_fingerprint,
                                  write_model_config)
-from retrieval.lora.openvino import batches_by_length, export
+from retrieval.lora.openvino import batches_by_length, export, export_description
 from retrieval.lora.settings import LoraSettings
 from retrieval.types import Document
 from retrieval.util import atomic_dir, library_version, read_json, write_json
@@ -199,7 +199,8 @@ class BiEncoder(AdapterHost):
         return st
 
     def use_openvino(self, precision: str, texts: Mapping[str, Sequence[str]], sides: Sequence[str] = ("query", "document"),
-                     cache_dir=None, min_cosine: float | None = 0.99, batch_size: int = 32) -> dict:
+                     cache_dir=None, min_cosine: float | None = 0.99, batch_size: int = 32,
+                     int8_scope: str = "auto") -> dict:
         """Encode ``sides`` through OpenVINO at ``precision`` (``fp32``, ``bf16``, ``int8``) from now on (the other
         side keeps what it has).
 
@@ -207,7 +208,9 @@ class BiEncoder(AdapterHost):
         other text calibrates the int8 export, the others check it. The check compares the export's vectors with
         the torch model's (cosine); a side whose mean cosine is under ``min_cosine`` stays on torch and
         ``QualityRefused`` says so once the other sides are done. Returns the report (kept in ``export_report``
-        and saved with the encoder)."""
+        and saved with the encoder). ``int8_scope``: which matrix products an int8 export quantizes
+        (``retrieval.lora.openvino``: ``auto`` keeps the output projections out of int8 only where the CPU has native
+        bf16)."""
         import torch
 
         if precision not in ("fp32", "bf16", "int8"):
@@ -222,8 +225,10 @@ class BiEncoder(AdapterHost):
                 calibration, check = sample[::2], sample[1::2]
                 if len(calibration) < 2 or not check:
                     raise ValueError(f"use_openvino needs at least 4 {side} texts to calibrate and check, got {len(sample)}")
-                made = {"kind": "bi-encoder", "computes": self.fingerprint(side), "max_length": self.max_length,
-                        "calibration": hashlib.sha256("\x00".join(calibration).encode()).hexdigest()[:16]}
+                made = export_description({
+                    "kind": "bi-encoder", "computes": self.fingerprint(side), "max_length": self.max_length,
+                    "calibration": hashlib.sha256("\x00".join(calibration).encode()).hexdigest()[:16]},
+                    precision, int8_scope)
                 model = next((m for m in self._exports.values()  # the other side's, when both compute the same
                               if m.precision == precision and m.config["description"] == made), None)
                 if model is None:
@@ -231,13 +236,15 @@ class BiEncoder(AdapterHost):
                                    precision, made,
                                    lambda: (self._feeds(calibration, idx) for idx in
                                             batches_by_length(len(calibration), [len(t) for t in calibration], 8)),
-                                   cache_dir)
+                                   cache_dir, int8_scope=int8_scope)
                 with torch.inference_mode():
                     expected = self._encode(check, side, batch_size, False)  # torch: this side has no export yet
                 self._exports[side] = model
                 got = self._encode(check, side, batch_size, False)
                 cosine = (expected * got).sum(axis=1)
                 self.export_report.update(precision=precision, min_cosine=min_cosine)
+                if precision == "int8":
+                    self.export_report["int8_scope"] = made.get("int8_scope", "keep-outputs")
                 self.export_report[side] = {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
                                             "checked_texts": len(check), "calibration_texts": len(calibration)}
                 if min_cosine is not None and cosine.mean() < min_cosine:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from retrieval.lora.base import PACKAGED_ID, default_device, resolve_model
 from retrieval.lora.host import (CONFIG_NAME, AdapterHost, AdapterMismatch, QualityRefused, read_model_config,
                                  write_model_config)
-from retrieval.lora.openvino import batches_by_length, export
+from retrieval.lora.openvino import batches_by_length, export, export_description
 from retrieval.lora.settings import LoraSettings
 from retrieval.util import atomic_dir, library_version, read_json, write_json
 
@@ -347,13 +347,15 @@ class CrossEncoderReranker(AdapterHost):
 
     # ------------------------------------------------------------------ OpenVINO inference
     def use_openvino(self, precision: str, queries: Sequence[str], docs: Sequence[str], cache_dir=None,
-                     min_spearman: float | None = 0.98, batch_size: int | None = None) -> dict:
+                     min_spearman: float | None = 0.98, batch_size: int | None = None, int8_scope: str = "auto") -> dict:
         """Score pairs through OpenVINO at ``precision`` (``fp32``, ``bf16``, ``int8``) from now on.
 
         ``queries[i]``, ``docs[i]``: pairs like those the reranker scores (e.g. queries and their first-stage
         candidates from the corpus): every other pair calibrates the int8 export, the others check it against
         the torch model (Spearman correlation of the scores); below ``min_spearman`` the export is refused
-        (``QualityRefused``) and the reranker stays on torch. Returns the report (kept and saved)."""
+        (``QualityRefused``) and the reranker stays on torch. ``int8_scope``: which matrix products an int8 export
+        quantizes (``retrieval.lora.openvino``: ``auto`` keeps the output projections out of int8 only where the CPU
+        has native bf16). Returns the report (kept and saved)."""
         import torch
         from scipy.stats import spearmanr
 
@@ -367,13 +369,14 @@ class CrossEncoderReranker(AdapterHost):
         with self.lock:
             self._drop_exports()
             cq, cd = [queries[i] for i in cal], [docs[i] for i in cal]
-            made = {"kind": "cross-encoder", "computes": self.fingerprint(), "max_length": self.max_length,
-                    "calibration": hashlib.sha256("\x00".join(cq + cd).encode()).hexdigest()[:16]}
+            made = export_description({
+                "kind": "cross-encoder", "computes": self.fingerprint(), "max_length": self.max_length,
+                "calibration": hashlib.sha256("\x00".join(cq + cd).encode()).hexdigest()[:16]}, precision, int8_scope)
             module = _logits_module(self._merged_copy())
             model = export(module, self._feeds(cq, cd, [0, 1]), precision, made,
                            lambda: (self._feeds(cq, cd, idx) for idx in
                                     batches_by_length(len(cq), [len(a) + len(b) for a, b in zip(cq, cd)], 10)),
-                           cache_dir)
+                           cache_dir, int8_scope=int8_scope)
             kq, kd = [queries[i] for i in check], [docs[i] for i in check]
             with torch.inference_mode():
                 expected = self.score(kq, kd, batch_size, False)
@@ -383,7 +386,8 @@ class CrossEncoderReranker(AdapterHost):
             finally:
                 self._exports = {}
             rho = float(spearmanr(expected, got).statistic)
-            report = {"precision": precision, "min_spearman": min_spearman, "pairs": {
+            report = {"precision": precision, "min_spearman": min_spearman, **(
+                {"int8_scope": made.get("int8_scope", "keep-outputs")} if precision == "int8" else {}), "pairs": {
                 "spearman": rho, "max_abs_difference": float(np.abs(expected - got).max()), "checked_pairs": len(check),
                 "calibration_pairs": len(cal), "torch_precision": self.precision}}
             if min_spearman is not None and rho < min_spearman:

@@ -171,6 +171,53 @@ def test_openvino_export_matches_torch_is_saved_and_refused_when_it_disagrees(ti
     assert np.allclose(enc.encode_documents(TEXTS), torch_d, atol=1e-4)
 
 
+def _int8_matmuls(folder) -> tuple[int, int]:
+    """(MatMuls fed by a FakeQuantize or a dequantized int8 weight, all MatMuls) in a saved OpenVINO export."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(folder / "model.xml"))
+    matmuls = [op for op in model.get_ops() if op.get_type_name() == "MatMul"]
+
+    def quantized(op) -> bool:  # an input fed by a FakeQuantize, or by an int8 constant (dequantized on the way)
+        for value in op.inputs():
+            node = value.get_source_output().get_node()
+            while node.get_type_name() in ("Multiply", "Subtract", "Convert", "Transpose", "Reshape"):
+                node = node.input_value(0).get_node()
+            if node.get_type_name() == "FakeQuantize" or node.get_output_element_type(0).get_type_name() in ("i8", "u8"):
+                return True
+        return False
+
+    return sum(quantized(op) for op in matmuls), len(matmuls)
+
+
+def test_int8_scope_auto_follows_native_bf16_and_keys_the_export(tiny_model_dir, tmp_path, monkeypatch):
+    from retrieval.lora import openvino
+
+    monkeypatch.setattr(openvino, "native_bf16", lambda: True)
+    assert openvino.resolve_int8_scope("auto") == "keep-outputs"
+    monkeypatch.setattr(openvino, "native_bf16", lambda: False)
+    assert openvino.resolve_int8_scope("auto") == "all" and openvino.resolve_int8_scope("keep-outputs") == "keep-outputs"
+    with pytest.raises(ValueError, match="int8_scope must be one of"):
+        openvino.resolve_int8_scope("most")
+    made = {"kind": "bi-encoder"}
+    assert openvino.export_description(made, "int8", "keep-outputs") == made  # the keys exports had before
+    assert openvino.export_description(made, "int8", "all") == {**made, "int8_scope": "all"}
+    assert openvino.export_description(made, "fp32", "all") == made
+    texts = {"document": SIDE_TEXTS}
+    counts = {}
+    for scope in ("keep-outputs", "all", "auto"):
+        enc = BiEncoder(tiny_model_dir, device="cpu")
+        report = enc.use_openvino("int8", texts, sides=("document",), cache_dir=tmp_path / "cache", int8_scope=scope,
+                                  min_cosine=None)
+        assert report["int8_scope"] == ("all" if scope == "auto" else scope)
+        counts[scope] = (_int8_matmuls(enc._exports["document"].folder), enc.fingerprint("document"))
+    (kept_q, total), kept_fp = counts["keep-outputs"]
+    (all_q, total_all), all_fp = counts["all"]
+    assert total == total_all and 0 < kept_q < all_q  # the output projections quantized only with "all"
+    assert kept_fp != all_fp and counts["auto"][1] == all_fp  # another export, another index; auto = all here
+    assert len(list((tmp_path / "cache" / "openvino").glob("int8-*"))) == 2
+
+
 def _plain_sentence_transformer_vectors(folder) -> dict:
     """``SentenceTransformer(folder)``'s encode_query / encode_document of TEXTS, in a child process that never
     imports this library (so the folder is shown to stand on its own)."""
