@@ -29,6 +29,18 @@ from .conditions import DESCRIPTIONS, builder_for, condition_name
 from .options import RunOptions
 from .plots import fit_heatmap
 
+# The OpenVINO exports the speed benchmarks time, as (label, precision, int8_scope): int8 both ways, whichever
+# ``int8_scope="auto"`` takes on this CPU (``retrieval.lora.openvino``).
+EXPORT_VARIANTS = (("openvino-fp32", "fp32", "auto"), ("openvino-bf16", "bf16", "auto"),
+                   ("openvino-int8 (keep-outputs)", "int8", "keep-outputs"), ("openvino-int8 (all)", "int8", "all"))
+
+
+def auto_int8_label() -> str:
+    """The EXPORT_VARIANTS label of the int8 export ``int8_scope="auto"`` takes on this CPU."""
+    from retrieval.lora.openvino import resolve_int8_scope
+
+    return f"openvino-int8 ({resolve_int8_scope('auto')})"
+
 
 def _percentiles(values: Sequence[float]) -> dict[str, float]:
     if not values:

@@ -27,6 +27,7 @@ from retrieval.index.faiss import FaissIndex
 from retrieval.lora.settings import LoraSettings
 from retrieval.util import default_cache_dir, write_json
 
+from .measure import EXPORT_VARIANTS, auto_int8_label
 from .speed_bm25 import DATASETS, all_queries
 
 _SPLIT = re.compile(r"(?<=[.!?])\s+")
@@ -74,11 +75,12 @@ def encode_part(args) -> dict:
     merged = lora.merged()
     calibration = [d.contents for d in list(corpus.values())[args.encode_docs : args.encode_docs + 256]]
     exported = {}
-    for precision in ("fp32", "bf16", "int8"):
+    for label, precision, scope in EXPORT_VARIANTS:
         t0 = time.perf_counter()
-        exported[precision] = BiEncoder()
-        exported[precision].use_openvino(precision, {"document": calibration}, sides=("document",), min_cosine=None)
-        print(f"OpenVINO {precision} export ready in {time.perf_counter() - t0:.0f} s (cached afterwards)", file=sys.stderr)
+        exported[label] = BiEncoder()
+        exported[label].use_openvino(precision, {"document": calibration}, sides=("document",), min_cosine=None,
+                                     int8_scope=scope)
+        print(f"{label} export ready in {time.perf_counter() - t0:.0f} s (cached afterwards)", file=sys.stderr)
 
     def plain_encode():
         return plain.encode(texts, batch_size=bs, normalize_embeddings=True, convert_to_numpy=True,
@@ -89,8 +91,8 @@ def encode_part(args) -> dict:
         "BiEncoder.encode_documents (base)": lambda: enc.encode_documents(docs, show_progress=False),
         "BiEncoder, unmerged LoRA adapter": lambda: lora.encode_documents(docs, show_progress=False),
         "BiEncoder, merged adapter": lambda: merged.encode_documents(docs, show_progress=False),
-        **{f"BiEncoder, openvino-{p}": (lambda e=e: e.encode_documents(docs, show_progress=False))
-           for p, e in exported.items()},
+        **{f"BiEncoder, {label}": (lambda e=e: e.encode_documents(docs, show_progress=False))
+           for label, e in exported.items()},
     }
     vectors = {k: fn() for k, fn in runs.items()}  # warm-up, and the vectors compared
     times = {k: [] for k in runs}
@@ -108,7 +110,9 @@ def encode_part(args) -> dict:
                 "BiEncoder / plain ST (throughput)": rate["BiEncoder.encode_documents (base)"] / plain_rate,
                 "merged / base (throughput)": rate["BiEncoder, merged adapter"] / rate["BiEncoder.encode_documents (base)"],
                 "unmerged / base (throughput)": rate["BiEncoder, unmerged LoRA adapter"] / rate["BiEncoder.encode_documents (base)"],
-                **{f"openvino-{p} / plain ST (throughput)": rate[f"BiEncoder, openvino-{p}"] / plain_rate for p in exported},
+                **{f"{label} / plain ST (throughput)": rate[f"BiEncoder, {label}"] / plain_rate for label in exported},
+                f"int8 as int8_scope='auto' takes it here, {auto_int8_label()} / plain ST (throughput)":
+                    rate[f"BiEncoder, {auto_int8_label()}"] / plain_rate,
             }}
 
 

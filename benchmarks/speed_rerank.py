@@ -28,6 +28,7 @@ from retrieval.stages.bm25 import BM25
 from retrieval.stages.rerank import Rerank
 from retrieval.types import Queries
 from retrieval.util import write_json
+from .measure import EXPORT_VARIANTS, auto_int8_label
 
 
 def _data(args):
@@ -61,10 +62,10 @@ def throughput_part(args, ds, bm25) -> dict:
                 p.normal_(0, 0.01)
     merged = lora.merged()
     exported = {}
-    for precision in ("fp32", "bf16", "int8"):
-        exported[precision] = CrossEncoderReranker(max_length=args.max_length)
-        exported[precision].use_openvino(precision, [q for q, _ in calibration], [d for _, d in calibration],
-                                         min_spearman=None)
+    for label, precision, scope in EXPORT_VARIANTS:
+        exported[label] = CrossEncoderReranker(max_length=args.max_length)
+        exported[label].use_openvino(precision, [q for q, _ in calibration], [d for _, d in calibration],
+                                     min_spearman=None, int8_scope=scope)
     model, tok, bs = base.model, base.tokenizer, base.batch_size
 
     def plain(autocast: bool):
@@ -83,7 +84,7 @@ def throughput_part(args, ds, bm25) -> dict:
         f"CrossEncoderReranker.score (base, {base.precision})": lambda: base.score(queries, docs),
         "unmerged LoRA adapter": lambda: lora.score(queries, docs),
         "merged adapter": lambda: merged.score(queries, docs),
-        **{f"openvino-{p}": (lambda r=r: r.score(queries, docs)) for p, r in exported.items()},
+        **{label: (lambda r=r: r.score(queries, docs)) for label, r in exported.items()},
     })
     scores = {k: np.asarray(fn()) for k, fn in runs.items()}  # warm-up, and the scores compared
     times = {k: [] for k in runs}
@@ -100,6 +101,7 @@ def throughput_part(args, ds, bm25) -> dict:
     peer = "plain transformers forward (bf16 autocast)" if base.precision == "bfloat16" and base.device == "cpu" \
         else "plain transformers forward (float32)"
     fp32 = rate["plain transformers forward (float32)"]
+    auto = auto_int8_label()
     return {"pairs": len(pairs), "max_length": base.max_length, "precision": base.precision, "batch_size": bs,
             "threads": torch.get_num_threads(),
             "same_scores_as_plain": bool(np.allclose(scores[peer], scores[f"CrossEncoderReranker.score (base, {base.precision})"],
@@ -108,8 +110,9 @@ def throughput_part(args, ds, bm25) -> dict:
                 "reranker / plain transformers at the same precision (throughput)": ours / rate[peer],
                 "merged / base (throughput)": rate["merged adapter"] / ours,
                 "unmerged / base (throughput)": rate["unmerged LoRA adapter"] / ours,
-                **{f"openvino-{p} / plain float32 forward (throughput)": rate[f"openvino-{p}"] / fp32 for p in exported},
-                **({"openvino-int8 / plain bf16 forward (throughput)": rate["openvino-int8"] / rate[peer]}
+                **{f"{label} / plain float32 forward (throughput)": rate[label] / fp32 for label in exported},
+                f"int8 as int8_scope='auto' takes it here, {auto} / plain float32 forward (throughput)": rate[auto] / fp32,
+                **({f"{auto} / plain bf16 forward (throughput)": rate[auto] / rate[peer]}
                    if peer != "plain transformers forward (float32)" else {}),
             }}
 

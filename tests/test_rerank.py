@@ -326,6 +326,27 @@ def test_openvino_export_matches_torch_and_is_refused_when_it_disagrees(backbone
     assert ce.inference == "torch" and ce.export_report["refused"] and np.allclose(ce.score(Q, D), expected, atol=1e-6)
 
 
+def test_an_export_of_the_other_int8_scope_is_made_again_from_the_cache(backbone, tmp_path, monkeypatch):
+    from retrieval.lora import openvino
+    from retrieval.pipeline.cache import _exported_again
+
+    ce = _ce(backbone)
+    queries, docs = [q for q in Q for _ in D], [d for _ in Q for d in D]
+    ce.use_openvino("int8", queries, docs, cache_dir=tmp_path / "cache", min_spearman=None, int8_scope="keep-outputs")
+    again = CrossEncoderReranker.load(ce.save(tmp_path / "ce"), device="cpu")  # as a cache hit loads it
+    assert again.export_report["int8_scope"] == "keep-outputs"
+    monkeypatch.setattr(openvino, "native_bf16", lambda: True)
+    assert again.exports_current() and _exported_again((again, {"n": 1}), lambda m: 1 / 0) == (again, {"n": 1})
+    monkeypatch.setattr(openvino, "native_bf16", lambda: False)  # a CPU whose kept layers would run in fp32
+    assert not again.exports_current()
+    model, info = _exported_again((again, {"n": 1}), lambda m: m.use_openvino(
+        "int8", queries, docs, cache_dir=tmp_path / "cache", min_spearman=None))
+    assert model is again and model.exports_current() and info == {"n": 1, "inference": model.export_report}
+    assert model.export_report["int8_scope"] == "all" and model.inference == "openvino-int8"
+    model.use_torch()
+    assert model.exports_current()  # nothing exported: nothing stale
+
+
 @pytest.mark.parametrize("dropout,attention", [(True, True), (True, False), (False, True)])
 def test_training_dropout_can_be_switched_off(backbone, adi, adi_lucene, dropout, attention):
     """Dropout's random masks cost a third of a CPU training step. dropout=False switches every dropout layer off

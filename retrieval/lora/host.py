@@ -334,6 +334,14 @@ class AdapterHost:
         model = self._exports.get(side)
         return "torch" if model is None else f"openvino-{model.precision}"
 
+    def exports_current(self) -> bool:
+        """Whether every int8 export quantized what ``int8_scope="auto"`` quantizes on this CPU (a saved or cached
+        model may have been exported before the choice existed, or on a CPU of the other kind)."""
+        from .openvino import resolve_int8_scope
+
+        scopes = {m.int8_scope for m in self._exports.values()} - {None}
+        return not scopes or scopes == {resolve_int8_scope("auto")}
+
     def _drop_exports(self) -> None:
         """An export has the adapter of its time folded in: a change of adapters or their weights returns to torch."""
         self._exports, self.export_report = {}, {}

@@ -124,6 +124,11 @@ class OpenVinoModel:
         self._local = threading.local()
 
     @property
+    def int8_scope(self) -> str | None:
+        """Which matrix products an int8 export quantized (``keep-outputs`` for exports older than the choice)."""
+        return self.config["description"].get("int8_scope", "keep-outputs") if self.precision == "int8" else None
+
+    @property
     def fingerprint(self) -> str:
         """What the export was made from (weights, adapter, precision, calibration): its cache key."""
         return self.config["made_from"]

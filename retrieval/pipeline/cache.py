@@ -19,6 +19,7 @@ import random
 import shutil
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from encoders.bi_encoder import BiEncoder
 from encoders.train import default_settings, train_dense
@@ -148,21 +149,31 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
     root = cache_root(cache_dir) / "adapters" / f"dense-{mode}-{key}"
     hit = _cached(root, lambda: (BiEncoder.load(root, require_checksums=True),
                                  read_json(root / "train_result.json", "training result")))
+    sides = ("query",) if query_side else ("query", "document")
     if hit is not None:
-        return hit
+        return _exported_again(hit, lambda enc: with_inference(enc, inference, corpus, cache_dir, sides=sides))
     documents_exported = query_side and enc.inference_of("document") != "torch"
     # training runs torch: the query side has no export, and adding the adapter drops every export
     enc, result = train_dense(mode, corpus, queries if labelled else None, qrels if labelled else None,
                               settings, enc, index, bm25)
     if documents_exported:  # the index's documents again (the export comes from the cache), then the queries
         with_inference(enc, inference, corpus, cache_dir, sides=("document",))
-    sides = ("query",) if query_side else ("query", "document")
     info = {"split": split if labelled else "none (pseudo-queries from the corpus)", "cached_at": str(root),
             **result.to_dict(), "inference": with_inference(enc, inference, corpus, cache_dir, sides=sides)}
     # its held-out split decides weights; a cache entry is read by this library only (no base weights for plain
     # sentence-transformers loaders: the pipeline folder it goes into writes them)
     enc.save(root, overwrite=True, extra_json={"train_result.json": info}, sentence_transformers=False)
     return enc, info
+
+
+def _exported_again(hit: tuple, export: Callable) -> tuple:
+    """A cached (model, training info) whose int8 export is not what this CPU's ``int8_scope="auto"`` makes (cached
+    before the choice existed, or on another kind of CPU): exported again by ``export(model)`` (the adapter is
+    reused; the export itself is cached by what it is made from)."""
+    model, info = hit
+    if model.exports_current():
+        return hit
+    return model, {**info, "inference": export(model)}
 
 
 def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed: int = 0,
@@ -200,7 +211,8 @@ def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettin
     hit = _cached(root, lambda: (CrossEncoderReranker.load(root, precision=precision, require_checksums=True),
                                  read_json(root / "train_result.json", "training result")))
     if hit is not None:
-        return hit
+        return _exported_again(hit, lambda m: with_inference(
+            m, inference, corpus, cache_dir, pairs=calibration_pairs(corpus, examples, first_stages[0], settings.seed)))
     states: dict[int, dict] = {}
     result = train_reranker(model, corpus, examples, first_stages, settings, teacher=teacher,
                             on_epoch=lambda epoch, state: states.__setitem__(epoch, state))
