@@ -27,7 +27,7 @@ from retrieval.index.faiss import FaissIndex
 from retrieval.lora.settings import LoraSettings
 from retrieval.util import default_cache_dir, write_json
 
-from .measure import EXPORT_VARIANTS, auto_int8_label
+from .measure import auto_int8_label, export_variants
 from .speed_bm25 import DATASETS, all_queries
 
 _SPLIT = re.compile(r"(?<=[.!?])\s+")
@@ -75,7 +75,7 @@ def encode_part(args) -> dict:
     merged = lora.merged()
     calibration = [d.contents for d in list(corpus.values())[args.encode_docs : args.encode_docs + 256]]
     exported = {}
-    for label, precision, scope in EXPORT_VARIANTS:
+    for label, precision, scope in export_variants():
         t0 = time.perf_counter()
         exported[label] = BiEncoder()
         exported[label].use_openvino(precision, {"document": calibration}, sides=("document",), min_cosine=None,

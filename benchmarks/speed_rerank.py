@@ -28,7 +28,7 @@ from retrieval.stages.bm25 import BM25
 from retrieval.stages.rerank import Rerank
 from retrieval.types import Queries
 from retrieval.util import write_json
-from .measure import EXPORT_VARIANTS, auto_int8_label
+from .measure import auto_int8_label, export_variants
 
 
 def _data(args):
@@ -62,7 +62,7 @@ def throughput_part(args, ds, bm25) -> dict:
                 p.normal_(0, 0.01)
     merged = lora.merged()
     exported = {}
-    for label, precision, scope in EXPORT_VARIANTS:
+    for label, precision, scope in export_variants():
         exported[label] = CrossEncoderReranker(max_length=args.max_length)
         exported[label].use_openvino(precision, [q for q, _ in calibration], [d for _, d in calibration],
                                      min_spearman=None, int8_scope=scope)

@@ -41,7 +41,7 @@ def test_speed_dense_encode_small(datasets_root, tmp_path):
     assert code == 0
     result = json.loads((tmp_path / "speed_dense.json").read_text())
     rows = {r["variant"]: r for r in result["encode"]["rows"]}
-    assert len(rows) == 8 and all(r["docs_per_s"] > 0 for r in rows.values())
+    assert len(rows) in (7, 8) and all(r["docs_per_s"] > 0 for r in rows.values())  # bf16 where native only
     assert rows["BiEncoder, openvino-int8 (all)"]["cosine_to_plain_min"] > 0.9  # int8, every matmul
     assert any("int8_scope='auto'" in k for k in result["encode"]["ratios"])
     assert rows["BiEncoder.encode_documents (base)"]["cosine_to_plain_min"] > 0.9999
@@ -65,7 +65,7 @@ def test_speed_rerank_small(datasets_root, tmp_path):
     t = result["throughput"]
     assert t["pairs"] == 8 and t["same_scores_as_plain"] is True and all(r["pairs_per_s"] > 0 for r in t["rows"])
     rows = {r["variant"]: r for r in t["rows"]}
-    assert {"openvino-fp32", "openvino-bf16", "openvino-int8 (keep-outputs)", "openvino-int8 (all)"} <= set(rows)
+    assert {"openvino-fp32", "openvino-int8 (keep-outputs)", "openvino-int8 (all)"} <= set(rows)
     assert any("int8_scope='auto'" in k for k in t["ratios"])
     assert rows["openvino-fp32"]["spearman_to_fp32"] > 0.99
     assert [r["k"] for r in result["depth"]["rows"]] == [2, 4]
