@@ -244,7 +244,7 @@ class BiEncoder(AdapterHost):
                 cosine = (expected * got).sum(axis=1)
                 self.export_report.update(precision=precision, min_cosine=min_cosine)
                 if precision == "int8":
-                    self.export_report["int8_scope"] = made.get("int8_scope", "keep-outputs")
+                    self.export_report["int8_scope"] = model.int8_scope
                 self.export_report[side] = {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
                                             "checked_texts": len(check), "calibration_texts": len(calibration)}
                 if min_cosine is not None and cosine.mean() < min_cosine:

@@ -387,7 +387,7 @@ class CrossEncoderReranker(AdapterHost):
                 self._exports = {}
             rho = float(spearmanr(expected, got).statistic)
             report = {"precision": precision, "min_spearman": min_spearman, **(
-                {"int8_scope": made.get("int8_scope", "keep-outputs")} if precision == "int8" else {}), "pairs": {
+                {"int8_scope": model.int8_scope} if precision == "int8" else {}), "pairs": {
                 "spearman": rho, "max_abs_difference": float(np.abs(expected - got).max()), "checked_pairs": len(check),
                 "calibration_pairs": len(cal), "torch_precision": self.precision}}
             if min_spearman is not None and rho < min_spearman:
