@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from retrieval.data import Dataset
 from retrieval.distributed.search import search_batches
 from retrieval.evaluation import DEFAULT_MEASURES, evaluate
+from retrieval.lora.openvino import native_bf16, resolve_int8_scope
 from retrieval.pipeline.folder import folder_bytes, save_pipeline
 from retrieval.stage import Pipeline
 from retrieval.types import Queries, Ranking
@@ -38,8 +39,6 @@ EXPORT_VARIANTS = (("openvino-fp32", "fp32", "auto"), ("openvino-bf16", "bf16", 
 def export_variants() -> tuple[tuple[str, str, str], ...]:
     """EXPORT_VARIANTS worth timing here: bf16 only where OpenVINO computes it natively (elsewhere it emulates it,
     ~50x slower than int8 for the reranker: minutes a run, and never a choice)."""
-    from retrieval.lora.openvino import native_bf16
-
     if native_bf16():
         return EXPORT_VARIANTS
     print("openvino-bf16 not timed: no native bf16 on this CPU", file=sys.stderr)
@@ -48,8 +47,6 @@ def export_variants() -> tuple[tuple[str, str, str], ...]:
 
 def auto_int8_label() -> str:
     """The EXPORT_VARIANTS label of the int8 export ``int8_scope="auto"`` takes on this CPU."""
-    from retrieval.lora.openvino import resolve_int8_scope
-
     return f"openvino-int8 ({resolve_int8_scope('auto')})"
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..card import CARD_NAME, model_card
 from ..util import DamagedArtefact, check_seal, file_checksums, read_json, sealed, verify_files, write_json
-from .openvino import OpenVinoModel, copy_export
+from .openvino import OpenVinoModel, copy_export, resolve_int8_scope
 from .settings import LoraSettings
 
 CONFIG_NAME = "retrieval_config.json"  # what a saved model folder holds beside peft's own files
@@ -337,8 +337,6 @@ class AdapterHost:
     def exports_current(self) -> bool:
         """Whether every int8 export quantized what ``int8_scope="auto"`` quantizes on this CPU (a saved or cached
         model may have been exported before the choice existed, or on a CPU of the other kind)."""
-        from .openvino import resolve_int8_scope
-
         scopes = {m.int8_scope for m in self._exports.values()} - {None}
         return not scopes or scopes == {resolve_int8_scope("auto")}
 
