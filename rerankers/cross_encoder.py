@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from retrieval.lora.base import PACKAGED_ID, default_device, resolve_model
 from retrieval.lora.host import (CONFIG_NAME, AdapterHost, AdapterMismatch, QualityRefused, read_model_config,
                                  write_model_config)
-from retrieval.lora.openvino import batches_by_length, export, export_description
+from retrieval.lora.openvino import batches_by_length, export
 from retrieval.lora.settings import LoraSettings
 from retrieval.util import atomic_dir, library_version, read_json, write_json
 
@@ -369,9 +369,8 @@ class CrossEncoderReranker(AdapterHost):
         with self.lock:
             self._drop_exports()
             cq, cd = [queries[i] for i in cal], [docs[i] for i in cal]
-            made = export_description({
-                "kind": "cross-encoder", "computes": self.fingerprint(), "max_length": self.max_length,
-                "calibration": hashlib.sha256("\x00".join(cq + cd).encode()).hexdigest()[:16]}, precision, int8_scope)
+            made = {"kind": "cross-encoder", "computes": self.fingerprint(), "max_length": self.max_length,
+                    "calibration": hashlib.sha256("\x00".join(cq + cd).encode()).hexdigest()[:16]}
             module = _logits_module(self._merged_copy())
             model = export(module, self._feeds(cq, cd, [0, 1]), precision, made,
                            lambda: (self._feeds(cq, cd, idx) for idx in
