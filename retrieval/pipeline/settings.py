@@ -53,7 +53,7 @@ class PipelineSettings:
     dense_k: int = _setting(100, "candidates the dense stage hands to the reranker")
     neighbours: int = _setting(100, "the index's own nearest neighbours the dense stage adds to BM25's candidates")
     dense_epochs: int | None = _setting(None, "query-side adapter epochs (default: 8; corpus-only 4)", type=int)
-    rerank_epochs: int = _setting(3, "reranker epochs")
+    rerank_epochs: int = _setting(2, "reranker epochs")
     rerank_max_length: int = _setting(RerankTrainSettings.max_length, "query + passage tokens the reranker trains on")
     rerank_depths: tuple[int, ...] = _setting(DEPTHS, "rerank depths to choose from on held-out training queries")
     rerank_max_items: int | None = _setting(None, "cap on reranker training pairs (default: all; corpus-only 800)",
