@@ -124,21 +124,29 @@ class BiEncoder(AdapterHost):
         return dict(self.st.tokenizer([texts[i] for i in indices], padding=True, truncation="longest_first",
                                       max_length=self.max_length, return_tensors="np"))
 
-    EXPORT_BATCH = 32
+    # 16 texts a call to an export, in batches of like token counts: on SciFact abstracts (2 cores) 1.03-1.09x the
+    # throughput of 32 texts sorted by characters (1,000-1,500 abstracts, int8 export, alternated runs)
+    EXPORT_BATCH = 16
+
+    def _tokenized(self, texts: Sequence[str]) -> tuple[dict, list[int]]:
+        """Every text's token ids, unpadded, and their counts."""
+        tokens = self.st.tokenizer(list(texts), truncation="longest_first", max_length=self.max_length)
+        return tokens, [len(ids) for ids in tokens["input_ids"]]
 
     def batch_plan(self, texts: Sequence[str], side: str = "document", batch_size: int | None = None) -> list[list[int]]:
-        """The batches (indices into ``texts``) this encoder runs ``side``'s texts in: texts of like lengths
+        """The batches (indices into ``texts``) this encoder runs ``side``'s texts in: texts of like token counts
         together. An int8 export's vectors move by up to ~3e-3 with the padding of the batch a text shares (measured
         on SciFact), so work split among processes runs these same batches to give one process's vectors."""
         size = batch_size or (self.EXPORT_BATCH if side in self._exports else self.batch_size)
-        return list(batches_by_length(len(texts), [len(t) for t in texts], size))
+        return list(batches_by_length(len(texts), self._tokenized(texts)[1], size))
 
     def _encode_exported(self, texts: list[str], side: str, batch_size: int, show_progress: bool) -> np.ndarray:
-        model = self._exports[side]
+        model, pad = self._exports[side], self.st.tokenizer.pad
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        batches = self.batch_plan(texts, side, batch_size)
+        tokens, lengths = self._tokenized(texts)  # once: each batch is padded from these
+        batches = list(batches_by_length(len(texts), lengths, batch_size))
         for idx in tqdm(batches, desc="encoding", unit="batch", disable=not show_progress, leave=False):
-            out[idx] = model(self._feeds(texts, idx))
+            out[idx] = model(dict(pad({k: [tokens[k][i] for i in idx] for k in tokens.keys()}, return_tensors="np")))
         return out
 
     def embed(self, texts: Sequence[str], side: str = "query"):

@@ -171,6 +171,24 @@ def test_openvino_export_matches_torch_is_saved_and_refused_when_it_disagrees(ti
     assert np.allclose(enc.encode_documents(TEXTS), torch_d, atol=1e-4)
 
 
+def test_export_batches_are_texts_of_like_token_counts(tiny_model_dir, tmp_path):
+    """An export runs texts in batches of like token counts (not characters: a long word is few characters' worth of
+    tokens, a list of digits many), and a text's vector is what its batch gives when encoded alone."""
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    enc.use_openvino("fp32", {"document": SIDE_TEXTS}, sides=("document",), cache_dir=tmp_path / "cache")
+    texts = ["1 2 3 4 5 6 7 8 9 10 11", "understanding everything", "a", "x y z", "retrieval of documents " * 5,
+             "4 8 15 16 23 42 7 1", "internationalisation", "protein folding"]
+    counts = [len(ids) for ids in enc.st.tokenizer(texts)["input_ids"]]
+    plan = enc.batch_plan(texts, "document", batch_size=3)
+    assert sorted(i for b in plan for i in b) == list(range(len(texts)))
+    for longer, shorter in zip(plan, plan[1:]):  # longest first, never a longer text in a later batch
+        assert min(counts[i] for i in longer) >= max(counts[i] for i in shorter)
+    together = enc.encode_documents(texts, batch_size=3)
+    for batch in plan:
+        alone = enc.encode_documents([texts[i] for i in batch], batch_size=3)
+        assert np.array_equal(together[batch], alone)
+
+
 def _int8_matmuls(folder) -> tuple[int, int]:
     """(MatMuls fed by a FakeQuantize or a dequantized int8 weight, all MatMuls) in a saved OpenVINO export."""
     import openvino as ov
