@@ -50,7 +50,7 @@ LOSSES = ("listwise", "pointwise")
 class RerankTrainSettings:
     mode: str = "supervised"
     loss: str = "listwise"
-    epochs: int = 2                   # judged on seed 3's held-out queries: 2 kept their quality at 2/3 the steps
+    epochs: int = 2                   # 2/3 of 3's steps; a rule on seed 3's held-out queries (README routes)
     lr: float = 1e-3                  # LoRA weights
     head_lr: float = 3e-3             # the new scoring head
     batch_size: int = 8               # training items (queries) per step; each brings 1 + negatives pairs
