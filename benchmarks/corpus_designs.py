@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from retrieval.card import start_text
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
 from retrieval.pipeline.build import build_pipeline
@@ -64,7 +65,7 @@ def main(args) -> int:
     result = compare(args.dataset, args.split, settings, cache_dir=args.cache_dir)
     a = result["adapter"]
     print(f"{result['dataset']} ({args.split}, {result['queries']} judged queries); adapter: best epoch "
-          f"{a['best_epoch']} (pseudo-query validation {a['start_val']:.4f} -> {a['best_val']:.4f}), {a['seconds']:.0f} s")
+          f"{a['best_epoch']} (pseudo-query validation {start_text(a['start_val'])} -> {a['best_val']:.4f}), {a['seconds']:.0f} s")
     print(md_table(["design", *METRICS], [[r["design"], *(r[m] for m in METRICS)] for r in result["rows"]]))
     if args.output:
         write_json(Path(args.output) / "corpus_designs.json", result)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from retrieval.card import start_text
+
 from .plots import stage_latency, stage_quality
 
 TABLE_METRICS = ("nDCG@10", "R@100", "R@1000", "RR@10", "AP")
@@ -74,7 +76,7 @@ def condition_report(r: dict) -> str:
                   f"{t['train_queries']} training queries, {t['val_queries']} held out for validation; "
                   f"trainable share {t['trainable_share']:.2%}; {t['seconds']:.0f} s; peak memory "
                   f"{t['peak_memory_mb']:.0f} MB (process peak RSS); best epoch {t['best_epoch']} (validation nDCG@10 "
-                  f"{t['start_val']:.4f} -> {t['best_val']:.4f}).", "",
+                  f"{start_text(t['start_val'])} -> {t['best_val']:.4f}).", "",
                   md_table(["epoch", "loss", "val nDCG@10", "seconds"],
                             [[h["epoch"], h["loss"], h["val_nDCG@10"], h["seconds"]] for h in t["history"]])]
     for s in r["stages"]:

@@ -12,7 +12,8 @@ given, a dense stage), the query's positives excluded:
 Modes: ``supervised`` (judged queries) and ``corpus`` (pseudo-queries from the corpus itself, the same ones
 the dense stage uses; no judgements). ``pseudo_items`` adds that many of the corpus's pseudo-queries to supervised
 training (they never join the validation queries). Validation after each epoch on queries held out of the training items:
-nDCG@10 of the first stage's top ``val_depth`` reordered by the reranker alone; the best epoch is kept.
+nDCG@10 of the first stage's top ``val_depth`` reordered by the reranker alone; the best epoch is kept (before
+training too, unless the scoring head is new: a random head's figure would say nothing and cost a pass).
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
                           weight_decay=settings.weight_decay, warmup=settings.warmup, seed=settings.seed,
                           desc=f"{settings.mode} reranker LoRA", progress=progress,
                           param_groups=[g for g in groups if g["params"]], on_epoch=on_epoch,
-                          dropout=settings.dropout, attention_dropout=settings.attention_dropout)
+                          dropout=settings.dropout, attention_dropout=settings.attention_dropout,
+                          validate_start=not reranker.new_head)
     finally:
         reranker.max_length = saved_len
     return TrainResult(**out, trainable_share=share, peak_memory_mb=peak_memory_mb(), train_queries=len(used_q),

@@ -41,6 +41,11 @@ def _inference(config: dict) -> str | None:
     return f"OpenVINO {inf.get('precision')}" + (f" ({'; '.join(checks)}, checked when exported)" if checks else "")
 
 
+def start_text(start_val: float | None) -> str:
+    """A training's validation figure before its first step, for people: ``start_val`` or why there is none."""
+    return f"{start_val:.4f}" if start_val is not None else "not measured (a new head scores at random)"
+
+
 def _training(train: dict | None) -> list[str]:
     if not train:
         return ["Not recorded in this folder (a model saved without training, or trained inside a pipeline: see the "
@@ -51,7 +56,8 @@ def _training(train: dict | None) -> list[str]:
         ("mode", settings.get("mode")),
         ("queries", f"{train.get('train_queries')} trained on, {train.get('val_queries')} held out for validation"),
         ("epochs", f"{len(train.get('history', [])) - 1} run, best {train.get('best_epoch')} kept"),
-        ("validation nDCG@10", f"{train.get('start_val', 0):.4f} untrained -> {train.get('best_val', 0):.4f}"),
+        ("validation nDCG@10", f"{start_text(train.get('start_val'))}"
+                               f"{' untrained' if train.get('start_val') is not None else ''} -> {train.get('best_val', 0):.4f}"),
         ("training time", f"{train.get('seconds', 0):.0f} s"),
     ])
     return [*lines, "", "<details><summary>all training settings</summary>", "", "```json",

@@ -239,7 +239,9 @@ def test_training_runs_keeps_best_epoch_and_saves(backbone, adi, adi_lucene, tmp
     result = train_reranker(ce, adi.corpus, examples, [adi_lucene], settings, progress=False,
                             on_epoch=lambda e, state: seen.append(e))
     assert seen == [1, 2] and len(result.history) == 3
-    assert result.best_val == max(h["val_nDCG@10"] for h in result.history)
+    # a new head scores at random: not validated before training, the best of the trained epochs kept
+    assert result.start_val is None and result.history[0]["val_nDCG@10"] is None and result.best_epoch >= 1
+    assert result.best_val == max(h["val_nDCG@10"] for h in result.history[1:])
     assert 0 < result.trainable_share < 0.2 and result.val_queries > 0
     assert not any(p.requires_grad for p in ce.model.parameters())
     assert ce.max_length == 128  # training's shorter length is not left behind
@@ -271,6 +273,21 @@ def test_distillation_and_corpus_mode(backbone, adi, adi_lucene):
         training_examples("supervised", adi.corpus)
 
 
+def test_a_checkpoint_with_its_own_head_is_validated_before_training(backbone, adi, adi_lucene, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1).save_pretrained(tmp_path / "ce")
+    AutoTokenizer.from_pretrained(backbone).save_pretrained(tmp_path / "ce")
+    ce = _ce(tmp_path / "ce")
+    assert not ce.new_head
+    settings = RerankTrainSettings(epochs=1, batch_size=8, negatives=2, max_length=64, val_fraction=0.3,
+                                   lora=RerankLoraSettings(r=4, alpha=8))
+    result = train_reranker(ce, adi.corpus, training_examples("supervised", adi.corpus, adi.queries, adi.qrels),
+                            [adi_lucene], settings, progress=False)
+    assert isinstance(result.start_val, float) and result.history[0]["val_nDCG@10"] == result.start_val
+    assert result.best_val == max(result.start_val, result.history[1]["val_nDCG@10"])
+
+
 def test_train_cli(backbone, datasets_root, tmp_path):
     from rerankers.train import main
 
@@ -285,7 +302,7 @@ def test_train_cli(backbone, datasets_root, tmp_path):
     card = (out / "README.md").read_text()  # a model card from what was recorded, not peft's empty template
     result = json.loads((out / "train_result.json").read_text())
     assert card.startswith("# LoRA cross-encoder reranker") and "More Information Needed" not in card
-    assert f"{result['start_val']:.4f} untrained -> {result['best_val']:.4f}" in card and "split `test`" in card
+    assert f"not measured (a new head scores at random) -> {result['best_val']:.4f}" in card and "split `test`" in card
     with pytest.raises(SystemExit):
         main(["--dataset", str(datasets_root / "adi"), "--split", "test", "--output", str(out)])  # exists
 

@@ -1,8 +1,8 @@
 """The training loop every LoRA adapter of the project shares (bi-encoder and cross-encoder).
 
 AdamW with a linear warm-up and decay, items shuffled each epoch with a seeded generator, validation
-before training and after every epoch, the best epoch's adapter weights kept (peft state dict), a
-progress bar, wall time and peak memory.
+before training (unless the starting model is known to score at random) and after every epoch, the best
+epoch's adapter weights kept (peft state dict), a progress bar, wall time and peak memory.
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..card import start_text
+
 
 
 @dataclass
 class TrainResult:
     best_epoch: int
     best_val: float
-    start_val: float
+    start_val: float | None           # None: not validated before training (a new, randomly initialised head)
     history: list[dict]
     trainable_share: float
     seconds: float
@@ -120,11 +122,13 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
                 epochs: int, lr: float, batch_size: int, weight_decay: float = 0.01, warmup: float = 0.1,
                 seed: int = 0, desc: str = "LoRA", progress: bool = True, param_groups: list[dict] | None = None,
                 train_module=None, on_epoch: Callable[[int, dict], None] | None = None, dropout: bool = True,
-                attention_dropout: bool = True) -> dict:
+                attention_dropout: bool = True, validate_start: bool = True) -> dict:
     """Train the adapter ``adapter_name`` of ``host`` (an ``AdapterHost``) on ``items`` with ``loss_fn(batch, rng) -> loss``.
 
     ``validate()`` returns the figure to maximise (nDCG@10 on held-out queries); the best epoch's adapter
-    weights are put back at the end (epoch 0 = untrained, if nothing beats it). ``param_groups`` overrides
+    weights are put back at the end (epoch 0 = untrained, if nothing beats it; ``validate_start=False`` skips that
+    validation, ``start_val`` None, when the untrained model scores at random: a new scoring head, where epoch 0
+    could only win if training failed, and the validation would cost a pass). ``param_groups`` overrides
     the default single group of every trainable parameter (e.g. a higher rate for a new head);
     ``train_module`` is what ``.train()``/``.eval()`` is called on (default ``host.module``); ``on_epoch(epoch,
     adapter_state)`` sees each epoch's weights. ``dropout=False`` trains with every dropout layer (the backbone's,
@@ -150,8 +154,9 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
     items = list(items)
     t0 = time.perf_counter()
     module.eval()
-    start_val = validate()
-    best_val, best_epoch, best_state = start_val, 0, host.adapter_state(adapter_name)
+    start_val = validate() if validate_start else None
+    best_val, best_epoch, best_state = (start_val, 0, host.adapter_state(adapter_name)) if validate_start else \
+        (-math.inf, 0, None)
     history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
     try:
@@ -174,12 +179,12 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_nDCG@10": val,
                             "seconds": time.perf_counter() - t0})
             if progress:
-                bar.write(f"{desc}: epoch {epoch}: loss {np.mean(losses):.4f}, validation nDCG@10 {start_val:.4f} "
-                          f"(start) -> {val:.4f}")
+                bar.write(f"{desc}: epoch {epoch}: loss {np.mean(losses):.4f}, validation nDCG@10 "
+                          f"{start_text(start_val)} (start) -> {val:.4f}")
             current = host.adapter_state(adapter_name)
             if on_epoch is not None:
                 on_epoch(epoch, current)
-            if val > best_val:
+            if val > best_val or best_state is None:
                 best_val, best_epoch, best_state = val, epoch, current
     finally:
         bar.close()
@@ -195,6 +200,6 @@ def save_trained(model, result: TrainResult, output, dataset, split: str, overwr
     """The training CLIs' last step: save the model, write ``train_result.json`` beside it, say what happened."""
     model.save(output, overwrite=overwrite,
                extra_json={"train_result.json": {"dataset": str(dataset), "split": split, **result.to_dict()}})
-    print(f"best epoch {result.best_epoch}: validation nDCG@10 {result.start_val:.4f} -> {result.best_val:.4f}; "
+    print(f"best epoch {result.best_epoch}: validation nDCG@10 {start_text(result.start_val)} -> {result.best_val:.4f}; "
           f"trainable {result.trainable_share:.2%}; {result.seconds:.0f} s; {what} in {output}")
     return 0
