@@ -102,12 +102,16 @@ def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions, per_query: dict |
     """Build, time and evaluate one condition; writes its run.trec and per_query.json and returns its record
     (``run`` adds the significance test and plots, then writes metrics.json and report.md).
     ``per_query`` (if given) receives its per-query scores."""
+    started = time.perf_counter()
     built = builder_for(pipeline_name)(ds, opts)
+    build_seconds = time.perf_counter() - started
     pipeline_name = condition_name(pipeline_name)
     pipe = built.pipeline
 
     # Latency first: its warm-up query also warms the batch pass (JIT, caches, lazy model loads).
+    t0 = time.perf_counter()
     per_stage_lat, total_lat = measure_latency(pipe, ds.queries, opts.latency_queries)
+    latency_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     ranking = batch_search(pipe, ds, opts)
     batch_seconds = time.perf_counter() - t0
@@ -150,6 +154,10 @@ def run_one(ds: Dataset, pipeline_name: str, opts: RunOptions, per_query: dict |
         "latency_queries": len(total_lat),
         "qps": len(ds.queries) / batch_seconds if batch_seconds > 0 else None,
         "batch_seconds": batch_seconds,
+        # where the condition's wall time went: building (training, indexing, exports; cached parts load), the
+        # one-at-a-time latency queries, the batch pass, evaluating and writing
+        "wall_seconds": {"build": build_seconds, "latency": latency_seconds, "batch": batch_seconds,
+                         "total": time.perf_counter() - started},
         "settings": built.settings,
         **{k: v for k, v in built.extra.items() if k != "train_seconds"},
         "dataset_path": str(ds.path),

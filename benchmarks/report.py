@@ -114,6 +114,18 @@ def summary_table(records: Sequence[dict]) -> str:
     return md_table(headers, rows)
 
 
+def time_table(records: Sequence[dict]) -> str:
+    """Where each condition's wall time went (``wall_seconds``), and the run's sum: what to cut to make it faster."""
+    rows = [[r["dataset"], r["pipeline"], *(r["wall_seconds"][k] for k in ("build", "latency", "batch", "total"))]
+            for r in records if r.get("wall_seconds")]
+    if not rows:
+        return ""
+    total = sum(row[-1] for row in rows)
+    rows.append(["all", "", *(sum(row[i] for row in rows) for i in (2, 3, 4)), total])
+    return md_table(["dataset", "condition", "build s (training, indexing, exports)", "latency s", "batch s", "total s"],
+                    [[*row[:2], *(f"{v:.1f}" for v in row[2:])] for row in rows])
+
+
 def dataset_plots(records: list[dict], out_dir: Path) -> list[str]:
     name, split = records[0]["dataset"], records[0]["split"]
     return [stage_quality(records, out_dir / "stage_quality.png", f"{name} ({split}): quality after each stage").name,

@@ -31,7 +31,7 @@ from .conditions import NEEDS_TRAIN_SPLIT, USES_ENCODER, USES_RERANKER, builder_
 from .measure import run_one
 from .options import RunOptions
 from .regression import check_expected
-from .report import condition_report, dataset_plots, md_table, summary_table
+from .report import condition_report, dataset_plots, md_table, summary_table, time_table
 
 
 def check(datasets: Sequence[str | Path], conditions: Sequence[str], opts: RunOptions,
@@ -100,6 +100,9 @@ def run(datasets: Sequence[str | Path], pipelines: Sequence[str], opts: RunOptio
         text += (f"\nvs baseline: nDCG@10 difference from `{opts.baseline}` on the same queries, paired t-test p-value "
                  f"and the same corrected ({opts.correction}) for the {len(pipelines) - 1} conditions tested against it. "
                  f"Plots per dataset: <dataset>/stage_quality.png, <dataset>/stage_latency.png.\n")
+    times = time_table(records)
+    if times:
+        text += "\n## Where the time went (wall seconds; models and indexes a cache already held only load)\n\n" + times + "\n"
     checks = check_expected(records, expected) if expected else []
     if expected:
         write_json(opts.output / "expected.json", checks)

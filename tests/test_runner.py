@@ -36,8 +36,14 @@ def test_run_writes_metrics_run_and_report(datasets_root, tmp_path, capsys):
         again = evaluate(Ranking.from_trec(folder / "run.trec"), ds.qrels).aggregate["nDCG@10"]
         assert again == pytest.approx(record["metrics"]["nDCG@10"], abs=1e-6)
         assert "# " + name in (folder / "report.md").read_text()
+        wall = record["wall_seconds"]  # where the time went: the parts lie within the whole
+        assert wall["batch"] == record["batch_seconds"] and min(wall.values()) >= 0
+        assert wall["build"] + wall["latency"] + wall["batch"] <= wall["total"]
     summary = json.loads((out / "summary.json").read_text())
     assert [r["pipeline"] for r in summary] == ["bm25", "bm25-rank"]
+    md = (out / "summary.md").read_text()
+    total = sum(r["wall_seconds"]["total"] for r in summary)
+    assert "## Where the time went" in md and f"| all |  | " in md and f"| {total:.1f} |" in md
 
 
 def test_run_rejects_unknown_pipeline_and_split(datasets_root, tmp_path):
