@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from ..card import start_text
 
 
-
 @dataclass
 class TrainResult:
     best_epoch: int
