@@ -154,8 +154,7 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
     t0 = time.perf_counter()
     module.eval()
     start_val = validate() if validate_start else None
-    best_val, best_epoch, best_state = (start_val, 0, host.adapter_state(adapter_name)) if validate_start else \
-        (-math.inf, 0, None)
+    best_val, best_epoch, best_state = start_val, 0, host.adapter_state(adapter_name) if validate_start else None
     history = [{"epoch": 0, "loss": None, "val_nDCG@10": start_val, "seconds": 0.0}]
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
     try:
@@ -183,7 +182,7 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
             current = host.adapter_state(adapter_name)
             if on_epoch is not None:
                 on_epoch(epoch, current)
-            if val > best_val or best_state is None:
+            if best_val is None or val > best_val:
                 best_val, best_epoch, best_state = val, epoch, current
     finally:
         bar.close()
