@@ -81,6 +81,10 @@ def encode_part(args) -> dict:
         exported[label].use_openvino(precision, {"document": calibration}, sides=("document",), min_cosine=None,
                                      int8_scope=scope)
         print(f"{label} export ready in {time.perf_counter() - t0:.0f} s (cached afterwards)", file=sys.stderr)
+    auto = auto_int8_label()
+    one_at_a_time = BiEncoder()  # the same export (from the cache), each batch on every core in turn
+    one_at_a_time.use_openvino("int8", {"document": calibration}, sides=("document",), min_cosine=None)
+    one_at_a_time.export_of("document").parallel_batches = False
 
     def plain_encode():
         return plain.encode(texts, batch_size=bs, normalize_embeddings=True, convert_to_numpy=True,
@@ -93,6 +97,7 @@ def encode_part(args) -> dict:
         "BiEncoder, merged adapter": lambda: merged.encode_documents(docs, show_progress=False),
         **{f"BiEncoder, {label}": (lambda e=e: e.encode_documents(docs, show_progress=False))
            for label, e in exported.items()},
+        f"BiEncoder, {auto}, one batch at a time": lambda: one_at_a_time.encode_documents(docs, show_progress=False),
     }
     vectors = {k: fn() for k, fn in runs.items()}  # warm-up, and the vectors compared
     times = {k: [] for k in runs}
@@ -111,8 +116,10 @@ def encode_part(args) -> dict:
                 "merged / base (throughput)": rate["BiEncoder, merged adapter"] / rate["BiEncoder.encode_documents (base)"],
                 "unmerged / base (throughput)": rate["BiEncoder, unmerged LoRA adapter"] / rate["BiEncoder.encode_documents (base)"],
                 **{f"{label} / plain ST (throughput)": rate[f"BiEncoder, {label}"] / plain_rate for label in exported},
-                f"int8 as int8_scope='auto' takes it here, {auto_int8_label()} / plain ST (throughput)":
-                    rate[f"BiEncoder, {auto_int8_label()}"] / plain_rate,
+                f"int8 as int8_scope='auto' takes it here, {auto} / plain ST (throughput)":
+                    rate[f"BiEncoder, {auto}"] / plain_rate,
+                f"{auto}: a batch on each core at once / one batch at a time (throughput)":
+                    rate[f"BiEncoder, {auto}"] / rate[f"BiEncoder, {auto}, one batch at a time"],
             }}
 
 

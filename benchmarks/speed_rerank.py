@@ -66,6 +66,10 @@ def throughput_part(args, ds, bm25) -> dict:
         exported[label] = CrossEncoderReranker(max_length=args.max_length)
         exported[label].use_openvino(precision, [q for q, _ in calibration], [d for _, d in calibration],
                                      min_spearman=None, int8_scope=scope)
+    auto = auto_int8_label()
+    one_at_a_time = CrossEncoderReranker(max_length=args.max_length)  # the same export, each batch on every core in turn
+    one_at_a_time.use_openvino("int8", [q for q, _ in calibration], [d for _, d in calibration], min_spearman=None)
+    one_at_a_time.export_of("pairs").parallel_batches = False
     model, tok, bs = base.model, base.tokenizer, base.batch_size
 
     def plain(autocast: bool):
@@ -85,6 +89,7 @@ def throughput_part(args, ds, bm25) -> dict:
         "unmerged LoRA adapter": lambda: lora.score(queries, docs),
         "merged adapter": lambda: merged.score(queries, docs),
         **{label: (lambda r=r: r.score(queries, docs)) for label, r in exported.items()},
+        f"{auto}, one batch at a time": lambda: one_at_a_time.score(queries, docs),
     })
     scores = {k: np.asarray(fn()) for k, fn in runs.items()}  # warm-up, and the scores compared
     times = {k: [] for k in runs}
@@ -101,7 +106,6 @@ def throughput_part(args, ds, bm25) -> dict:
     peer = "plain transformers forward (bf16 autocast)" if base.precision == "bfloat16" and base.device == "cpu" \
         else "plain transformers forward (float32)"
     fp32 = rate["plain transformers forward (float32)"]
-    auto = auto_int8_label()
     return {"pairs": len(pairs), "max_length": base.max_length, "precision": base.precision, "batch_size": bs,
             "threads": torch.get_num_threads(),
             "same_scores_as_plain": bool(np.allclose(scores[peer], scores[f"CrossEncoderReranker.score (base, {base.precision})"],
@@ -112,6 +116,8 @@ def throughput_part(args, ds, bm25) -> dict:
                 "unmerged / base (throughput)": rate["unmerged LoRA adapter"] / ours,
                 **{f"{label} / plain float32 forward (throughput)": rate[label] / fp32 for label in exported},
                 f"int8 as int8_scope='auto' takes it here, {auto} / plain float32 forward (throughput)": rate[auto] / fp32,
+                f"{auto}: a batch on each core at once / one batch at a time (throughput)":
+                    rate[auto] / rate[f"{auto}, one batch at a time"],
                 **({f"{auto} / plain bf16 forward (throughput)": rate[auto] / rate[peer]}
                    if peer != "plain transformers forward (float32)" else {}),
             }}

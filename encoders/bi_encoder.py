@@ -145,8 +145,13 @@ class BiEncoder(AdapterHost):
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         tokens, lengths = self._tokenized(texts)  # once: each batch is padded from these
         batches = list(batches_by_length(len(texts), lengths, batch_size))
-        for idx in tqdm(batches, desc="encoding", unit="batch", disable=not show_progress, leave=False):
-            out[idx] = model(dict(pad({k: [tokens[k][i] for i in idx] for k in tokens.keys()}, return_tensors="np")))
+        with tqdm(total=len(batches), desc="encoding", unit="batch", disable=not show_progress, leave=False) as bar:
+            def put(i: int, vectors: np.ndarray) -> None:
+                out[batches[i]] = vectors
+                bar.update()
+
+            model.run_batches((dict(pad({k: [tokens[k][i] for i in idx] for k in tokens.keys()}, return_tensors="np"))
+                               for idx in batches), put)
         return out
 
     def embed(self, texts: Sequence[str], side: str = "query"):

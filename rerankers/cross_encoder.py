@@ -289,8 +289,12 @@ class CrossEncoderReranker(AdapterHost):
         batches = list(batches_by_length(n, [len(queries[i]) + len(docs[i]) for i in range(n)], bs))
         model = self._exports.get("pairs")
         if model is not None:
-            for idx in tqdm(batches, desc="rerank", unit="batch", disable=not show, leave=False):
-                out[idx] = _score_of(model(self._feeds(queries, docs, idx)))
+            with tqdm(total=len(batches), desc="rerank", unit="batch", disable=not show, leave=False) as bar:
+                def put(i: int, logits: np.ndarray) -> None:
+                    out[batches[i]] = _score_of(logits)
+                    bar.update()
+
+                model.run_batches((self._feeds(queries, docs, idx) for idx in batches), put)
             return out
         with self.lock, torch.inference_mode(), self.base_only(self.active_adapter is None):
             training = self.model.training

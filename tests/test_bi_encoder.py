@@ -189,6 +189,35 @@ def test_export_batches_are_texts_of_like_token_counts(tiny_model_dir, tmp_path)
         assert np.array_equal(together[batch], alone)
 
 
+def test_many_batches_run_a_batch_on_each_core_with_the_outputs_of_one_at_a_time(tiny_model_dir, tmp_path):
+    """``run_batches`` runs two batches or more on a model compiled for throughput (one stream per core); each
+    output is exactly what ``model(feed)`` gives; a failure in the caller's ``put`` is raised, not lost."""
+    from retrieval.lora.openvino import OpenVinoModel
+
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    enc.use_openvino("int8", {"document": SIDE_TEXTS}, sides=("document",), cache_dir=tmp_path / "cache")
+    texts = SIDE_TEXTS + TEXTS
+    feeds = [dict(enc.st.tokenizer(texts[i:i + 3], padding=True, return_tensors="np")) for i in range(0, len(texts), 3)]
+    for threads in (2, 1):
+        model = OpenVinoModel(enc._exports["document"].folder, threads=threads)
+        got: dict[int, np.ndarray] = {}
+        model.run_batches(iter(feeds), got.__setitem__)
+        assert sorted(got) == list(range(len(feeds)))
+        for i, feed in enumerate(feeds):
+            assert np.array_equal(got[i], model(feed))
+        assert (model._throughput is not None) == (threads == 2)  # one thread: one stream, run one at a time
+        alone: dict[int, np.ndarray] = {}
+        model.run_batches([feeds[0]], alone.__setitem__)  # one batch runs as model(feed)
+        assert list(alone) == [0] and np.array_equal(alone[0], got[0])
+
+        def put(i, output):
+            if i == 1:
+                raise ValueError("put failed")
+
+        with pytest.raises(ValueError, match="put failed"):
+            model.run_batches(feeds, put)
+
+
 def _int8_matmuls(folder) -> tuple[int, int]:
     """(MatMuls fed by a FakeQuantize or a dequantized int8 weight, all MatMuls) in a saved OpenVINO export."""
     import openvino as ov

@@ -41,9 +41,14 @@ def test_speed_dense_encode_small(datasets_root, tmp_path):
     assert code == 0
     result = json.loads((tmp_path / "speed_dense.json").read_text())
     rows = {r["variant"]: r for r in result["encode"]["rows"]}
-    assert len(rows) in (7, 8) and all(r["docs_per_s"] > 0 for r in rows.values())  # bf16 where native only
+    assert len(rows) in (8, 9) and all(r["docs_per_s"] > 0 for r in rows.values())  # bf16 where native only
     assert rows["BiEncoder, openvino-int8 (all)"]["cosine_to_plain_min"] > 0.9  # int8, every matmul
     assert any("int8_scope='auto'" in k for k in result["encode"]["ratios"])
+    # the auto export run one batch at a time gives the same vectors as its batches on every core at once
+    (auto,) = [k.split(", ", 1)[1].rsplit(", one batch", 1)[0] for k in rows if k.endswith("one batch at a time")]
+    for stat in ("cosine_to_plain_mean", "cosine_to_plain_min"):
+        assert rows[f"BiEncoder, {auto}, one batch at a time"][stat] == rows[f"BiEncoder, {auto}"][stat]
+    assert any("one batch at a time" in k for k in result["encode"]["ratios"])
     assert rows["BiEncoder.encode_documents (base)"]["cosine_to_plain_min"] > 0.9999
     assert rows["BiEncoder, openvino-fp32"]["cosine_to_plain_min"] > 0.999
 
@@ -68,6 +73,8 @@ def test_speed_rerank_small(datasets_root, tmp_path):
     assert {"openvino-fp32", "openvino-int8 (keep-outputs)", "openvino-int8 (all)"} <= set(rows)
     assert any("int8_scope='auto'" in k for k in t["ratios"])
     assert rows["openvino-fp32"]["spearman_to_fp32"] > 0.99
+    (auto,) = [k.rsplit(", one batch", 1)[0] for k in rows if k.endswith("one batch at a time")]
+    assert rows[f"{auto}, one batch at a time"]["spearman_to_fp32"] == rows[auto]["spearman_to_fp32"]
     assert [r["k"] for r in result["depth"]["rows"]] == [2, 4]
     s = result["train_step"]
     assert s["pairs_per_step"] == 32 and s["steps"] == 1 and s["auto"] in ("float32", "bfloat16")

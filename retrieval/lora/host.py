@@ -331,8 +331,12 @@ class AdapterHost:
         return f"openvino-{next(iter(self._exports.values())).precision}" if self._exports else "torch"
 
     def inference_of(self, side: str) -> str:
-        model = self._exports.get(side)
+        model = self.export_of(side)
         return "torch" if model is None else f"openvino-{model.precision}"
+
+    def export_of(self, side: str) -> OpenVinoModel | None:
+        """The OpenVINO export that computes ``side`` (None where torch does)."""
+        return self._exports.get(side)
 
     def exports_current(self) -> bool:
         """Whether every int8 export quantized what ``int8_scope="auto"`` quantizes on this CPU (a saved or cached

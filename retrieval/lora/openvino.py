@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -122,6 +123,11 @@ class OpenVinoModel:
                                   f"({str(e).strip().splitlines()[-1][:200]}); export it again") from None
         self.inputs = [p.get_any_name() for p in self.compiled.inputs]
         self._local = threading.local()
+        self._threads = settings["INFERENCE_NUM_THREADS"]
+        self._settings = {k: v for k, v in settings.items() if k != "PERFORMANCE_HINT"}
+        self._throughput = None  # compiled on the first many-batch call (``run_batches``)
+        self.parallel_batches = True  # False: ``run_batches`` runs one batch at a time (benchmarks compare the two)
+        self._throughput_lock = threading.Lock()
 
     @property
     def int8_scope(self) -> str | None:
@@ -138,6 +144,59 @@ class OpenVinoModel:
         if request is None:  # one infer request per thread: requests are not thread-safe, the compiled model is
             request = self._local.request = self.compiled.create_infer_request()
         return np.array(request.infer({name: feed[name] for name in self.inputs})[0], copy=True)
+
+    def _throughput_queue(self):
+        """This thread's queue of infer requests on the throughput-compiled model (one stream per core, one thread
+        each), or None where that gives one stream (a single thread)."""
+        if self._threads < 2:
+            return None
+        with self._throughput_lock:
+            if self._throughput is None:
+                ov = _openvino()
+                core = ov.Core()
+                self._throughput = core.compile_model(core.read_model(str(self.folder / MODEL_NAME)), "CPU",
+                                                      {**self._settings, "PERFORMANCE_HINT": "THROUGHPUT"})
+        if int(self._throughput.get_property("NUM_STREAMS")) < 2:
+            return None
+        queue = getattr(self._local, "queue", None)
+        if queue is None:  # like requests, a queue is not thread-safe
+            jobs = int(self._throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            queue = self._local.queue = _openvino().AsyncInferQueue(self._throughput, jobs)
+        return queue
+
+    def run_batches(self, feeds: Iterable[dict], put: Callable[[int, np.ndarray], None]) -> None:
+        """Run every feed (``put(i, output)`` with the i-th feed's output, in any order). Two batches or more run
+        on a model compiled for throughput, a batch on each core at once (one thread each) instead of each batch on
+        every core in turn: 1.07-1.20x the batches per second on 2 cores (SciFact abstracts and reranker pairs,
+        int8), with outputs identical to ``model(feed)``'s, since a batch's output does not depend on its
+        threads. One batch, or one thread, runs as ``model(feed)``."""
+        feeds = iter(feeds)
+        first = next(feeds, None)
+        if first is None:
+            return
+        second = next(feeds, None)
+        queue = None if second is None or not self.parallel_batches else self._throughput_queue()
+        if queue is None:
+            put(0, self(first))
+            for i, feed in enumerate(() if second is None else itertools.chain([second], feeds), start=1):
+                put(i, self(feed))
+            return
+        failures: list[BaseException] = []
+
+        def done(request, i):
+            try:
+                put(i, np.array(request.get_output_tensor(0).data, copy=True))
+            except BaseException as e:  # noqa: BLE001 - raised again on the caller's thread below
+                failures.append(e)
+
+        queue.set_callback(done)
+        try:
+            for i, feed in enumerate(itertools.chain([first, second], feeds)):
+                queue.start_async({name: feed[name] for name in self.inputs}, i)
+        finally:
+            queue.wait_all()
+        if failures:
+            raise failures[0]
 
 
 def export(module, example: dict, precision: str, made_from: dict, calibration: Callable[[], Iterable[dict]] | None,
