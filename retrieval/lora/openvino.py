@@ -167,8 +167,8 @@ class OpenVinoModel:
     def run_batches(self, feeds: Iterable[dict], put: Callable[[int, np.ndarray], None]) -> None:
         """Run every feed (``put(i, output)`` with the i-th feed's output, in any order). Two batches or more run
         on a model compiled for throughput, a batch on each core at once (one thread each) instead of each batch on
-        every core in turn: 1.07-1.20x the batches per second on 2 cores (SciFact abstracts and reranker pairs,
-        int8), with outputs identical to ``model(feed)``'s, since a batch's output does not depend on its
+        every core in turn: 1.04x the SciFact abstracts and 1.11x the reranker pairs per second on 2 cores in
+        ``speed-dense`` / ``speed-rerank`` (int8; 1.18x / 1.14x in longer probes), with outputs identical to ``model(feed)``'s, since a batch's output does not depend on its
         threads. One batch, or one thread, runs as ``model(feed)``."""
         feeds = iter(feeds)
         first = next(feeds, None)
