@@ -199,7 +199,7 @@ def test_many_batches_run_a_batch_on_each_core_with_the_outputs_of_one_at_a_time
     texts = SIDE_TEXTS + TEXTS
     feeds = [dict(enc.st.tokenizer(texts[i:i + 3], padding=True, return_tensors="np")) for i in range(0, len(texts), 3)]
     for threads in (2, 1):
-        model = OpenVinoModel(enc._exports["document"].folder, threads=threads)
+        model = OpenVinoModel(enc.export_of("document").folder, threads=threads)
         got: dict[int, np.ndarray] = {}
         model.run_batches(iter(feeds), got.__setitem__)
         assert sorted(got) == list(range(len(feeds)))
