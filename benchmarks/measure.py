@@ -11,6 +11,7 @@ import platform
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -43,6 +44,17 @@ def export_variants() -> tuple[tuple[str, str, str], ...]:
         return EXPORT_VARIANTS
     print("openvino-bf16 not timed: no native bf16 on this CPU", file=sys.stderr)
     return tuple(v for v in EXPORT_VARIANTS if v[1] != "bf16")
+
+
+@contextmanager
+def one_batch_at_a_time(model):
+    """Within it, the OpenVINO export ``model`` runs a call's batches one after another, each on every core (what
+    ``run_batches`` did before it ran a batch on each core at once): the peer the speed benchmarks time it against."""
+    model.parallel_batches = False
+    try:
+        yield
+    finally:
+        model.parallel_batches = True
 
 
 def auto_int8_label() -> str:

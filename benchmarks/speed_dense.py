@@ -27,7 +27,7 @@ from retrieval.index.faiss import FaissIndex
 from retrieval.lora.settings import LoraSettings
 from retrieval.util import default_cache_dir, write_json
 
-from .measure import auto_int8_label, export_variants
+from .measure import auto_int8_label, export_variants, one_batch_at_a_time
 from .speed_bm25 import DATASETS, all_queries
 
 _SPLIT = re.compile(r"(?<=[.!?])\s+")
@@ -82,9 +82,10 @@ def encode_part(args) -> dict:
                                      int8_scope=scope)
         print(f"{label} export ready in {time.perf_counter() - t0:.0f} s (cached afterwards)", file=sys.stderr)
     auto = auto_int8_label()
-    one_at_a_time = BiEncoder()  # the same export (from the cache), each batch on every core in turn
-    one_at_a_time.use_openvino("int8", {"document": calibration}, sides=("document",), min_cosine=None)
-    one_at_a_time.export_of("document").parallel_batches = False
+
+    def auto_one_batch_at_a_time():
+        with one_batch_at_a_time(exported[auto].export_of("document")):
+            return exported[auto].encode_documents(docs, show_progress=False)
 
     def plain_encode():
         return plain.encode(texts, batch_size=bs, normalize_embeddings=True, convert_to_numpy=True,
@@ -97,7 +98,7 @@ def encode_part(args) -> dict:
         "BiEncoder, merged adapter": lambda: merged.encode_documents(docs, show_progress=False),
         **{f"BiEncoder, {label}": (lambda e=e: e.encode_documents(docs, show_progress=False))
            for label, e in exported.items()},
-        f"BiEncoder, {auto}, one batch at a time": lambda: one_at_a_time.encode_documents(docs, show_progress=False),
+        f"BiEncoder, {auto}, one batch at a time": auto_one_batch_at_a_time,
     }
     vectors = {k: fn() for k, fn in runs.items()}  # warm-up, and the vectors compared
     times = {k: [] for k in runs}

@@ -28,7 +28,7 @@ from retrieval.stages.bm25 import BM25
 from retrieval.stages.rerank import Rerank
 from retrieval.types import Queries
 from retrieval.util import write_json
-from .measure import auto_int8_label, export_variants
+from .measure import auto_int8_label, export_variants, one_batch_at_a_time
 
 
 def _data(args):
@@ -67,9 +67,10 @@ def throughput_part(args, ds, bm25) -> dict:
         exported[label].use_openvino(precision, [q for q, _ in calibration], [d for _, d in calibration],
                                      min_spearman=None, int8_scope=scope)
     auto = auto_int8_label()
-    one_at_a_time = CrossEncoderReranker(max_length=args.max_length)  # the same export, each batch on every core in turn
-    one_at_a_time.use_openvino("int8", [q for q, _ in calibration], [d for _, d in calibration], min_spearman=None)
-    one_at_a_time.export_of("pairs").parallel_batches = False
+
+    def auto_one_batch_at_a_time():
+        with one_batch_at_a_time(exported[auto].export_of("pairs")):
+            return exported[auto].score(queries, docs)
     model, tok, bs = base.model, base.tokenizer, base.batch_size
 
     def plain(autocast: bool):
@@ -89,7 +90,7 @@ def throughput_part(args, ds, bm25) -> dict:
         "unmerged LoRA adapter": lambda: lora.score(queries, docs),
         "merged adapter": lambda: merged.score(queries, docs),
         **{label: (lambda r=r: r.score(queries, docs)) for label, r in exported.items()},
-        f"{auto}, one batch at a time": lambda: one_at_a_time.score(queries, docs),
+        f"{auto}, one batch at a time": auto_one_batch_at_a_time,
     })
     scores = {k: np.asarray(fn()) for k, fn in runs.items()}  # warm-up, and the scores compared
     times = {k: [] for k in runs}

@@ -171,14 +171,11 @@ class OpenVinoModel:
         ``speed-dense`` / ``speed-rerank`` (int8; 1.18x / 1.14x in longer probes), with outputs identical to ``model(feed)``'s, since a batch's output does not depend on its
         threads. One batch, or one thread, runs as ``model(feed)``."""
         feeds = iter(feeds)
-        first = next(feeds, None)
-        if first is None:
-            return
-        second = next(feeds, None)
-        queue = None if second is None or not self.parallel_batches else self._throughput_queue()
+        head = list(itertools.islice(feeds, 2))
+        queue = self._throughput_queue() if len(head) == 2 and self.parallel_batches else None
+        feeds = itertools.chain(head, feeds)
         if queue is None:
-            put(0, self(first))
-            for i, feed in enumerate(() if second is None else itertools.chain([second], feeds), start=1):
+            for i, feed in enumerate(feeds):
                 put(i, self(feed))
             return
         failures: list[BaseException] = []
@@ -191,7 +188,7 @@ class OpenVinoModel:
 
         queue.set_callback(done)
         try:
-            for i, feed in enumerate(itertools.chain([first, second], feeds)):
+            for i, feed in enumerate(feeds):
                 queue.start_async({name: feed[name] for name in self.inputs}, i)
         finally:
             queue.wait_all()
