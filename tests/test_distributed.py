@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from encoders.bi_encoder import BiEncoder
 from retrieval.distributed import RayExecutor, RayShards, check_address, encode_corpus, executor_from_args, search_batches
+from retrieval.distributed.encode import UNPACKED, EncodeBatches, packed_encoder, remove_stale_unpacked
 from retrieval.distributed.search import merge_rankings
 from retrieval.index.faiss import FaissIndex
 from retrieval.index.sharded import ShardedIndex, load_index
@@ -43,11 +49,42 @@ def test_encoding_on_the_cluster_gives_one_process_vectors(executor, adi, tiny_m
     if inference != "torch":  # the export of the tiny random model may be refused: then both sides run torch
         with_inference(enc, inference, adi.corpus, tmp_path, sides=("document",))
     expected = enc.encode_documents(list(adi.corpus.values()))
+    unpacked = set(Path(tempfile.gettempdir()).glob(f"{UNPACKED}*"))
     for workers in (1, 2):
         ids, vectors = encode_corpus(enc, adi.corpus, workers, batch_size=32)
         assert ids == list(adi.corpus) and vectors.shape == expected.shape
         assert np.abs(vectors - expected).max() <= 1e-5
     assert np.array_equal(executor.encode_documents(enc, list(adi.corpus.values())), vectors)
+    # each actor unpacks the encoder into a temporary folder of the node and removes it once loaded; one the pool
+    # killed while loading leaves its folder, which the next unpacking (here: the sweep itself) removes
+    for _ in range(60):
+        remove_stale_unpacked()
+        left = set(Path(tempfile.gettempdir()).glob(f"{UNPACKED}*")) - unpacked
+        if not left:
+            break
+        time.sleep(0.5)  # an actor still loading: it removes its own
+    assert not left
+
+
+def test_an_unpacked_encoder_is_removed_once_loaded_and_a_dead_process_folder_by_the_next_unpacking(executor,
+                                                                                                   tiny_model_dir):
+    import subprocess
+
+    import ray
+
+    enc = BiEncoder(str(tiny_model_dir))
+    before = set(Path(tempfile.gettempdir()).glob(f"{UNPACKED}{os.getpid()}-*"))
+    actor = EncodeBatches([ray.put(packed_encoder(enc))])  # the actor's constructor, run in this (live) process
+    assert set(Path(tempfile.gettempdir()).glob(f"{UNPACKED}{os.getpid()}-*")) == before
+    assert actor.encoder.fingerprint("document") == enc.fingerprint("document")
+    dead = subprocess.Popen(["true"])  # a process id that no process holds once it has exited
+    dead.wait()
+    stale = Path(tempfile.mkdtemp(prefix=f"{UNPACKED}{dead.pid}-"))
+    mine = Path(tempfile.mkdtemp(prefix=f"{UNPACKED}{os.getpid()}-"))
+    try:
+        assert remove_stale_unpacked() == [stale] and not stale.exists() and mine.exists()
+    finally:
+        shutil.rmtree(mine)
 
 
 def test_encoding_a_corpus_file_read_by_ray_data(executor, adi, datasets_root, tiny_model_dir):

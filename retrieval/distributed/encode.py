@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -30,6 +31,7 @@ from ..types import Corpus, Document
 from .cluster import ray_module
 
 BATCH = 256  # documents per Ray Data batch
+UNPACKED = "retrieval-encoder-"  # + the unpacking process's id + "-": where an actor unpacks the encoder it loads
 
 
 def pack_folder(folder: str | os.PathLike) -> bytes:
@@ -41,16 +43,40 @@ def pack_folder(folder: str | os.PathLike) -> bytes:
 
 
 def unpack_folder(data: bytes) -> Path:
-    """A packed folder written to a new temporary folder on this node."""
-    target = Path(tempfile.mkdtemp(prefix="retrieval-encoder-"))
+    """A packed folder written to a new temporary folder on this node, named after this process (folders of
+    processes that died before removing theirs are removed first: ``remove_stale_unpacked``)."""
+    remove_stale_unpacked()
+    target = Path(tempfile.mkdtemp(prefix=f"{UNPACKED}{os.getpid()}-"))
     with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
         tar.extractall(target, filter="data")
     return target
 
 
+def remove_stale_unpacked(root: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the folders that processes of this node unpacked an encoder into and that outlived them (an actor the
+    pool killed while it was loading); returns them. A folder whose process is alive is left alone."""
+    gone = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{UNPACKED}*-*"):
+        pid = folder.name[len(UNPACKED):].split("-")[0]
+        if pid.isdigit() and folder.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or no process id at all: not ours to judge
+        return True
+    return True
+
+
 def packed_encoder(encoder: BiEncoder) -> bytes:
     """``encoder`` saved (adapters, exports) and packed."""
-    with tempfile.TemporaryDirectory(prefix="retrieval-encoder-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="retrieval-pack-") as tmp:
         encoder.save(Path(tmp) / "encoder", sentence_transformers=False)  # no base weights for plain loaders
         return pack_folder(Path(tmp) / "encoder")
 
@@ -62,7 +88,12 @@ class EncodeBatches:
 
     def __init__(self, packed: list):
         folder = unpack_folder(ray_module().get(packed[0]))
-        self.encoder = BiEncoder.load(folder)
+        # a loaded encoder reads no file again, so its unpacked copy goes at once; an actor killed while loading
+        # leaves it behind, and the next one to unpack on the node removes it
+        try:
+            self.encoder = BiEncoder.load(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def __call__(self, batch: dict) -> dict:
         if "texts" in batch:  # rows planned by the encoder's own batch plan: each row runs as one batch

@@ -116,8 +116,9 @@ class OpenVinoModel:
         if self.precision in ("fp32", "bf16"):
             settings["INFERENCE_PRECISION_HINT"] = "f32" if self.precision == "fp32" else "bf16"
         core = ov.Core()
-        try:
-            self.compiled = core.compile_model(core.read_model(str(self.folder / MODEL_NAME)), "CPU", settings)
+        try:  # the read model is kept: the throughput compilation comes from it, so no file is read after this
+            self._model = core.read_model(str(self.folder / MODEL_NAME))
+            self.compiled = core.compile_model(self._model, "CPU", settings)
         except RuntimeError as e:
             raise DamagedArtefact(f"{self.folder}: OpenVINO cannot compile the exported model "
                                   f"({str(e).strip().splitlines()[-1][:200]}); export it again") from None
@@ -152,10 +153,8 @@ class OpenVinoModel:
             return None
         with self._throughput_lock:
             if self._throughput is None:
-                ov = _openvino()
-                core = ov.Core()
-                self._throughput = core.compile_model(core.read_model(str(self.folder / MODEL_NAME)), "CPU",
-                                                      {**self._settings, "PERFORMANCE_HINT": "THROUGHPUT"})
+                self._throughput = _openvino().Core().compile_model(
+                    self._model, "CPU", {**self._settings, "PERFORMANCE_HINT": "THROUGHPUT"})
         if int(self._throughput.get_property("NUM_STREAMS")) < 2:
             return None
         queue = getattr(self._local, "queue", None)
