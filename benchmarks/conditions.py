@@ -72,7 +72,8 @@ def _trained_encoder(ds: Dataset, opts: RunOptions, mode: str, index) -> tuple[B
             if mode in ("supervised", "corpus") else None)
     epochs = s.dense_epochs if mode in ("query", "corpus-query") else opts.dense_both_epochs
     return dense_adapter(mode, ds.corpus, train.queries if train else None, train.qrels if train else None, index,
-                         epochs, opts.cache_dir, bm25, opts.train_split, s.dense_model, s.dense_inference, s.seed)
+                         epochs, opts.cache_dir, bm25, opts.train_split, s.dense_model, s.dense_inference, s.seed,
+                         s.dense_dropout)
 
 
 def _dense_builder(adapter: str | None, hybrid: bool, fusion: Fusion | None = None) -> Builder:

@@ -21,9 +21,8 @@ from contextlib import nullcontext
 import numpy as np
 
 from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings, cpu_bf16_facts
-from rerankers.train import RerankTrainSettings
 from retrieval.data import load_dataset
-from retrieval.lora.training import dropouts_off
+from retrieval.lora.training import dropout_switches, dropouts_off
 from retrieval.stages.bm25 import BM25
 from retrieval.stages.rerank import Rerank
 from retrieval.types import Queries
@@ -171,7 +170,7 @@ def train_step_part(args, ds, bm25, batch: int = 8, group: int = 4) -> dict:
 
     def step(variant):
         ce, optim = models[variant]
-        with dropouts_off(ce.model, **RerankTrainSettings.dropout_switches(variant[1])):
+        with dropouts_off(ce.model, **dropout_switches(variant[1])):
             logits = ce.logits(queries, docs).view(batch, group)
             loss = torch.nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
             optim.zero_grad()

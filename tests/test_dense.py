@@ -132,6 +132,44 @@ def test_split_queries_is_seeded_and_disjoint():
         split_queries(["1"], 0.5, 0)
 
 
+@pytest.mark.parametrize("variant", ["all", "none"])
+def test_query_adapter_trains_with_the_dropout_its_settings_name(tiny_model_dir, adi, adi_index, variant):
+    """``dropout="none"`` (``PipelineSettings.dense_dropout``): no dropout layer drops anything in the training
+    steps' forward passes, the attention probabilities' and LoRA's included; ``all``: each drops its own ``p``.
+    Either way every layer's ``p`` is as it was afterwards, and "all" records no switch in the settings (the cache
+    keys of adapters trained before the setting existed)."""
+    import torch
+
+    from encoders.train import default_settings
+
+    enc = BiEncoder(tiny_model_dir, device="cpu")
+    settings = default_settings("query", 1, dropout=variant)
+    settings.batch_size, settings.lora = 16, LoraSettings(r=4, side="query", dropout=0.1)
+    assert ("dropout" in settings.to_dict()) == (variant != "all")
+    module = enc.st
+    before = {id(m): m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)}
+    assert before and all(p > 0 for p in before.values())
+    seen = []
+    forward = module.forward
+
+    def recording(*args, **kwargs):  # in the training steps (the validation passes run without gradients): every
+        if torch.is_grad_enabled():  # dropout layer is training, and drops its p (the attention kernel's too)
+            seen.append([m.p for m in module.modules() if isinstance(m, torch.nn.Dropout) and m.training])
+        return forward(*args, **kwargs)
+
+    module.forward = recording
+    try:
+        train_query_adapter(enc, adi_index[0], adi.queries, adi.qrels, settings, progress=False)
+    finally:
+        module.forward = forward
+    assert seen and len(seen[0]) > len(before)  # LoRA's dropout layers joined
+    assert all((p == 0.0) == (variant == "none") for step in seen for p in step)
+    assert {id(m): m.p for m in module.modules() if isinstance(m, torch.nn.Dropout) and id(m) in before} == before
+    assert default_settings("query").to_dict() == default_settings("query", dropout="none").to_dict()
+    with pytest.raises(ValueError, match="dense training dropout must be one of"):
+        default_settings("query", dropout="some")
+
+
 def test_query_only_training_leaves_the_index_untouched(tiny_model_dir, adi, tmp_path):
     enc = BiEncoder(tiny_model_dir, device="cpu")
     index, _, path = document_index(enc, adi.corpus, "Flat", cache_dir=tmp_path)

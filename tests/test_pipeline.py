@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main as bench_main
+from encoders.train import default_settings
 from rerankers.train import RerankTrainSettings, split_examples, training_examples
 from retrieval.pipeline.folder import DamagedPipeline, PipelineMismatch, load_pipeline, save_pipeline
 from retrieval.pipeline import PipelineSettings, build_pipeline
@@ -516,15 +517,21 @@ def test_a_reranker_distilled_from_the_first_two_stages(built, adi, models):
         _settings(models, rerank_distill=1.5)
 
 
-def test_rerank_dropout_setting_reaches_the_reranker_training(models):
-    """``rerank_dropout``: all / no-attention / none (the default) become the training settings' two switches; "all"
-    records neither, so the cache keys of rerankers trained with every dropout before the setting existed still match."""
+def test_dropout_settings_reach_both_trainings(models):
+    """``rerank_dropout`` / ``dense_dropout``: all / no-attention / none become the training settings' two switches;
+    "all" records neither (the dense settings not even ``dropout``), so the cache keys of adapters trained with every
+    dropout before a setting existed still match."""
     expected = {"all": (True, True), "no-attention": (True, False), "none": (False, False)}
     for value, switches in expected.items():
-        s = _settings(models, rerank_dropout=value)
+        s = _settings(models, rerank_dropout=value, dense_dropout=value)
         rs = rerank_settings(False, s.rerank_epochs, None, dropout=s.rerank_dropout)
-        assert (rs.dropout, rs.attention_dropout) == switches
-        assert ("attention_dropout" in rs.to_dict()) == (value != "all")
-    assert PipelineSettings().rerank_dropout == "none"
-    with pytest.raises(ValueError, match="rerank_dropout must be one of"):
-        _settings(models, rerank_dropout="attention")
+        ds = default_settings("query", s.dense_epochs, dropout=s.dense_dropout)
+        assert (rs.dropout, rs.attention_dropout) == switches == (ds.dropout, ds.attention_dropout)
+        assert ("attention_dropout" in rs.to_dict()) == (value != "all") == ("attention_dropout" in ds.to_dict())
+        assert ("dropout" in ds.to_dict()) == (value != "all")
+    assert PipelineSettings().rerank_dropout == "none" and PipelineSettings().dense_dropout is None
+    # by default none for the query-side adapter trained on judgements, every one where that was not measured
+    assert default_settings("query").dropout is False and default_settings("corpus-query").dropout is True
+    for name in ("rerank_dropout", "dense_dropout"):
+        with pytest.raises(ValueError, match=f"{name} must be one of"):
+            _settings(models, **{name: "attention"})

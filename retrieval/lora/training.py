@@ -98,6 +98,27 @@ def attention_dropouts(module) -> list:
             for child in m.children() if isinstance(child, torch.nn.Dropout)]
 
 
+# dropout while an adapter trains: every layer's (the backbone's, the attention probabilities', LoRA's), all but the
+# attention probabilities' (a fused attention kernel), or none (on a CPU drawing the masks is ~40% of a step)
+DROPOUTS = ("all", "no-attention", "none")
+
+
+def dropout_switches(name: str, what: str = "training") -> dict:
+    """``dropout`` and ``attention_dropout`` (``fit_adapter``'s switches) for one of ``DROPOUTS``."""
+    if name not in DROPOUTS:
+        raise ValueError(f"{what} dropout must be one of {DROPOUTS}, got {name!r}")
+    return {"dropout": name != "none", "attention_dropout": name == "all"}
+
+
+def recorded_dropout(d: dict, always: tuple[str, ...] = ()) -> dict:
+    """A training settings dict with its ``dropout`` / ``attention_dropout`` switches recorded only where one is off
+    (those in ``always`` in any case), so the cache keys of adapters trained with every dropout on before a switch
+    existed still match."""
+    if d.get("dropout", True) and d.get("attention_dropout", True):
+        return {k: v for k, v in d.items() if k in always or k not in ("dropout", "attention_dropout")}
+    return {**d, "attention_dropout": False}
+
+
 @contextlib.contextmanager
 def dropouts_off(module, dropout: bool = True, attention_dropout: bool = True):
     """Within the block, the dropout layers of ``module`` that the switches turn off drop nothing (``p`` = 0; put

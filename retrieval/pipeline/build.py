@@ -104,7 +104,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     mode = "corpus-query" if settings.corpus_only else "query"
     encoder, dense_train = dense_adapter(mode, corpus, queries, qrels, index, settings.dense_epochs, cache_dir, split=split,
                                          model=settings.dense_model, inference=settings.dense_inference,
-                                         seed=settings.seed)
+                                         seed=settings.seed, dropout=settings.dense_dropout)
     dense = Dense(encoder, index, mode="hybrid", k=settings.dense_k, neighbours=settings.neighbours,
                   base_ensemble=settings.corpus_only)
     dense_info = {"mode": "hybrid", "adapter": mode, "base_ensemble": dense.base_ensemble, "train": dense_train,

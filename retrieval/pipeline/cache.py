@@ -29,6 +29,7 @@ from rerankers.train import RerankTrainSettings, train_reranker
 from ..lora.examples import pseudo_queries
 from ..lora.host import QualityRefused
 from ..lora.openvino import precision_of
+from ..lora.training import dropout_switches
 from ..stages.bm25 import BM25, DEFAULT_BACKEND
 from ..stages.dense import document_index
 from ..types import Corpus, Qrels, Queries
@@ -128,10 +129,12 @@ def base_index(encoder, corpus: Corpus, factory: str = "Flat", cache_dir=None, e
 
 def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qrels | None, index,
                   epochs: int | None = None, cache_dir=None, bm25=None, split: str = "train",
-                  model: str | None = None, inference: str = "torch", seed: int = 0) -> tuple[BiEncoder, dict]:
+                  model: str | None = None, inference: str = "torch", seed: int = 0,
+                  dropout: str | None = None) -> tuple[BiEncoder, dict]:
     """A bi-encoder with a LoRA adapter trained for ``mode`` (see ``encoders.train.train_dense``), run the way
     ``inference`` says once trained; cached by data and settings. ``seed`` splits off its validation queries
-    (the same ones as the reranker's of that seed) and shuffles. Returns (encoder, training info).
+    (the same ones as the reranker's of that seed) and shuffles; ``dropout`` (one of ``DROPOUTS``; default: the
+    mode's, ``encoders.train.default_dropout``) says which dropout layers train. Returns (encoder, training info).
 
     A query-side adapter trains against ``index``'s vectors, so its documents are encoded as the index's were
     (the same export, from the cache) and only the query side is exported after training."""
@@ -139,7 +142,7 @@ def dense_adapter(mode: str, corpus: Corpus, queries: Queries | None, qrels: Qre
     query_side = mode in ("query", "corpus-query")
     if query_side:  # the documents' side, as the index encoded them
         with_inference(enc, inference, corpus, cache_dir, sides=("document",))
-    settings = default_settings(mode, epochs, seed)
+    settings = default_settings(mode, epochs, seed, dropout)
     labelled = mode in ("query", "supervised")
     data = ({"queries": sorted(queries.items()), "qrels": sorted((q, sorted(d.items())) for q, d in qrels.items())}
             if labelled else {"pseudo": "title/sentence pseudo-queries, seed 0"})
@@ -181,14 +184,14 @@ def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed:
                     lora_layers: tuple[int, ...] = (), distill: float = 0.0, dropout: str = "none") -> RerankTrainSettings:
     """The reranker's training settings; ``distill`` > 0 weighs the KL term towards a teacher (its default weight
     otherwise, unused without a teacher, so the cache keys of rerankers trained without one stay as they were);
-    ``dropout``: one of ``rerankers.train.DROPOUTS`` (``PipelineSettings.rerank_dropout``)."""
+    ``dropout``: one of ``retrieval.lora.training.DROPOUTS`` (``PipelineSettings.rerank_dropout``)."""
     mode = "corpus" if corpus_only else "supervised"
     if max_items is None and corpus_only:
         max_items = CORPUS_RERANK_ITEMS
     extra = {"distill_weight": distill} if distill else {}
     return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed, max_length=max_length,
                                pseudo_items=pseudo_items, lora=RerankLoraSettings(layers=lora_layers),
-                               **RerankTrainSettings.dropout_switches(dropout), **extra)
+                               **dropout_switches(dropout, "reranker training"), **extra)
 
 
 def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettings, negatives_from: dict,

@@ -12,10 +12,10 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from rerankers.cross_encoder import PRECISIONS, RerankLoraSettings
-from rerankers.train import DROPOUTS, RerankTrainSettings
+from rerankers.train import RerankTrainSettings
 
 from ..lora.openvino import INFERENCES
-from ..lora.training import check_numbers
+from ..lora.training import DROPOUTS, check_numbers
 from ..stages.bm25 import BACKENDS, DEFAULT_BACKEND
 from ..stages.rerank import DEPTHS
 
@@ -53,6 +53,10 @@ class PipelineSettings:
     dense_k: int = _setting(100, "candidates the dense stage hands to the reranker")
     neighbours: int = _setting(100, "the index's own nearest neighbours the dense stage adds to BM25's candidates")
     dense_epochs: int | None = _setting(None, "query-side adapter epochs (default: 8; corpus-only 4)", type=int)
+    dense_dropout: str | None = _setting(None, "dropout while the dense adapter trains: all (the backbone's, the "
+                                               "attention probabilities', LoRA's), no-attention or none (1.9x faster "
+                                               "training on a CPU; default: none for the adapter trained on "
+                                               "judgements, all for the corpus-only one)", type=str, choices=DROPOUTS)
     rerank_epochs: int = _setting(2, "reranker epochs")
     rerank_max_length: int = _setting(RerankTrainSettings.max_length, "query + passage tokens the reranker trains on")
     rerank_depths: tuple[int, ...] = _setting(DEPTHS, "rerank depths to choose from on held-out training queries")
@@ -125,8 +129,9 @@ class PipelineSettings:
         for name in ("dense_inference", "rerank_inference"):
             if getattr(self, name) not in INFERENCES:
                 raise ValueError(f"{name} must be one of {INFERENCES}, got {getattr(self, name)!r}")
-        if self.rerank_dropout not in DROPOUTS:
-            raise ValueError(f"rerank_dropout must be one of {DROPOUTS}, got {self.rerank_dropout!r}")
+        for name in ("dense_dropout", "rerank_dropout"):
+            if getattr(self, name) not in DROPOUTS + ((None,) if name == "dense_dropout" else ()):
+                raise ValueError(f"{name} must be one of {DROPOUTS}, got {getattr(self, name)!r}")
         if self.rerank_precision not in PRECISIONS:
             raise ValueError(f"rerank_precision must be one of {PRECISIONS}, got {self.rerank_precision!r}")
 
