@@ -1,6 +1,7 @@
 """``python -m benchmarks run ...`` (quality), ``python -m benchmarks speed-bm25|speed-dense|speed-rerank ...`` (speed),
 ``tune-cutoffs`` (depths within a latency budget), ``gate-study`` (a learned per-pair fusion gate vs one weight),
-``rerank-study`` (what a pipeline's reranker adds on its held-out queries, in sample and out of fold),
+``rerank-study`` (what a pipeline's reranker adds on its held-out queries, in sample and out of fold), ``dense-study``
+(the query-side adapter's training variants on several seeds' held-out queries),
 ``corpus-designs`` (label-free fusions side by side) and ``service-load`` (the HTTP service vs in-process)."""
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from pathlib import Path
 from retrieval.cli import add_cache_args, add_debug_arg, add_ray_args, count, positive_float, positive_int, run_cli
 from retrieval.distributed.executor import executor_from_args
 from retrieval.evaluation import CORRECTIONS
-from retrieval.pipeline.settings import add_pipeline_args, settings_from_args
+from retrieval.lora.openvino import INFERENCES
+from retrieval.lora.training import DROPOUTS
+from retrieval.pipeline.settings import PipelineSettings, add_pipeline_args, settings_from_args
 from rerankers.train import RerankTrainSettings
 
-from . import corpus_designs, cutoffs, gate, rerank_study, scale_out, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
+from . import corpus_designs, cutoffs, dense_study, gate, rerank_study, scale_out, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
 from .conditions import DESCRIPTIONS
 from .regression import load_config
 from .options import DEFAULT_BASELINE, RunOptions
@@ -147,6 +150,24 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--threads", type=positive_int, default=None)
     rs.add_argument("--output", type=Path, default=Path("results/rerank-study"))
 
+    ds = sub.add_parser("dense-study", help="the query-side adapter trained with each dropout on several seeds, judged "
+                                            "on each seed's held-out training queries (alone and fused), pooled")
+    ds.add_argument("--dataset", type=Path, required=True)
+    ds.add_argument("--split", default="train", help="the training split (default: train); only its held-out queries judge")
+    ds.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                    help="pipeline seeds (default: 1 2 3; 0 is the main job's, whose held-out queries chose earlier settings)")
+    ds.add_argument("--dropouts", nargs="+", choices=DROPOUTS, default=list(DROPOUTS),
+                    help="variants, compared with the first (default: all no-attention none)")
+    ds.add_argument("--epochs", type=positive_int, default=None, help="adapter epochs (default: the pipeline's, 8)")
+    ds.add_argument("--fit-queries", type=positive_int, default=PipelineSettings().fit_queries,
+                    help="held-out queries per seed, at most (default: the pipeline's)")
+    ds.add_argument("--model", default=None, help="bi-encoder: HF id or folder (default: the packaged all-MiniLM-L6-v2)")
+    ds.add_argument("--inference", choices=INFERENCES, default=PipelineSettings().dense_inference,
+                    help="how the base model encodes the documents the adapter trains against (default: the pipeline's)")
+    ds.add_argument("--threads", type=positive_int, default=None)
+    add_cache_args(ds)
+    ds.add_argument("--output", type=Path, default=Path("results/dense-study"))
+
     lt = sub.add_parser("service-load", help="load test of the HTTP service vs the same pipeline in-process")
     lt.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder, served as one domain")
     lt.add_argument("--dataset", type=Path, required=True, help="its queries are sent, in turn")
@@ -208,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     commands = {"corpus-designs": corpus_designs.main, "tune-cutoffs": cutoffs.main, "gate-study": gate.main,
+                "dense-study": dense_study.main,
                 "rerank-study": rerank_study.main,
                 "service-load": service_load.main, "speed-bm25": speed_bm25.main,
                 "speed-dense": speed_dense.main, "speed-rerank": speed_rerank.main, "speed-inference": speed_inference.main,

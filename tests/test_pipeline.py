@@ -449,6 +449,28 @@ def test_cutoff_tuning_respects_the_budget(built, adi):
         tune(pipe, q, qrels, budget_ms=0)
 
 
+def test_dense_study_trains_what_the_build_trains_and_judges_on_its_held_out_queries(built, models, datasets_root,
+                                                                                    tmp_path):
+    """``python -m benchmarks dense-study``: for the pipeline's seed and its default dropout (none) the study reuses
+    the build's cached adapter and judges on the build's held-out queries; another dropout trains another adapter;
+    the pooled rows compare each variant with the first on the same queries."""
+    b, cache = built
+    out = tmp_path / "dense-study"
+    assert bench_main(["dense-study", "--dataset", str(datasets_root / "adi"), "--split", "test", "--seeds", "1",
+                       "--dropouts", "all", "none", "--epochs", "1", "--fit-queries", "10", "--model", models["dense"],
+                       "--cache-dir", str(cache), "--output", str(out)]) == 0
+    report = json.loads((out / "dense_study.json").read_text())
+    every, none = report["rows"]
+    assert none["cached_at"] == b.info["stages"]["dense"]["train"]["cached_at"] != every["cached_at"]
+    assert sorted(none["alone"]) == sorted(none["fused"]) == sorted(b.info["held_out"])
+    first, second = report["pooled"]
+    assert first["alone_p"] is None and second["queries"] == len(b.info["held_out"])
+    mean = sum(none["fused"].values()) / len(none["fused"])
+    assert second["fused"] == pytest.approx(mean)
+    assert second["fused_vs_first"] == pytest.approx(mean - sum(every["fused"].values()) / len(every["fused"]))
+    assert "Pooled over seeds 1" in (out / "dense_study.md").read_text()
+
+
 def test_rerank_study_reproduces_the_builds_choice_and_scores_out_of_fold(built, adi, datasets_root, tmp_path):
     from benchmarks.rerank_study import set_length
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from encoders.bi_encoder import BiEncoder
 from encoders.train import validation_queries
-from rerankers.train import split_examples, training_examples
+from rerankers.train import RerankTrainSettings, split_examples, training_examples
 
 from ..index.faiss import FaissIndex
 from ..lora.base import resolve_model
@@ -66,6 +66,14 @@ def dense_held_out(queries: Queries, qrels: Qrels, index, train_info: dict) -> l
     on them), from the settings it recorded: where its fusion weight can be chosen."""
     s = train_info["settings"]
     return validation_queries(queries, qrels, index.rows, s["val_fraction"], s["seed"])[1]
+
+
+def fit_slice(queries: Queries, qrels: Qrels, index, dense_train: dict, examples, rerank: RerankTrainSettings,
+              at_most: int) -> list[str]:
+    """The training queries both adapters held out (the dense trainer's validation queries that the reranker of
+    ``rerank``'s seed holds out too), at most ``at_most``: where weights and depth are chosen."""
+    dense_val = set(dense_held_out(queries, qrels, index, dense_train))
+    return [q for q in split_examples(examples, rerank)[1] if q in dense_val][:at_most]
 
 
 def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels | None = None,
@@ -129,8 +137,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     else:
         # the dense stage's fusion weights (before the reranker trains: a teacher distils the fused scores), on the
         # slice both adapters held out: the dense trainer's validation queries that the reranker's held out too
-        dense_val = set(dense_held_out(queries, qrels, index, dense_train))
-        held = [q for q in split_examples(examples, rs)[1] if q in dense_val][: settings.fit_queries]
+        held = fit_slice(queries, qrels, index, dense_train, examples, rs, settings.fit_queries)
         if not held:
             raise ValueError("no training query is held out of both adapters' training; cannot choose weights")
         if len(held) < MIN_FIT_QUERIES:
