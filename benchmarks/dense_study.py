@@ -27,10 +27,12 @@ from .gate import METRIC
 from .report import md_table
 
 
-def measure(encoder, index, bm25, queries, qrels) -> dict:
-    """``METRIC`` per query of the adapter alone and fused after BM25 (the weight fitted on these queries)."""
-    alone = evaluate(Dense(encoder, index, mode="retrieve", k=100).search(queries), qrels, [METRIC]).per_query
-    dense = Dense(encoder, index, mode="hybrid", k=100, neighbours=100)
+def measure(encoder, index, bm25, queries, qrels, settings: PipelineSettings) -> dict:
+    """``METRIC`` per query of the adapter alone and fused after BM25 as the pipeline's dense stage (``settings``'
+    depths; the weight fitted on these queries)."""
+    alone = evaluate(Dense(encoder, index, mode="retrieve", k=settings.dense_k).search(queries), qrels,
+                     [METRIC]).per_query
+    dense = Dense(encoder, index, mode="hybrid", k=settings.dense_k, neighbours=settings.neighbours)
     first = bm25.search(queries)
     dense.fusion, _ = fit_weight(first, dense.dense_scores(queries, first), qrels)
     fused = evaluate(dense.search(queries, first), qrels, [METRIC]).per_query
@@ -75,7 +77,7 @@ def main(args) -> int:
             held = fit_slice(ds.queries, ds.qrels, index, info, examples, rs, args.fit_queries)
             if not held:
                 raise ValueError(f"seed {seed}: no training query is held out of both adapters' training")
-            figures = measure(encoder, index, bm25, ds.queries.subset(held), {q: ds.qrels[q] for q in held})
+            figures = measure(encoder, index, bm25, ds.queries.subset(held), {q: ds.qrels[q] for q in held}, defaults)
             rows.append({"seed": seed, "variant": variant, "train_s": info["seconds"], "best_epoch": info["best_epoch"],
                          "cached_at": info["cached_at"], **figures})
     summary = pooled(rows, list(args.dropouts), list(args.seeds))

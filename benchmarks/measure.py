@@ -50,11 +50,11 @@ def export_variants() -> tuple[tuple[str, str, str], ...]:
 def one_batch_at_a_time(model):
     """Within it, the OpenVINO export ``model`` runs a call's batches one after another, each on every core (what
     ``run_batches`` did before it ran a batch on each core at once): the peer the speed benchmarks time it against."""
-    model.parallel_batches = False
+    saved, model.parallel_batches = model.parallel_batches, False
     try:
         yield
     finally:
-        model.parallel_batches = True
+        model.parallel_batches = saved
 
 
 def auto_int8_label() -> str:

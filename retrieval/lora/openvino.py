@@ -166,9 +166,9 @@ class OpenVinoModel:
     def run_batches(self, feeds: Iterable[dict], put: Callable[[int, np.ndarray], None]) -> None:
         """Run every feed (``put(i, output)`` with the i-th feed's output, in any order). Two batches or more run
         on a model compiled for throughput, a batch on each core at once (one thread each) instead of each batch on
-        every core in turn: 1.04x the SciFact abstracts and 1.11x the reranker pairs per second on 2 cores in
-        ``speed-dense`` / ``speed-rerank`` (int8; 1.18x / 1.14x in longer probes), with outputs identical to ``model(feed)``'s, since a batch's output does not depend on its
-        threads. One batch, or one thread, runs as ``model(feed)``."""
+        every core in turn (``speed-dense`` / ``speed-rerank`` time both), with outputs identical to
+        ``model(feed)``'s, since a batch's output does not depend on its threads. One batch, or one thread, runs as
+        ``model(feed)``. A failure in ``put`` stops the feeds still to start and is raised here."""
         feeds = iter(feeds)
         head = list(itertools.islice(feeds, 2))
         queue = self._throughput_queue() if len(head) == 2 and self.parallel_batches else None
@@ -188,6 +188,8 @@ class OpenVinoModel:
         queue.set_callback(done)
         try:
             for i, feed in enumerate(feeds):
+                if failures:  # no use running the rest
+                    break
                 queue.start_async({name: feed[name] for name in self.inputs}, i)
         finally:
             queue.wait_all()
