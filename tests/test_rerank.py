@@ -531,6 +531,8 @@ def test_skip_top_leaves_a_stages_first_ranks_out_of_mining(adi, adi_lucene):
     with pytest.raises(ValueError, match="rerank_dense_skip=5 skips"):
         PipelineSettings(rerank_dense_skip=5)
     assert PipelineSettings(rerank_dense_skip=5, rerank_negatives=("bm25", "dense")).rerank_dense_skip == 5
+    with pytest.raises(ValueError, match="rerank_group_negatives must be a positive integer"):
+        PipelineSettings(rerank_group_negatives=0)
     with pytest.raises(ValueError, match="rerank_pseudo_items"):
         PipelineSettings(corpus_only=True, rerank_pseudo_items=10)
     with pytest.raises(ValueError, match="layers must be distinct"):

@@ -69,6 +69,8 @@ class PipelineSettings:
                                                    type=int)
     rerank_negatives: tuple[str, ...] = _setting(("bm25",), "first stages the reranker's hard negatives come from",
                                                  choices=NEGATIVE_SOURCES)
+    rerank_group_negatives: int = _setting(RerankTrainSettings.negatives, "hard negatives beside each positive in a "
+                                                                          "training group of the reranker's listwise loss")
     rerank_dense_skip: int = _setting(0, "with dense negatives: the trained dense stage's top ranks left out of them "
                                          "(where it ranks unjudged positives of the queries it was trained on)")
     rerank_distill: float = _setting(0.0, "weight of a KL term pulling the reranker's softmax over each training "
@@ -101,7 +103,7 @@ class PipelineSettings:
         if not self.rerank_negatives or set(self.rerank_negatives) - set(NEGATIVE_SOURCES):
             raise ValueError(f"rerank_negatives must name 'bm25' and/or 'dense', got {self.rerank_negatives}")
         for name in ("bm25_k", "dense_k", "neighbours", "rerank_epochs", "rerank_max_length", "fit_queries",
-                     "corpus_rerank_depth", "shards"):
+                     "corpus_rerank_depth", "shards", "rerank_group_negatives"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
