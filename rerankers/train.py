@@ -133,9 +133,12 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
         return corpus[d].text if settings.mode == "corpus" or e.qid in pseudo_q else corpus[d].contents
 
     val_queries = Queries({q: texts[q] for q in val_q})
-    val_stage = Rerank(reranker, corpus, k=settings.val_depth)  # the reranker alone over the pools
 
     def validate() -> float:
+        """The reranker alone over the pools, scored by a copy with the adapter merged into its weights: the same
+        scores to float rounding, without LoRA's extra products (a third of the time on a CPU); training goes on
+        with the adapter as it was."""
+        val_stage = Rerank(reranker.merged(), corpus, k=settings.val_depth)
         return evaluate(val_stage.scores(val_queries, pools), val_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
 
     def group(e: TrainExample, rng) -> list[str]:

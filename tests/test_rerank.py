@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rerankers.cross_encoder import CrossEncoderReranker, RerankerMismatch, RerankLoraSettings
-from rerankers.train import RerankTrainSettings, train_reranker, training_examples
+from rerankers.train import RerankTrainSettings, split_examples, train_reranker, training_examples
+from retrieval.evaluation import evaluate
 from retrieval.stages.fusion import Fusion
 from retrieval.stages.rerank import Rerank, fit_rerank
 from retrieval.types import Queries, Ranking
@@ -243,6 +244,16 @@ def test_training_runs_keeps_best_epoch_and_saves(backbone, adi, adi_lucene, tmp
     assert result.start_val is None and result.history[0]["val_nDCG@10"] is None and result.best_epoch >= 1
     assert result.best_val == max(h["val_nDCG@10"] for h in result.history[1:])
     assert 0 < result.trainable_share < 0.2 and result.val_queries > 0
+    # validation scores a merged copy; the reranker itself keeps its adapter, and scores the kept epoch alike
+    assert ce.is_peft and not ce.is_merged
+    _, val_q = split_examples(examples, settings)
+    val = Queries({q: adi.queries[q] for q in val_q[: settings.max_val_queries]})
+    pools = adi_lucene.search(val, k=settings.val_depth)
+    qrels = {q: {d: 1 for d, g in adi.qrels[q].items() if g > 0 and d in adi.corpus} for q in val}
+    saved_length, ce.max_length = ce.max_length, settings.max_length
+    again = evaluate(Rerank(ce, adi.corpus, k=settings.val_depth).scores(val, pools), qrels, ["nDCG@10"])
+    ce.max_length = saved_length
+    assert again.aggregate["nDCG@10"] == pytest.approx(result.best_val, abs=1e-9)
     assert not any(p.requires_grad for p in ce.model.parameters())
     assert ce.max_length == 128  # training's shorter length is not left behind
     s = ce.score(Q, D)
