@@ -1,6 +1,7 @@
 """``python -m benchmarks run ...`` (quality), ``python -m benchmarks speed-bm25|speed-dense|speed-rerank ...`` (speed),
 ``tune-cutoffs`` (depths within a latency budget), ``gate-study`` (a learned per-pair fusion gate vs one weight),
-``rerank-study`` (what a pipeline's reranker adds on its held-out queries, in sample and out of fold), ``dense-study``
+``rerank-study`` (what a pipeline's reranker adds on its held-out queries, in sample and out of fold), ``rerank-pool``
+(rerank-study outputs of several seeds pooled), ``dense-study``
 (the query-side adapter's training variants on several seeds' held-out queries),
 ``corpus-designs`` (label-free fusions side by side) and ``service-load`` (the HTTP service vs in-process)."""
 
@@ -150,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--threads", type=positive_int, default=None)
     rs.add_argument("--output", type=Path, default=Path("results/rerank-study"))
 
+    rp = sub.add_parser("rerank-pool", help="rerank-study outputs pooled row by row (one study per seed: row i of each "
+                                            "is one variant), each pooled row compared with the first by a paired t-test")
+    rp.add_argument("--study", type=Path, nargs="+", required=True, help="folders written by rerank-study")
+    rp.add_argument("--output", type=Path, default=Path("results/rerank-pool"))
+
     ds = sub.add_parser("dense-study", help="the query-side adapter trained with each dropout on several seeds, judged "
                                             "on each seed's held-out training queries (alone and fused), pooled")
     ds.add_argument("--dataset", type=Path, required=True)
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     commands = {"corpus-designs": corpus_designs.main, "tune-cutoffs": cutoffs.main, "gate-study": gate.main,
                 "dense-study": dense_study.main,
-                "rerank-study": rerank_study.main,
+                "rerank-study": rerank_study.main, "rerank-pool": rerank_study.pool_main,
                 "service-load": service_load.main, "speed-bm25": speed_bm25.main,
                 "speed-dense": speed_dense.main, "speed-rerank": speed_rerank.main, "speed-inference": speed_inference.main,
                 "scale-out": scale_out.main}

@@ -13,7 +13,7 @@ Rows on the same queries are compared with the first row by a paired t-test. ``-
 in-sample choice to another split (dev), reported, never chosen on. Another length is read through the same
 model (its int8 export, if it has one, calibrated at the saved length). A pipeline's held-out queries that earlier
 choices were made on are no longer a fair judge of the next: give later rules another seed's pipeline (its held-out
-queries are others).
+queries are others), and pool several seeds' studies row by row with ``rerank-pool``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from retrieval.evaluation import paired_ttest
 from retrieval.pipeline.folder import load_pipeline
 from retrieval.stages.fusion import zscore
 from retrieval.types import Qrels, Queries, Ranking
-from retrieval.util import write_json
+from retrieval.util import read_json, write_json
 
 from .cutoffs import tuning_queries
 from .gate import METRIC, Pairs, fit_global, folds, per_query
@@ -206,4 +206,57 @@ def main(args) -> int:
     (args.output / "rerank_study.md").write_text("\n".join(text) + "\n", encoding="utf-8")
     print("\n".join(text))
     print(f"wrote {args.output}/rerank_study.json, rerank_study.md")
+    return 0
+
+
+def pool(studies: Sequence[dict], names: Sequence[str]) -> list[dict]:
+    """Rows of several ``rerank-study`` runs pooled by position: row ``i`` of every study (e.g. one training variant,
+    a study per seed) makes one pooled row, its per-query figures (out of fold, and the first two stages') joined over
+    the studies' queries, which must differ (each seed holds out others). Each pooled row is compared with the
+    first by a paired t-test over all those queries."""
+    if not studies:
+        raise ValueError("rerank-pool needs at least one rerank-study output")
+    widths = {len(s["rows"]) for s in studies}
+    if len(widths) != 1:
+        raise ValueError(f"rerank-pool pools row i of every study: they must have as many rows, got "
+                         f"{dict(zip(names, (len(s['rows']) for s in studies)))}")
+    seen: dict[str, str] = {}
+    for name, study in zip(names, studies):
+        for q in study["rows"][0]["per_query"]["out_of_fold"]:
+            if q in seen:
+                raise ValueError(f"query {q!r} is held out in both {seen[q]} and {name}: pooling needs each study on "
+                                 f"other queries (pipelines of other seeds)")
+            seen[q] = name
+    pooled = []
+    for i in range(widths.pop()):
+        rows = [s["rows"][i] for s in studies]
+        oof = {q: v for r in rows for q, v in r["per_query"]["out_of_fold"].items()}
+        first = {q: v for r in rows for q, v in r["per_query"]["first_two"].items()}
+        pooled.append({"pipelines": [r["pipeline"] for r in rows], "queries": len(oof),
+                       "first_two": float(np.mean(list(first.values()))),
+                       "fused_out_of_fold": float(np.mean(list(oof.values()))),
+                       "depths": [r["depth"] for r in rows], "weights": [r["weight"] for r in rows],
+                       "per_query": {"first_two": first, "out_of_fold": oof}})
+    compare(pooled, ("per_query", "out_of_fold"), "vs_first_row")
+    return pooled
+
+
+def pool_main(args) -> int:
+    """``python -m benchmarks rerank-pool --study DIR DIR ...``: ``rerank-study`` outputs pooled row by row."""
+    names = [str(d) for d in args.study]
+    studies = [read_json(d / "rerank_study.json", "rerank-study output (give folders written by python -m benchmarks "
+                                                  "rerank-study)") for d in args.study]
+    rows = pool(studies, names)
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_json(args.output / "rerank_pool.json", {"studies": names, "rows": rows})
+    head = ["row", "pipelines", "queries", "first two", "depth, weight per study", "out of fold", "vs first two",
+            "vs row 1"]
+    table = [[i + 1, ", ".join(r["pipelines"]), r["queries"], r["first_two"],
+              "; ".join(f"{d}, {w:.2f}" for d, w in zip(r["depths"], r["weights"])), r["fused_out_of_fold"],
+              f"{r['fused_out_of_fold'] - r['first_two']:+.4f}", _fmt_vs(r["vs_first_row"])] for i, r in enumerate(rows)]
+    text = [f"{METRIC}, out of fold, pooled over {len(names)} studies ({', '.join(names)}); row i pools row i of each", "",
+            md_table(head, table)]
+    (args.output / "rerank_pool.md").write_text("\n".join(text) + "\n", encoding="utf-8")
+    print("\n".join(text))
+    print(f"wrote {args.output}/rerank_pool.json, rerank_pool.md")
     return 0
