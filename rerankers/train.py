@@ -136,7 +136,7 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
 
     def validate() -> float:
         """The reranker alone over the pools, scored by a copy with the adapter merged into its weights: the same
-        scores to float rounding, without LoRA's extra products (a third of the time on a CPU); training goes on
+        scores to float rounding, without LoRA's extra products (~30% of a pass on a CPU); training goes on
         with the adapter as it was."""
         val_stage = Rerank(reranker.merged(), corpus, k=settings.val_depth)
         return evaluate(val_stage.scores(val_queries, pools), val_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
