@@ -212,26 +212,21 @@ def main(args) -> int:
 def pool(studies: Sequence[dict], names: Sequence[str]) -> list[dict]:
     """Rows of several ``rerank-study`` runs pooled by position: row ``i`` of every study (e.g. one training variant,
     a study per seed) makes one pooled row, its per-query figures (out of fold, and the first two stages') joined over
-    the studies' queries, which must differ (each seed holds out others). Each pooled row is compared with the
-    first by a paired t-test over all those queries."""
+    the studies, each query counted once per study (``"<study>:<query id>"``: seeds hold out overlapping queries, each
+    judged by other pipelines). Each pooled row is compared with the first by a paired t-test over all of them."""
     if not studies:
         raise ValueError("rerank-pool needs at least one rerank-study output")
+    if len(set(names)) < len(names):
+        raise ValueError(f"rerank-pool was given a study twice: {list(names)}")
     widths = {len(s["rows"]) for s in studies}
     if len(widths) != 1:
         raise ValueError(f"rerank-pool pools row i of every study: they must have as many rows, got "
                          f"{dict(zip(names, (len(s['rows']) for s in studies)))}")
-    seen: dict[str, str] = {}
-    for name, study in zip(names, studies):
-        for q in study["rows"][0]["per_query"]["out_of_fold"]:
-            if q in seen:
-                raise ValueError(f"query {q!r} is held out in both {seen[q]} and {name}: pooling needs each study on "
-                                 f"other queries (pipelines of other seeds)")
-            seen[q] = name
     pooled = []
     for i in range(widths.pop()):
         rows = [s["rows"][i] for s in studies]
-        oof = {q: v for r in rows for q, v in r["per_query"]["out_of_fold"].items()}
-        first = {q: v for r in rows for q, v in r["per_query"]["first_two"].items()}
+        oof = {f"{n}:{q}": v for n, r in zip(names, rows) for q, v in r["per_query"]["out_of_fold"].items()}
+        first = {f"{n}:{q}": v for n, r in zip(names, rows) for q, v in r["per_query"]["first_two"].items()}
         pooled.append({"pipelines": [r["pipeline"] for r in rows], "queries": len(oof),
                        "first_two": float(np.mean(list(first.values()))),
                        "fused_out_of_fold": float(np.mean(list(oof.values()))),

@@ -6,7 +6,7 @@
    adapter vs ``merged()`` vs the OpenVINO exports (fp32, bf16, int8 calibrated on other dev queries' BM25
    pairs), each with the Spearman correlation of its scores to the plain float32 forward's.
 2. How rerank time grows with depth: the ``Rerank`` stage over BM25 candidates at k = 10, 20, 50, 100.
-3. A training step (listwise, 8 queries x (1 + 3) passages, LoRA) in float32 vs bf16 autocast, and which of the
+3. A training step (listwise, 8 queries x (1 + the default negatives) passages, LoRA) in float32 vs bf16 autocast, and which of the
    two ``precision="auto"`` takes on this CPU: bf16 pays only where the CPU computes it natively (AVX512-BF16, AMX);
    and in float32 with dropout as ``PipelineSettings.rerank_dropout`` sets it: all, no-attention (the attention
    probabilities' off: PyTorch's fused attention kernel runs) and none (the default).
@@ -21,6 +21,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings, cpu_bf16_facts
+from rerankers.train import RerankTrainSettings
 from retrieval.data import load_dataset
 from retrieval.lora.training import dropout_switches, dropouts_off
 from retrieval.stages.bm25 import BM25
@@ -147,7 +148,7 @@ def depth_part(args, ds, bm25) -> dict:
 STEP_VARIANTS = (("float32", "all"), ("bfloat16", "all"), ("float32", "no-attention"), ("float32", "none"))
 
 
-def train_step_part(args, ds, bm25, batch: int = 8, group: int = 4) -> dict:
+def train_step_part(args, ds, bm25, batch: int = 8, group: int = 1 + RerankTrainSettings.negatives) -> dict:
     """Seconds per listwise LoRA training step for each of ``STEP_VARIANTS``, on real SciFact pairs (the training
     default's shape), the variants alternating; and the loss of the first step of each (they start from one
     state; with dropout on, the losses differ by its random masks too)."""
