@@ -218,6 +218,15 @@ def pool(studies: Sequence[dict], names: Sequence[str]) -> list[dict]:
         raise ValueError("rerank-pool needs at least one rerank-study output")
     if len(set(names)) < len(names):
         raise ValueError(f"rerank-pool was given a study twice: {list(names)}")
+    for name, study in zip(names, studies):
+        rows = study.get("rows")
+        if not rows or not all(isinstance(r, dict) and isinstance(r.get("per_query"), dict)
+                               and {"out_of_fold", "first_two"} <= set(r["per_query"]) for r in rows):
+            raise ValueError(f"{name}: not a rerank-study output (rows with per-query figures); run python -m "
+                             f"benchmarks rerank-study again to write it")
+    firsts = [s["rows"][0].get("pipeline") for s in studies]
+    if len(set(firsts)) < len(firsts):
+        raise ValueError(f"rerank-pool: two studies judge the same pipeline ({firsts}); pool studies of other seeds")
     widths = {len(s["rows"]) for s in studies}
     if len(widths) != 1:
         raise ValueError(f"rerank-pool pools row i of every study: they must have as many rows, got "

@@ -535,6 +535,9 @@ def test_rerank_pool_joins_seeds_row_by_row(tmp_path):
     (tmp_path / "one" / "rerank_study.json").write_text(json.dumps({"rows": [row("x", {"z": 0.1}, {"z": 0.1})]}))
     with pytest.raises(ValueError, match="as many rows"):
         bench_main(["rerank-pool", "--study", str(tmp_path / "s4"), str(tmp_path / "one"), "--output", str(out)])
+    (tmp_path / "one" / "rerank_study.json").write_text(json.dumps({"rows": [{"pipeline": "y"}]}))
+    with pytest.raises(ValueError, match="not a rerank-study output"):
+        bench_main(["rerank-pool", "--study", str(tmp_path / "s4"), str(tmp_path / "one"), "--output", str(out)])
     with pytest.raises(FileNotFoundError, match="rerank-study output"):
         bench_main(["rerank-pool", "--study", str(tmp_path / "nope"), "--output", str(out)])
 
