@@ -5,6 +5,7 @@ import json
 import pytest
 
 from benchmarks.__main__ import main
+from rerankers.train import RerankTrainSettings
 
 
 @pytest.mark.slow
@@ -77,7 +78,7 @@ def test_speed_rerank_small(datasets_root, tmp_path):
     assert rows[f"{auto}, one batch at a time"]["spearman_to_fp32"] == rows[auto]["spearman_to_fp32"]
     assert [r["k"] for r in result["depth"]["rows"]] == [2, 4]
     s = result["train_step"]
-    assert s["pairs_per_step"] == 32 and s["steps"] == 1 and s["auto"] in ("float32", "bfloat16")
+    assert s["pairs_per_step"] == 8 * (1 + RerankTrainSettings.negatives) and s["steps"] == 1 and s["auto"] in ("float32", "bfloat16")
     steps = {(r["precision"], r["dropout"]): r for r in s["rows"]}
     assert set(steps) == {("float32", "all"), ("bfloat16", "all"), ("float32", "no-attention"), ("float32", "none")}
     assert all(r["s_per_step"] > 0 for r in steps.values())
