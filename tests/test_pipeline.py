@@ -46,7 +46,7 @@ def _settings(models, **kw) -> PipelineSettings:
 def built(adi, models, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1,
-                         rerank_group_negatives=2)
+                         rerank_group_negatives=1)
     return build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None), cache
 
 
@@ -73,7 +73,7 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
     assert info["stages"]["rerank"]["train"]["negatives_from"]["dense"] == {
         "query_encoder": dense.encoder.fingerprint("query"), "skip": 2}
     assert info["stages"]["rerank"]["train"]["settings"]["pseudo_items"] == 8  # the settings reach the trainer
-    assert info["stages"]["rerank"]["train"]["settings"]["negatives"] == 2
+    assert info["stages"]["rerank"]["train"]["settings"]["negatives"] == 1  # not the default (2)
     assert info["stages"]["rerank"]["train"]["settings"]["lora"]["layers"] == [-1]
     assert all(".layer.1." in n or "pooler" in n for n, _ in rerank.reranker.model.named_parameters() if "lora_A" in n)
     judged = split_examples(training_examples("supervised", adi.corpus, adi.queries, adi.qrels), RerankTrainSettings())[0]
@@ -565,7 +565,7 @@ def test_a_reranker_distilled_from_the_first_two_stages(built, adi, models):
     whose weights are fitted (on the held-out queries) before the reranker trains: the same as without it."""
     b, cache = built
     settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1,
-                         rerank_group_negatives=2, rerank_distill=0.5)
+                         rerank_group_negatives=1, rerank_distill=0.5)
     d = build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None)
     dense = d.pipeline.stages[1]
     assert dense.fusion == b.pipeline.stages[1].fusion and d.info["held_out"] == b.info["held_out"]
