@@ -17,7 +17,7 @@ from typing import Callable
 from encoders.bi_encoder import BiEncoder
 from retrieval.data import Dataset, load_dataset
 from retrieval.evaluation import evaluate
-from retrieval.pipeline.build import BuiltPipeline, build_pipeline, dense_held_out
+from retrieval.pipeline.build import BuiltPipeline, budgeted_depths, build_pipeline, dense_held_out
 from retrieval.pipeline.cache import base_index, bm25_stage, dense_adapter, with_inference
 from retrieval.pipeline.folder import PipelineMismatch, is_pipeline_dir, load_pipeline, pipeline_config, save_pipeline
 from retrieval.stage import Pipeline
@@ -169,7 +169,7 @@ def _epoch_curve(ds: Dataset, stage: Rerank, first, train_info: dict) -> list[di
 def _fusion_extra(info: dict) -> dict:
     f = info["fusion"]
     return {"fitted_on": f["fitted_on"], "depth": info["depth"], **{k: f[k] for k in ("method", "weights", "rrf_k", "norm")},
-            "depths": f.get("depths", [])}
+            "depths": f.get("depths", []), **({"budget": info["budget"]} if info.get("budget") else {})}
 
 
 def _rerank_builder(corpus_only: bool) -> Builder:
@@ -186,20 +186,22 @@ def _rerank_builder(corpus_only: bool) -> Builder:
         if not corpus_only:
             train = load_dataset(ds.path, opts.train_split)
             fit_q = train.queries.subset(full.info["held_out"])
+            depths, budget = budgeted_depths(s, [bm25], stage, fit_q)
             depth, fusion, rows = fit_rerank(stage, fit_q, bm25.search(fit_q, k=max(s.rerank_depths)),
-                                             {q: train.qrels[q] for q in fit_q}, depths=s.rerank_depths)
+                                             {q: train.qrels[q] for q in fit_q}, depths=depths)
             fitted_on = full.info["stages"]["rerank"]["fusion"]["fitted_on"]
         else:
             # No labels: held-out pseudo-queries cannot choose here, because BM25 alone finds a title's own
             # document at rank 1 (on Medline it scored 1.0 and the fit switched the reranker off). So the
             # label-free rule fixed in advance: equal weights of the z-scored scores, the corpus-only depth.
-            depth, fusion, rows = s.corpus_rerank_depth, Fusion("weighted", (0.5, 0.5)), []
+            depth, fusion, rows, budget = s.corpus_rerank_depth, Fusion("weighted", (0.5, 0.5)), [], None
             fitted_on = f"nothing (no labels): equal weights and depth {depth}, fixed in advance"
         stage.k, stage.fusion = depth, fusion
         curve = _epoch_curve(ds, stage, bm25, train_info) if opts.rerank_epoch_curve else None
         extra = {"train": train_info, "train_seconds": train_info["seconds"],
-                 "fusion": _fusion_extra({"depth": depth, "fusion": {"fitted_on": fitted_on, **fusion.to_dict(),
-                                          "depths": [{k: v for k, v in r.items() if k != "grid"} for r in rows]}})}
+                 "fusion": _fusion_extra({"depth": depth, "budget": budget,
+                                          "fusion": {"fitted_on": fitted_on, **fusion.to_dict(),
+                                                     "depths": [{k: v for k, v in r.items() if k != "grid"} for r in rows]}})}
         if curve:
             extra["epoch_curve"] = curve
         ce = stage.reranker

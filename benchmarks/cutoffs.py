@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
+from retrieval.latency import measure_latency
 from retrieval.pipeline.folder import load_pipeline
 from retrieval.stage import Pipeline
 from retrieval.types import Qrels, Queries
 from retrieval.util import write_json
 
-from .measure import measure_latency
 from .plots import pyplot, save
 from .report import md_table
 

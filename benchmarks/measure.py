@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from retrieval.data import Dataset
 from retrieval.distributed.search import search_batches
 from retrieval.evaluation import DEFAULT_MEASURES, evaluate
+from retrieval.latency import measure_latency
 from retrieval.lora.openvino import native_bf16, resolve_int8_scope
 from retrieval.pipeline.folder import folder_bytes, save_pipeline
 from retrieval.stage import Pipeline
-from retrieval.types import Queries, Ranking
+from retrieval.types import Ranking
 from retrieval.util import library_version, write_json
 
 from .conditions import DESCRIPTIONS, builder_for, condition_name
@@ -67,25 +67,6 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
         return {"p50": 0.0, "p95": 0.0}
     arr = np.asarray(values) * 1000.0
     return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95))}
-
-
-def measure_latency(pipeline: Pipeline, queries: Queries, n: int, seed: int = 0) -> tuple[dict[str, list[float]], list[float]]:
-    """Run up to ``n`` queries one at a time; per-stage and total seconds per query."""
-    qids = list(queries)
-    if n < len(qids):
-        rng = np.random.default_rng(seed)
-        qids = [qids[i] for i in sorted(rng.choice(len(qids), size=n, replace=False))]
-    per_stage: dict[str, list[float]] = {s.name: [] for s in pipeline.stages}
-    total: list[float] = []
-    if qids:  # warm-up outside the measurement (JIT, caches)
-        pipeline.search(Queries({qids[0]: queries[qids[0]]}))
-    for qid in tqdm(qids, desc="latency", unit="q", leave=False):
-        t0 = time.perf_counter()
-        ranking = pipeline.search(Queries({qid: queries[qid]}))
-        total.append(time.perf_counter() - t0)
-        for trace in ranking.trace:
-            per_stage[trace.name].append(trace.seconds)
-    return per_stage, total
 
 
 def batch_search(pipe: Pipeline, ds: Dataset, opts: RunOptions) -> Ranking:

@@ -96,6 +96,12 @@ def condition_report(r: dict) -> str:
             parts += ["", md_table(["depth", "best weight", "nDCG@10 fused", "nDCG@10 reranker alone"],
                                     [[d["depth"], d["weight"], d["nDCG@10"], d["nDCG@10 alone"]] for d in f["depths"]]),
                       "", f"(on the held-out training queries; depth {f['depth']} chosen)"]
+        if f.get("budget"):
+            b = f["budget"]
+            timed = ", ".join(f"depth {d}: {ms:g} ms" for d, ms in b["p50_ms"].items())
+            parts += ["", f"Latency budget {b['budget_ms']:g} ms a query (median of {b['queries']} held-out training "
+                          f"queries one at a time, while building): {timed}"
+                          + ("" if b["met"] else "; no depth fits, the shallowest was used") + "."]
     return "\n".join(parts) + "\n"
 
 

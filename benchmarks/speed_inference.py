@@ -16,11 +16,11 @@ import numpy as np
 
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
+from retrieval.latency import measure_latency
 from retrieval.pipeline.folder import load_pipeline
 from retrieval.stages.dense import Dense, document_index
 from retrieval.util import write_json
 
-from .measure import measure_latency
 from .report import md_table
 
 

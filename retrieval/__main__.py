@@ -176,6 +176,10 @@ def train(args) -> int:
     s = info["stages"]
     rerank = (f"rerank depth {s['rerank']['depth']}, weights {s['rerank']['fusion']['weights']}" if "rerank" in s
               else "no reranker")
+    budget = s.get("rerank", {}).get("budget")
+    if budget:
+        rerank += (f" (budget {budget['budget_ms']:g} ms a query: "
+                   + ", ".join(f"depth {d} {ms:g} ms" for d, ms in budget["p50_ms"].items()) + ")")
     print(f"BM25 k1={s['bm25']['k1']} b={s['bm25']['b']}; dense fusion weights {s['dense']['fusion']['weights']}; "
           f"{rerank} (chosen on {s['dense']['fusion']['fitted_on']}); training {info['train_seconds']:.0f} s")
     if args.dev_split:

@@ -85,6 +85,27 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
     assert all(len(d) <= 20 for d in ranking.scores.values())  # rerank keeps the dense stage's 20 (keep_rest)
 
 
+def test_a_latency_budget_leaves_the_depths_over_it_out_of_the_choice(built, adi, models):
+    b, cache = built
+    kw = dict(rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1, rerank_group_negatives=1)
+    ample = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_budget_ms=1e6, **kw),
+                           cache_dir=cache, log=lambda m: None)  # every part from the cache
+    budget = ample.info["stages"]["rerank"]["budget"]
+    assert budget["met"] and list(budget["p50_ms"]) == ["5", "10"] and budget["budget_ms"] == 1e6
+    assert ample.pipeline.stages[-1].k == b.pipeline.stages[-1].k  # every depth allowed: the same choice
+    lines = []
+    tight = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_budget_ms=1e-3, **kw),
+                           cache_dir=cache, log=lines.append)
+    budget = tight.info["stages"]["rerank"]["budget"]
+    assert not budget["met"] and list(budget["p50_ms"]) == ["5"] and tight.pipeline.stages[-1].k == 5
+    assert [d["depth"] for d in tight.info["stages"]["rerank"]["fusion"]["depths"]] == [5]
+    assert any(m.startswith("warning: no rerank depth fits 0.001 ms") for m in lines)
+    assert "budget" not in b.info["stages"]["rerank"]  # no budget, no timing
+    for bad in (0, -1.0, True, float("inf")):
+        with pytest.raises(ValueError, match="rerank_budget_ms must be a positive number"):
+            _settings(models, rerank_budget_ms=bad)
+
+
 def test_saved_pipeline_loads_with_identical_rankings_in_a_fresh_process(built, adi, tmp_path):
     b, _ = built
     folder = save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, b.info)
@@ -380,7 +401,8 @@ def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tm
                       f'conditions = ["bm25", "bm25>>ce", "full", "{pipe}"]\n\n[expected.adi]\n'
                       f'bm25 = {{ "nDCG@10" = 0.0, tolerance = 0.001 }}\n')  # far below: reported as "above", passes
     args = ["run", "--config", str(config), "--datasets-root", str(datasets_root), "--output", str(out),
-            "--index-dir", str(cache), "--latency-queries", "3", "--bm25-k", "50", "--dense-k", "20", "--neighbours", "20", *flags]
+            "--index-dir", str(cache), "--latency-queries", "3", "--bm25-k", "50", "--dense-k", "20", "--neighbours", "20", *flags,
+            "--rerank-budget-ms", "1e6"]  # every depth fits: the choice `pipe` made
     assert bench_main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     by = {r["pipeline"]: r for r in summary}
@@ -390,6 +412,10 @@ def test_train_cli_runner_full_saved_folder_and_config(datasets_root, models, tm
         assert sig["baseline"] == "bm25" and 0.0 <= sig["p_value"] <= 1.0 and sig["queries"] == by["bm25"]["queries"]
         assert by[name]["train_seconds"] > 0
     assert [s["name"] for s in by["full"]["stages"]] == ["bm25", "dense", "rerank"]
+    for name in ("full", "bm25>>ce"):  # each timed behind its own first stages
+        budget = by[name]["fusion"]["budget"]
+        assert budget["met"] and budget["budget_ms"] == 1e6 and list(budget["p50_ms"]) == ["5", "10"]
+        assert "Latency budget 1e+06 ms a query" in (out / "adi" / name / "report.md").read_text()
     assert by["full"]["index_bytes"] > by["bm25"]["index_bytes"] > 0
     # the saved folder evaluated as-is gives what `full` (same data, same cached adapters) gives
     assert by["pipe"]["metrics"] == pytest.approx(by["full"]["metrics"])

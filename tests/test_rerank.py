@@ -1,6 +1,7 @@
 """Cross-encoder reranker, its LoRA adapters, training and the rerank stage: tiny random BERTs, ADI data."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from rerankers.cross_encoder import CrossEncoderReranker, RerankerMismatch, Rera
 from rerankers.train import RerankTrainSettings, split_examples, train_reranker, training_examples
 from retrieval.evaluation import evaluate
 from retrieval.stages.fusion import Fusion
-from retrieval.stages.rerank import Rerank, fit_rerank
+from retrieval.stages.rerank import Rerank, depths_within, fit_rerank
 from retrieval.types import Queries, Ranking
 
 Q = ["what is information retrieval", "indexing of documents", "a query"]
@@ -216,6 +217,37 @@ def test_rerank_stage_reorders_and_keeps_parts(adi, adi_lucene):
     assert set(ranking.stages) == {adi_lucene.name, "rerank", "rerank/alone"}
     depth, fusion, rows = fit_rerank(stage, adi.queries, first, adi.qrels, depths=(5, 10))
     assert depth in (5, 10) and len(rows) == 2 and fusion.weights[1] > 0.5
+
+
+class _Slow:
+    """A reranker that takes ``ms`` milliseconds a pair (one call per query, as one query at a time gives)."""
+
+    def __init__(self, ms: float):
+        self.ms, self.calls = ms, []
+
+    def score(self, queries, docs):
+        self.calls.append(len(docs))
+        time.sleep(self.ms * len(docs) / 1000.0)
+        return np.zeros(len(docs))
+
+
+def test_depths_within_a_latency_budget_are_measured_shallowest_first(adi, adi_bm25s):
+    queries = adi.queries.subset(list(adi.queries)[:6])
+    stage = Rerank(_Slow(4.0), adi.corpus, k=7)
+    # ~4 / 20 / 100 ms a query at depths 1 / 5 / 25 against 50 ms: 25 is over, so 40 is never timed
+    allowed, record = depths_within(50, (25, 1, 40, 5), [adi_bm25s], stage, queries, n=3)
+    assert allowed == (1, 5) and record["met"] and record["queries"] == 3
+    assert list(record["p50_ms"]) == ["1", "5", "25"]
+    assert 4 <= record["p50_ms"]["1"] < 50 <= record["p50_ms"]["25"] and stage.k == 7
+    assert max(stage.reranker.calls) <= 25
+    # nothing fits: the shallowest depth, and the record says so
+    allowed, record = depths_within(1, (5, 10), [adi_bm25s], Rerank(_Slow(4.0), adi.corpus), queries, n=2)
+    assert allowed == (5,) and not record["met"] and list(record["p50_ms"]) == ["5"]
+    for bad in (0, -3, None):
+        with pytest.raises(ValueError, match="latency budget must be a positive"):
+            depths_within(bad, (5,), [adi_bm25s], stage, queries)
+    with pytest.raises(ValueError, match="at least one query"):
+        depths_within(10, (5,), [adi_bm25s], stage, Queries({}))
 
 
 def test_rerank_stage_errors(adi, backbone):

@@ -14,7 +14,9 @@
    (``retrieval.pipeline.teacher``), so their weights are chosen before it trains.
 
 Settings are chosen without the evaluated split: the dense fusion weight, the rerank depth and the rerank
-fusion weight on training queries held out of both adapters' training (the same seeded slice).
+fusion weight on training queries held out of both adapters' training (the same seeded slice). With a latency
+budget (``rerank_budget_ms``) the depths are first timed on those queries, one query at a time through the whole
+pipeline on the building machine, and only those within the budget are chosen from.
 
 With ``corpus_only`` there are no judgements, so nothing can be chosen on queries; the rule fixed in advance
 (README, "Corpus-only"): pseudo-queries made from the documents train the query-side dense adapter, and the
@@ -42,7 +44,7 @@ from ..shards import Executor
 from ..stage import Pipeline
 from ..stages.dense import Dense
 from ..stages.fusion import Fusion, fit_weight
-from ..stages.rerank import Rerank, fit_rerank
+from ..stages.rerank import Rerank, depths_within, fit_rerank
 from ..types import Corpus, Qrels, Queries
 from .cache import base_index, bm25_stage, dense_adapter, first_stage_facts, rerank_settings, reranker, with_inference
 from .settings import PipelineSettings
@@ -74,6 +76,21 @@ def fit_slice(queries: Queries, qrels: Qrels, index, dense_train: dict, examples
     ``rerank``'s seed holds out too), at most ``at_most``: where weights and depth are chosen."""
     dense_val = set(dense_held_out(queries, qrels, index, dense_train))
     return [q for q in split_examples(examples, rerank)[1] if q in dense_val][:at_most]
+
+
+def budgeted_depths(settings: PipelineSettings, first: list, rerank: Rerank, queries: Queries,
+                    log=print) -> tuple[tuple[int, ...], dict | None]:
+    """``settings.rerank_depths``, less those over ``settings.rerank_budget_ms`` behind the ``first`` stages (timed
+    on ``queries``), and the record of the measurement (None without a budget)."""
+    if settings.rerank_budget_ms is None:
+        return settings.rerank_depths, None
+    log(f"timing the rerank depths {list(settings.rerank_depths)} against the budget of "
+        f"{settings.rerank_budget_ms:g} ms a query")
+    depths, budget = depths_within(settings.rerank_budget_ms, settings.rerank_depths, first, rerank, queries)
+    if not budget["met"]:
+        log(f"warning: no rerank depth fits {settings.rerank_budget_ms:g} ms a query on this machine (depth "
+            f"{depths[0]}: {budget['p50_ms'][str(depths[0])]:g} ms); the shallowest is used")
+    return depths, budget
 
 
 def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels | None = None,
@@ -177,12 +194,15 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
         rerank.k, rerank.fusion = settings.corpus_rerank_depth, Fusion("weighted", (0.5, 0.5))
         depth_rows = []
     else:
+        depths, budget = budgeted_depths(settings, [bm25, dense], rerank, fit_q, log)
         log(f"choosing the rerank depth and weight on the same {len(held)} held-out training queries")
         candidates = dense.search(fit_q, first)
-        rerank.k, rerank.fusion, depth_rows = fit_rerank(rerank, fit_q, candidates, fit_qrels, settings.rerank_depths)
+        rerank.k, rerank.fusion, depth_rows = fit_rerank(rerank, fit_q, candidates, fit_qrels, depths)
     info["stages"]["rerank"] = {"train": rerank_train, "depth": rerank.k,
                                 "fusion": {**rerank.fusion.to_dict(), "fitted_on": fitted_on,
                                            "depths": [{k: v for k, v in r.items() if k != "grid"} for r in depth_rows]}}
+    if not settings.corpus_only and budget:
+        info["stages"]["rerank"]["budget"] = budget
     return _built(stages, corpus, info, t_start, held, settings, cache_dir, threads, executor, log)
 
 

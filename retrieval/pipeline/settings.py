@@ -60,6 +60,10 @@ class PipelineSettings:
     rerank_epochs: int = _setting(2, "reranker epochs")
     rerank_max_length: int = _setting(RerankTrainSettings.max_length, "query + passage tokens the reranker trains on")
     rerank_depths: tuple[int, ...] = _setting(DEPTHS, "rerank depths to choose from on held-out training queries")
+    rerank_budget_ms: float | None = _setting(None, "latency budget: milliseconds a query may take through the whole "
+                                                    "pipeline (median, one query at a time, measured on this machine "
+                                                    "while building); rerank depths over it are not chosen (default: "
+                                                    "no budget)", type=float)
     rerank_max_items: int | None = _setting(None, "cap on reranker training pairs (default: all; corpus-only 800)",
                                             type=int)
     rerank_pseudo_items: int = _setting(0, "pseudo-queries from the corpus (titles -> their passages) added to the "
@@ -118,6 +122,11 @@ class PipelineSettings:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+        if self.rerank_budget_ms is not None and (isinstance(self.rerank_budget_ms, bool) or
+                                                  not isinstance(self.rerank_budget_ms, (int, float)) or
+                                                  not 0 < self.rerank_budget_ms < float("inf")):
+            raise ValueError(f"rerank_budget_ms must be a positive number of milliseconds or None, got "
+                             f"{self.rerank_budget_ms!r}")
         if not self.rerank_depths or min(self.rerank_depths) < 1:
             raise ValueError(f"rerank_depths must be positive integers, got {self.rerank_depths}")
         if max(self.rerank_depths) > self.dense_k:

@@ -2,7 +2,7 @@
 
 The reranker's score can be used alone or fused with the score each candidate came with (``Fusion``: a
 weighted sum of normalised scores, or RRF). ``fit_rerank`` chooses the depth and the fusion weight on
-*training* queries. The stage's output holds the top ``k`` reranked candidates (and, with ``keep_rest``,
+*training* queries, ``depths_within`` the depths a latency budget allows. The stage's output holds the top ``k`` reranked candidates (and, with ``keep_rest``,
 the remaining candidates below them in their incoming order); its ``stages["alone"]`` keeps the
 reranker's own ranking, before fusion, so both can be measured from one pass.
 """
@@ -14,7 +14,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..evaluation import evaluate
-from ..stage import StageBase, as_queries, check_candidates, check_k
+from ..latency import measure_latency
+from ..stage import Pipeline, StageBase, as_queries, check_candidates, check_k
 from ..types import Document, Qrels, Queries, Ranking
 from .fusion import Fusion, fit_weight
 
@@ -106,3 +107,34 @@ def fit_rerank(stage: Rerank, queries: Queries, candidates: Ranking, qrels: Qrel
             best = (depth, score, fusion)
     assert best is not None
     return best[0], best[2], rows
+
+
+def depths_within(budget_ms: float, depths: Sequence[int], first: Sequence[StageBase], stage: Rerank,
+                  queries: Queries, n: int = 20, seed: int = 0) -> tuple[tuple[int, ...], dict]:
+    """The rerank depths at which ``first >> stage`` answers a query within ``budget_ms`` milliseconds: the median
+    over ``n`` of ``queries`` run one at a time, on this machine, as it is now (measured, not assumed).
+
+    Depths are measured shallowest first and the measuring stops at the first one over the budget (a deeper one
+    only costs more). When even the shallowest is over, it is the one returned, and the record says the budget
+    was not met. Returns (the depths allowed, the record: budget, measured medians, met).
+    """
+    if not budget_ms or budget_ms <= 0:
+        raise ValueError(f"the latency budget must be a positive number of milliseconds, got {budget_ms!r}")
+    queries = as_queries(queries)
+    if len(queries) == 0:
+        raise ValueError("measuring the rerank depths' latency needs at least one query")
+    saved = stage.k
+    measured: dict[int, float] = {}
+    try:
+        for depth in sorted(set(depths)):
+            stage.k = depth
+            _, total = measure_latency(Pipeline([*first, stage]), queries, n, seed, desc=f"latency at depth {depth}")
+            measured[depth] = float(np.median(total) * 1000.0)
+            if measured[depth] > budget_ms:
+                break
+    finally:
+        stage.k = saved
+    allowed = tuple(d for d, ms in measured.items() if ms <= budget_ms)
+    record = {"budget_ms": float(budget_ms), "p50_ms": {str(d): round(ms, 2) for d, ms in measured.items()},
+              "queries": min(n, len(queries)), "met": bool(allowed)}
+    return allowed or (min(depths),), record
