@@ -55,7 +55,8 @@ class RerankTrainSettings:
     batch_size: int = 8               # training items (queries) per step; each brings 1 + negatives pairs
     negatives: int = 2                # beside each positive (3 before; a rule on seeds 4-6's held-out queries, README)
     negatives_depth: int = 30
-    max_length: int = 256             # query + passage tokens while training (and scoring)
+    max_length: int = 128             # query + passage tokens while training (and scoring); 256 before, a rule on
+                                      # seeds 4-6's held-out queries pooled (README routes): fused, the same; alone, worse
     val_fraction: float = 0.15
     max_val_queries: int = 64
     val_depth: int = 20
