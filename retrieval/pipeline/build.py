@@ -192,7 +192,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     # the reranker's fusion weight and depth
     if settings.corpus_only:
         rerank.k, rerank.fusion = settings.corpus_rerank_depth, Fusion("weighted", (0.5, 0.5))
-        depth_rows = []
+        depth_rows, budget = [], None  # the depth fixed in advance: no budget applies
     else:
         depths, budget = budgeted_depths(settings, [bm25, dense], rerank, fit_q, log)
         log(f"choosing the rerank depth and weight on the same {len(held)} held-out training queries")
@@ -201,7 +201,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     info["stages"]["rerank"] = {"train": rerank_train, "depth": rerank.k,
                                 "fusion": {**rerank.fusion.to_dict(), "fitted_on": fitted_on,
                                            "depths": [{k: v for k, v in r.items() if k != "grid"} for r in depth_rows]}}
-    if not settings.corpus_only and budget:
+    if budget:
         info["stages"]["rerank"]["budget"] = budget
     return _built(stages, corpus, info, t_start, held, settings, cache_dir, threads, executor, log)
 

@@ -2,9 +2,9 @@
 
 The reranker's score can be used alone or fused with the score each candidate came with (``Fusion``: a
 weighted sum of normalised scores, or RRF). ``fit_rerank`` chooses the depth and the fusion weight on
-*training* queries, ``depths_within`` the depths a latency budget allows. The stage's output holds the top ``k`` reranked candidates (and, with ``keep_rest``,
-the remaining candidates below them in their incoming order); its ``stages["alone"]`` keeps the
-reranker's own ranking, before fusion, so both can be measured from one pass.
+*training* queries, ``depths_within`` the depths a latency budget allows. The stage's output holds the top ``k``
+reranked candidates (and, with ``keep_rest``, the remaining candidates below them in their incoming order); its
+``stages["alone"]`` keeps the reranker's own ranking, before fusion, so both can be measured from one pass.
 """
 
 from __future__ import annotations
