@@ -192,7 +192,10 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     # the reranker's fusion weight and depth
     if settings.corpus_only:
         rerank.k, rerank.fusion = settings.corpus_rerank_depth, Fusion("weighted", (0.5, 0.5))
-        depth_rows, budget = [], None  # the depth fixed in advance: no budget applies
+        depth_rows, budget = [], None
+        if settings.rerank_budget_ms is not None:
+            log(f"note: the latency budget does not apply without labels: the rerank depth is fixed in advance "
+                f"(corpus_rerank_depth={settings.corpus_rerank_depth})")
     else:
         depths, budget = budgeted_depths(settings, [bm25, dense], rerank, fit_q, log)
         log(f"choosing the rerank depth and weight on the same {len(held)} held-out training queries")
