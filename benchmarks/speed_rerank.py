@@ -214,7 +214,7 @@ def main(args) -> int:
              "| k | ms/query (p50) | ms/query (mean) | x k=10 |", "| ---: | ---: | ---: | ---: |",
              *[f"| {r['k']} | {r['ms_per_query_p50']:.0f} | {r['ms_per_query_mean']:.0f} | {r['x_k10']:.2f} |"
                for r in d["rows"]],
-             "", f"LoRA training step: {s['pairs_per_step']} pairs (8 queries x 4), max length {s['max_length']}, median of "
+             "", f"LoRA training step: {s['pairs_per_step']} pairs (8 queries x {s['pairs_per_step'] // 8}), max length {s['max_length']}, median of "
                  f"{s['steps']} alternating steps; CPU: {s['cpu']}", "",
              "| precision | dropout | s/step | first loss |", "| --- | --- | ---: | ---: |",
              *[f"| {r['precision']} | {r['dropout']} | {r['s_per_step']:.2f} | {r['first_loss']:.4f} |" for r in s["rows"]], "",
