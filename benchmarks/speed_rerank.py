@@ -190,7 +190,8 @@ def train_step_part(args, ds, bm25, batch: int = 8, group: int = 1 + RerankTrain
              "first_loss": first_loss[v]} for v, t in times.items()]
     by = {(r["precision"], r["dropout"]): r["s_per_step"] for r in rows}
     auto = CrossEncoderReranker(max_length=args.max_length).precision
-    return {"pairs_per_step": len(docs), "max_length": args.max_length, "steps": args.train_steps,
+    return {"pairs_per_step": len(docs), "queries_per_step": batch, "max_length": args.max_length,
+            "steps": args.train_steps,
             "threads": torch.get_num_threads(), "cpu": cpu_bf16_facts(), "auto": auto, "rows": rows,
             "ratio": {"bfloat16 / float32 (step time, dropout all)": by["bfloat16", "all"] / by["float32", "all"],
                       "auto / fastest precision (step time, dropout all)":
@@ -214,7 +215,8 @@ def main(args) -> int:
              "| k | ms/query (p50) | ms/query (mean) | x k=10 |", "| ---: | ---: | ---: | ---: |",
              *[f"| {r['k']} | {r['ms_per_query_p50']:.0f} | {r['ms_per_query_mean']:.0f} | {r['x_k10']:.2f} |"
                for r in d["rows"]],
-             "", f"LoRA training step: {s['pairs_per_step']} pairs (8 queries x {s['pairs_per_step'] // 8}), max length {s['max_length']}, median of "
+             "", f"LoRA training step: {s['pairs_per_step']} pairs ({s['queries_per_step']} queries x "
+                 f"{s['pairs_per_step'] // s['queries_per_step']}), max length {s['max_length']}, median of "
                  f"{s['steps']} alternating steps; CPU: {s['cpu']}", "",
              "| precision | dropout | s/step | first loss |", "| --- | --- | ---: | ---: |",
              *[f"| {r['precision']} | {r['dropout']} | {r['s_per_step']:.2f} | {r['first_loss']:.4f} |" for r in s["rows"]], "",
