@@ -31,7 +31,7 @@ from retrieval.cli import (add_cache_args, add_dataset_args, add_debug_arg, add_
                            count, lora_from_args, positive_float, positive_int, run_cli)
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
-from retrieval.lora.examples import TrainExample, pseudo_examples, supervised_examples
+from retrieval.lora.examples import PSEUDO_KINDS, TrainExample, check_pseudo_kind, pseudo_examples, supervised_examples
 from retrieval.lora.mining import mine_pool
 from retrieval.lora.training import (DROPOUTS, TrainResult, check_numbers, dropout_switches, fit_adapter, peak_memory_mb,
                                      recorded_dropout, save_trained, split_queries)
@@ -62,6 +62,7 @@ class RerankTrainSettings:
     val_depth: int = 20
     max_items: int | None = None      # cap on training items (corpus mode on a large corpus)
     pseudo_items: int = 0             # supervised mode: pseudo-queries from the corpus added to the judged items
+    pseudo_kind: str = "title"        # which: titles -> their text, or a sentence -> the rest (PSEUDO_KINDS)
     distill_weight: float = 0.5
     temperature: float = 1.0
     seed: int = 0
@@ -85,12 +86,18 @@ class RerankTrainSettings:
                       non_negative_ints=("pseudo_items",),
                       positive=("lr", "head_lr", "temperature"), fractions=("val_fraction",),
                       unit=("distill_weight", "warmup", "weight_decay"))
+        check_pseudo_kind(self.pseudo_kind)
+        if self.pseudo_kind != "title" and not self.pseudo_items:
+            raise ValueError(f"pseudo_kind={self.pseudo_kind!r} says which pseudo-queries pseudo_items adds, and "
+                             f"pseudo_items is 0: set pseudo_items too, or leave pseudo_kind at 'title'")
         if self.pseudo_items and self.mode != "supervised":
             raise ValueError(f"pseudo_items adds pseudo-queries to supervised training; mode={self.mode!r} trains on "
                              f"pseudo-queries only already: leave pseudo_items at 0")
 
     def to_dict(self) -> dict:
-        return recorded_dropout({**asdict(self), "lora": self.lora.to_dict()}, always=("dropout",))
+        """The settings as recorded and cache-keyed (``pseudo_kind`` only when not titles: earlier keys stay)."""
+        d = recorded_dropout({**asdict(self), "lora": self.lora.to_dict()}, always=("dropout",))
+        return d if self.pseudo_kind != "title" else {k: v for k, v in d.items() if k != "pseudo_kind"}
 
 
 def split_examples(examples: list[TrainExample], settings: RerankTrainSettings) -> tuple[list[str], list[str]]:
@@ -129,9 +136,10 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
     doc_ids = list(corpus)
     pools = first_stages[0].search(Queries({q: texts[q] for q in val_q}), k=settings.val_depth)
     val_qrels = {q: {d: 1 for d in positives[q]} for q in val_q}
-    # pseudo-query positives are passages without their title, so their negatives are too
+    # title pseudo-queries' positives are passages without their title, so their negatives are too
     def doc_text(e: TrainExample, d: str) -> str:
-        return corpus[d].text if settings.mode == "corpus" or e.qid in pseudo_q else corpus[d].contents
+        untitled = settings.mode == "corpus" or (e.qid in pseudo_q and settings.pseudo_kind == "title")
+        return corpus[d].text if untitled else corpus[d].contents
 
     val_queries = Queries({q: texts[q] for q in val_q})
 
@@ -199,10 +207,10 @@ def added_pseudo_items(corpus, settings: RerankTrainSettings) -> list[TrainExamp
     """``settings.pseudo_items`` of the corpus's pseudo-queries (a seeded sample), for supervised training."""
     if not settings.pseudo_items:
         return []
-    pool = pseudo_examples(corpus, settings.seed)
+    pool = pseudo_examples(corpus, settings.seed, settings.pseudo_kind)
     if not pool:
-        raise ValueError("pseudo_items: the corpus gives no pseudo-queries (no titles of 3+ words and no passages of "
-                         "2+ sentences); leave pseudo_items at 0")
+        raise ValueError(f"pseudo_items: the corpus gives no {settings.pseudo_kind} pseudo-queries (no titles of 3+ "
+                         f"words and no passages of 2+ sentences); leave pseudo_items at 0")
     return random.Random(settings.seed + 1).sample(pool, min(settings.pseudo_items, len(pool)))
 
 
@@ -235,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=positive_int, default=defaults.max_length)
     p.add_argument("--max-items", type=positive_int, default=defaults.max_items)
     p.add_argument("--pseudo-items", type=count, default=defaults.pseudo_items,
-                   help="supervised mode: pseudo-queries from the corpus (titles -> their passages) added to the judged "
-                        "training items (default 0)")
+                   help="supervised mode: pseudo-queries from the corpus added to the judged training items (default 0)")
+    p.add_argument("--pseudo-kind", choices=PSEUDO_KINDS, default=defaults.pseudo_kind,
+                   help="which pseudo-queries: title (a document's title -> its text; default) or sentence (one "
+                        "sentence of its text -> the title and the rest)")
     p.add_argument("--train-dropout", choices=DROPOUTS, default="none",
                    help="dropout while training: none (default; 2.2x faster steps on a CPU), all (the backbone's, the "
                         "attention probabilities', LoRA's) or no-attention (all but the attention probabilities')")
@@ -255,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_dataset(args.dataset, args.split)
     settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                                    batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
-                                   max_items=args.max_items, pseudo_items=args.pseudo_items, seed=args.seed,
+                                   max_items=args.max_items, pseudo_items=args.pseudo_items,
+                                   pseudo_kind=args.pseudo_kind, seed=args.seed,
                                    **dropout_switches(args.train_dropout, "reranker training"),
                                    lora=lora_from_args(args, RerankLoraSettings,
                                                        new_head_pooler=args.new_head_pooler))

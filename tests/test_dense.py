@@ -221,6 +221,19 @@ def test_pseudo_queries_do_not_copy_the_title_into_the_passage():
     assert pairs["1"].query == "wing flutter at speed ." and not pairs["1"].passage.startswith("wing flutter")
     assert pairs["2"].query not in pairs["2"].passage
     assert "3" not in pairs
+    # kind "sentence": a sentence of the text is the query, the title stays at the front of the rest
+    titled = Corpus([Document("4", "Aspirin lowers the risk. It was given to 200 patients for a year. Strokes fell by "
+                                   "half in the treated group.", "A trial of aspirin")])
+    by_seed = {pseudo_queries(titled, seed, kind="sentence")[0].query for seed in range(20)}
+    assert by_seed == {"Aspirin lowers the risk.", "It was given to 200 patients for a year.",
+                       "Strokes fell by half in the treated group."}  # each sentence can be drawn, the title never
+    for seed in range(5):
+        pair = pseudo_queries(titled, seed, kind="sentence")[0]
+        assert pair.passage.startswith("A trial of aspirin ") and pair.query not in pair.passage
+        assert len(pair.passage.split()) + len(pair.query.split()) == len(titled["4"].contents.split())
+    assert pseudo_queries(titled, kind="title")[0].query == "A trial of aspirin"
+    with pytest.raises(ValueError, match="pseudo-query kind must be one of"):
+        pseudo_queries(titled, kind="claims")
 
 
 @pytest.mark.parametrize("mode", ["query", "corpus", "corpus-query"])

@@ -513,18 +513,22 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(monkeypatch, flags,
     assert cross_encoder.cpu_supports_bf16() is bool(flags["onednn_bf16"])
 
 
-def test_pseudo_items_join_supervised_training_with_title_free_negatives(backbone, adi, adi_lucene):
-    """pseudo_items adds the corpus's pseudo-queries (title -> passage without it) to the judged items: their
-    negatives are title-free passages too (a title would give the positive away), the judged items' are whole
+@pytest.mark.parametrize("kind", ["title", "sentence"])
+def test_pseudo_items_join_supervised_training_with_title_free_negatives(backbone, adi, adi_lucene, kind):
+    """pseudo_items adds the corpus's pseudo-queries to the judged items. Titles (title -> passage without it): their
+    negatives are title-free passages too (a title would give the positive away). Sentences (a sentence -> the title
+    and the rest): their negatives are whole documents, as the positive keeps its title. The judged items' are whole
     documents, and no pseudo-query is ever a validation query."""
     from rerankers.train import added_pseudo_items, split_examples
 
     ce = _ce(backbone)
     examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
     settings = RerankTrainSettings(epochs=1, batch_size=8, negatives=2, max_length=64, val_fraction=0.3,
-                                   pseudo_items=12, lora=RerankLoraSettings(r=4, alpha=8))
+                                   pseudo_items=12, pseudo_kind=kind, lora=RerankLoraSettings(r=4, alpha=8))
     pseudo = added_pseudo_items(adi.corpus, settings)
     assert len(pseudo) == 12 and all(e.qid.startswith("pq-") for e in pseudo)
+    titles = {d.title for d in adi.corpus.values()}
+    assert all((e.query in titles) == (kind == "title") for e in pseudo)
     assert pseudo == added_pseudo_items(adi.corpus, settings)  # seeded
     seen = []
     logits = ce.logits
@@ -546,8 +550,8 @@ def test_pseudo_items_join_supervised_training_with_title_free_negatives(backbon
     for q, docs in by_query.items():
         if q in pseudo_queries:
             positive = next(e.passage for e in pseudo if e.query == q)
-            assert all(d == positive or d in texts for d in docs)
-            assert not any(d.startswith(q) for d in docs)  # no negative carries its title
+            assert positive in docs and all(d == positive or d in (texts if kind == "title" else contents) for d in docs)
+            assert not any(q in d for d in docs)  # no passage carries its query
         elif q in judged_queries:
             assert docs <= contents
     assert result.val_queries == len(split_examples(examples, settings)[1][:settings.max_val_queries])
@@ -555,6 +559,10 @@ def test_pseudo_items_join_supervised_training_with_title_free_negatives(backbon
         RerankTrainSettings(mode="corpus", pseudo_items=5)
     with pytest.raises(ValueError, match="pseudo_items must be an integer >= 0"):
         RerankTrainSettings(pseudo_items=-1)
+    with pytest.raises(ValueError, match="pseudo_items is 0: set pseudo_items too"):
+        RerankTrainSettings(pseudo_kind="sentence")
+    with pytest.raises(ValueError, match="pseudo-query kind must be one of"):
+        RerankTrainSettings(pseudo_items=5, pseudo_kind="claims")
 
 
 def test_skip_top_leaves_a_stages_first_ranks_out_of_mining(adi, adi_lucene):

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from rerankers.cross_encoder import PRECISIONS, RerankLoraSettings
 from rerankers.train import RerankTrainSettings
 
+from ..lora.examples import PSEUDO_KINDS, check_pseudo_kind
 from ..lora.openvino import INFERENCES
 from ..lora.training import DROPOUTS, check_numbers
 from ..stages.bm25 import BACKENDS, DEFAULT_BACKEND
@@ -66,8 +67,11 @@ class PipelineSettings:
                                                     "no budget)", type=float)
     rerank_max_items: int | None = _setting(None, "cap on reranker training pairs (default: all; corpus-only 800)",
                                             type=int)
-    rerank_pseudo_items: int = _setting(0, "pseudo-queries from the corpus (titles -> their passages) added to the "
-                                           "reranker's judged training items (supervised only)")
+    rerank_pseudo_items: int = _setting(0, "pseudo-queries from the corpus added to the reranker's judged training "
+                                           "items (supervised only)")
+    rerank_pseudo_kind: str = _setting("title", "which pseudo-queries: title (a document's title -> its text) or "
+                                                "sentence (one sentence of its text -> the title and the rest)",
+                                       choices=PSEUDO_KINDS)
     rerank_lora_layers: tuple[int, ...] = _setting((), "transformer layers the reranker's LoRA adapts (0 = the lowest, "
                                                         "-1 = the top; default: all): top layers only train faster",
                                                    type=int)
@@ -112,6 +116,10 @@ class PipelineSettings:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         check_numbers(self, non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip"), unit=("rerank_distill",))
+        check_pseudo_kind(self.rerank_pseudo_kind)
+        if self.rerank_pseudo_kind != "title" and not self.rerank_pseudo_items:
+            raise ValueError(f"rerank_pseudo_kind={self.rerank_pseudo_kind!r} says which pseudo-queries "
+                             f"rerank_pseudo_items adds, and that is 0: set it too, or leave the kind at 'title'")
         if self.rerank_dense_skip and "dense" not in self.rerank_negatives:
             raise ValueError(f"rerank_dense_skip={self.rerank_dense_skip} skips the dense stage's top negatives, but "
                              f"rerank_negatives={self.rerank_negatives} takes none from it: add 'dense' or leave it at 0")
