@@ -46,7 +46,7 @@ def _settings(models, **kw) -> PipelineSettings:
 def built(adi, models, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1,
-                         rerank_group_negatives=1)
+                         rerank_group_negatives=1, rerank_pseudo_kind="sentence", rerank_lora_rank=4)
     return build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None), cache
 
 
@@ -74,7 +74,10 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
         "query_encoder": dense.encoder.fingerprint("query"), "skip": 2}
     assert info["stages"]["rerank"]["train"]["settings"]["pseudo_items"] == 8  # the settings reach the trainer
     assert info["stages"]["rerank"]["train"]["settings"]["negatives"] == 1  # not the default (2)
-    assert info["stages"]["rerank"]["train"]["settings"]["lora"]["layers"] == [-1]
+    assert info["stages"]["rerank"]["train"]["settings"]["pseudo_kind"] == "sentence"
+    lora = info["stages"]["rerank"]["train"]["settings"]["lora"]
+    assert lora["layers"] == [-1] and (lora["r"], lora["alpha"]) == (4, 8)  # not the default's (8, 16)
+    assert {p.shape[0] for n, p in rerank.reranker.model.named_parameters() if "lora_A" in n} == {4}
     assert all(".layer.1." in n or "pooler" in n for n, _ in rerank.reranker.model.named_parameters() if "lora_A" in n)
     judged = split_examples(training_examples("supervised", adi.corpus, adi.queries, adi.qrels), RerankTrainSettings())[0]
     assert rerank_train["train_queries"] == len(judged) + 8  # the pseudo-queries trained beside the judged ones
@@ -87,7 +90,8 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
 
 def test_a_latency_budget_leaves_the_depths_over_it_out_of_the_choice(built, adi, models):
     b, cache = built
-    kw = dict(rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1, rerank_group_negatives=1)
+    kw = dict(rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1, rerank_group_negatives=1,
+              rerank_pseudo_kind="sentence", rerank_lora_rank=4)
     ample = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_budget_ms=1e6, **kw),
                            cache_dir=cache, log=lambda m: None)  # every part from the cache
     budget = ample.info["stages"]["rerank"]["budget"]
@@ -290,6 +294,12 @@ def test_settings_reject_bad_values(models):
         _settings(models, rerank_depths=(50,), dense_k=20)
     with pytest.raises(ValueError, match="bm25_k"):
         _settings(models, bm25_k=0)
+    with pytest.raises(ValueError, match="rerank_lora_rank must be a positive integer"):
+        _settings(models, rerank_lora_rank=0)
+    with pytest.raises(ValueError, match="rerank_pseudo_items adds, and that is 0"):
+        _settings(models, rerank_pseudo_kind="sentence")
+    with pytest.raises(ValueError, match="pseudo-query kind must be one of"):
+        _settings(models, rerank_pseudo_items=4, rerank_pseudo_kind="claims")
 
 
 def test_corpus_only_pipeline_needs_no_judgements(adi, models, tmp_path):
@@ -582,6 +592,10 @@ def test_ranking_teacher_answers_with_the_systems_scores(adi, adi_bm25s):
     assert scores[4] == pytest.approx(min(s for _, s in ranked))  # not ranked: the query's lowest score
     with pytest.raises(ValueError, match="no document of its corpus"):
         teacher([query], ["a text that is in no document"])
+    named = RankingTeacher(adi_bm25s, adi.corpus, passages={"the first document cut short": ranked[0][0]})
+    assert named([query], ["the first document cut short"]) == pytest.approx([ranked[0][1]])
+    with pytest.raises(ValueError, match="no document of the corpus"):
+        RankingTeacher(adi_bm25s, adi.corpus, passages={"text": "no-such-id"})
     with pytest.raises(ValueError, match="scores pairs"):
         teacher([query, query], docs[:1])
 
@@ -591,7 +605,7 @@ def test_a_reranker_distilled_from_the_first_two_stages(built, adi, models):
     whose weights are fitted (on the held-out queries) before the reranker trains: the same as without it."""
     b, cache = built
     settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1,
-                         rerank_group_negatives=1, rerank_distill=0.5)
+                         rerank_group_negatives=1, rerank_pseudo_kind="sentence", rerank_lora_rank=4, rerank_distill=0.5)
     d = build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None)
     dense = d.pipeline.stages[1]
     assert dense.fusion == b.pipeline.stages[1].fusion and d.info["held_out"] == b.info["held_out"]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from encoders.bi_encoder import BiEncoder
 from encoders.train import validation_queries
-from rerankers.train import RerankTrainSettings, split_examples, training_examples
+from rerankers.train import RerankTrainSettings, added_pseudo_items, split_examples, training_examples
 
 from ..index.faiss import FaissIndex
 from ..lora.base import resolve_model
@@ -148,7 +148,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     rs = rerank_settings(settings.corpus_only, settings.rerank_epochs, settings.rerank_max_items, settings.seed,
                          settings.rerank_max_length, settings.rerank_pseudo_items, settings.rerank_lora_layers,
                          settings.rerank_distill, settings.rerank_dropout, settings.rerank_group_negatives,
-                         settings.rerank_pseudo_kind)
+                         settings.rerank_pseudo_kind, settings.rerank_lora_rank)
     examples = training_examples("corpus" if settings.corpus_only else "supervised", corpus, queries, qrels, settings.seed)
     if settings.corpus_only:
         held = []
@@ -181,7 +181,9 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
         negatives_from["dense"] = {"query_encoder": encoder.fingerprint("query"), "skip": settings.rerank_dense_skip}
     teacher = teacher_from = None
     if settings.rerank_distill:  # the first two stages' fused scores
-        teacher = RankingTeacher(Pipeline([bm25, dense], name="first-stages"), corpus)
+        # a sentence pseudo-query's positive is its document without that sentence: the teacher is told whose it is
+        pseudo = {e.passage: min(e.positives) for e in added_pseudo_items(corpus, rs)}
+        teacher = RankingTeacher(Pipeline([bm25, dense], name="first-stages"), corpus, passages=pseudo)
         teacher_from = {"bm25": first_stage_facts(bm25), "query_encoder": encoder.fingerprint("query"),
                         "fusion": dense.fusion.to_dict(), "k": dense.k, "neighbours": dense.neighbours}
     ce, rerank_train = reranker(corpus, examples, miners, rs, negatives_from, cache_dir, split,

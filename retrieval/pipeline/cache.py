@@ -183,18 +183,20 @@ def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed:
                     max_length: int = RerankTrainSettings.max_length, pseudo_items: int = 0,
                     lora_layers: tuple[int, ...] = (), distill: float = 0.0, dropout: str = "none",
                     negatives: int = RerankTrainSettings.negatives,
-                    pseudo_kind: str = RerankTrainSettings.pseudo_kind) -> RerankTrainSettings:
+                    pseudo_kind: str = RerankTrainSettings.pseudo_kind,
+                    lora_rank: int = RerankLoraSettings.r) -> RerankTrainSettings:
     """The reranker's training settings; ``distill`` > 0 weighs the KL term towards a teacher (its default weight
     otherwise, unused without a teacher, so the cache keys of rerankers trained without one stay as they were);
     ``dropout``: one of ``retrieval.lora.training.DROPOUTS`` (``PipelineSettings.rerank_dropout``); ``negatives``: hard
     negatives beside each positive in a training group (``PipelineSettings.rerank_group_negatives``); ``pseudo_kind``:
-    which pseudo-queries ``pseudo_items`` adds."""
+    which pseudo-queries ``pseudo_items`` adds; ``lora_rank``: the adapter's r (alpha 2r)."""
     mode = "corpus" if corpus_only else "supervised"
     if max_items is None and corpus_only:
         max_items = CORPUS_RERANK_ITEMS
     extra = {"distill_weight": distill} if distill else {}
     return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed, max_length=max_length,
-                               pseudo_items=pseudo_items, pseudo_kind=pseudo_kind, lora=RerankLoraSettings(layers=lora_layers),
+                               pseudo_items=pseudo_items, pseudo_kind=pseudo_kind,
+                               lora=RerankLoraSettings(layers=lora_layers, r=lora_rank, alpha=2 * lora_rank),
                                negatives=negatives,
                                **dropout_switches(dropout, "reranker training"), **extra)
 

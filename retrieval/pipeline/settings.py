@@ -72,6 +72,8 @@ class PipelineSettings:
     rerank_pseudo_kind: str = _setting("title", "which pseudo-queries: title (a document's title -> its text) or "
                                                 "sentence (one sentence of its text -> the title and the rest)",
                                        choices=PSEUDO_KINDS)
+    rerank_lora_rank: int = _setting(RerankLoraSettings.r, "rank r of the reranker's LoRA adapter (alpha = 2r, as "
+                                                          "the default's)")
     rerank_lora_layers: tuple[int, ...] = _setting((), "transformer layers the reranker's LoRA adapts (0 = the lowest, "
                                                         "-1 = the top; default: all): top layers only train faster",
                                                    type=int)
@@ -111,7 +113,7 @@ class PipelineSettings:
         if not self.rerank_negatives or set(self.rerank_negatives) - set(NEGATIVE_SOURCES):
             raise ValueError(f"rerank_negatives must name 'bm25' and/or 'dense', got {self.rerank_negatives}")
         for name in ("bm25_k", "dense_k", "neighbours", "rerank_epochs", "rerank_max_length", "fit_queries",
-                     "corpus_rerank_depth", "shards", "rerank_group_negatives"):
+                     "corpus_rerank_depth", "shards", "rerank_group_negatives", "rerank_lora_rank"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")

@@ -3,7 +3,8 @@
 ``rerankers.train`` takes any ``teacher(queries, docs) -> scores`` over the texts of a training group.
 ``RankingTeacher`` answers with the score a system (e.g. the first two stages, BM25 >> hybrid dense, whose fused
 scores are weighted z-scores) gives each document for the query: each query is searched once, and a document the
-system did not rank gets the lowest score it gave that query.
+system did not rank gets the lowest score it gave that query. Passages that are no document's text as stored (a
+sentence pseudo-query's positive: the document without that sentence) are named with their documents in ``passages``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from ..types import Corpus, Queries
 class RankingTeacher:
     """``teacher(queries, docs)``: ``system``'s score of each (query text, document text) pair."""
 
-    def __init__(self, system, corpus: Corpus, k: int | None = None):
+    def __init__(self, system, corpus: Corpus, k: int | None = None, passages: dict[str, str] | None = None):
         self.system, self.k = system, k
         self._ids: dict[str, str] = {}
         for doc_id in corpus:  # the texts a training group is made of: contents (title + text) or text alone
             doc = corpus[doc_id]
             self._ids.setdefault(doc.contents, doc_id)
             self._ids.setdefault(doc.text, doc_id)
+        for passage, doc_id in (passages or {}).items():
+            if doc_id not in corpus:
+                raise ValueError(f"passages names {doc_id!r}, which is no document of the corpus")
+            self._ids.setdefault(passage, doc_id)
         self._scores: dict[str, tuple[dict[str, float], float]] = {}  # query text -> (scores, the lowest of them)
 
     def _search(self, queries: Sequence[str]) -> None:
