@@ -87,6 +87,10 @@ class RerankTrainSettings:
                       positive=("lr", "head_lr", "temperature"), fractions=("val_fraction",),
                       unit=("distill_weight", "warmup", "weight_decay"))
         check_pseudo_kind(self.pseudo_kind)
+        if self.pseudo_kind != "title" and self.mode != "supervised":
+            raise ValueError(f"pseudo_kind={self.pseudo_kind!r} chooses the pseudo-queries pseudo_items adds to "
+                             f"supervised training; mode={self.mode!r} trains on the corpus's title pseudo-queries "
+                             f"(a sentence where a document has no title): leave pseudo_kind at 'title'")
         if self.pseudo_kind != "title" and not self.pseudo_items:
             raise ValueError(f"pseudo_kind={self.pseudo_kind!r} says which pseudo-queries pseudo_items adds, and "
                              f"pseudo_items is 0: set pseudo_items too, or leave pseudo_kind at 'title'")

@@ -561,6 +561,8 @@ def test_pseudo_items_join_supervised_training_with_title_free_negatives(backbon
         RerankTrainSettings(pseudo_items=-1)
     with pytest.raises(ValueError, match="pseudo_items is 0: set pseudo_items too"):
         RerankTrainSettings(pseudo_kind="sentence")
+    with pytest.raises(ValueError, match="leave pseudo_kind at 'title'"):
+        RerankTrainSettings(mode="corpus", pseudo_kind="sentence")
     with pytest.raises(ValueError, match="pseudo-query kind must be one of"):
         RerankTrainSettings(pseudo_items=5, pseudo_kind="claims")
 
