@@ -73,7 +73,7 @@ class PipelineSettings:
                                                 "sentence (one sentence of its text -> the title and the rest)",
                                        choices=PSEUDO_KINDS)
     rerank_lora_rank: int = _setting(RerankLoraSettings.r, "rank r of the reranker's LoRA adapter (alpha = 2r, as "
-                                                          "the default's)")
+                                                          "the default's; 8 before a rule on held-out queries)")
     rerank_lora_layers: tuple[int, ...] = _setting((), "transformer layers the reranker's LoRA adapts (0 = the lowest, "
                                                         "-1 = the top; default: all): top layers only train faster",
                                                    type=int)
