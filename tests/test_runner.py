@@ -82,7 +82,9 @@ def test_rerank_pipelines_through_the_runner(datasets_root, tmp_path, tiny_model
             "--pipeline", pipeline, "--output", str(out), "--index-dir", str(tmp_path / "idx"),
             "--latency-queries", "3", "--rerank-epochs", "2", "--rerank-depths", "5", "10", "--rerank-epoch-curve",
             "--dense-model", str(tiny_model_dir), "--dense-epochs", "1", "--rerank-model", str(backbone),
-            "--rerank-precision", "float32"]
+            "--rerank-precision", "float32", "--rerank-lora-rank", "8"]
+    # rank 8, not the default 32: on this 32-wide random backbone r=32 is full rank and its int8 export's score agreement
+    # sits at the 0.98 threshold, so a fresh and a cached run can take different inference paths (closing note)
     assert main(args) == 0
     record = json.loads((out / "adi" / pipeline / "metrics.json").read_text())
     assert [s["name"] for s in record["stages"]] == ["bm25", "rerank"]
