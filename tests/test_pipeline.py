@@ -76,7 +76,7 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
     assert info["stages"]["rerank"]["train"]["settings"]["negatives"] == 1  # not the default (2)
     assert info["stages"]["rerank"]["train"]["settings"]["pseudo_kind"] == "sentence"
     lora = info["stages"]["rerank"]["train"]["settings"]["lora"]
-    assert lora["layers"] == [-1] and (lora["r"], lora["alpha"]) == (4, 8)  # not the default's (8, 16)
+    assert lora["layers"] == [-1] and (lora["r"], lora["alpha"]) == (4, 8)  # not the default's (32, 64)
     assert {p.shape[0] for n, p in rerank.reranker.model.named_parameters() if "lora_A" in n} == {4}
     assert all(".layer.1." in n or "pooler" in n for n, _ in rerank.reranker.model.named_parameters() if "lora_A" in n)
     judged = split_examples(training_examples("supervised", adi.corpus, adi.queries, adi.qrels), RerankTrainSettings())[0]
