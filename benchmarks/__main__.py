@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dense-both-epochs", type=positive_int, default=None,
                    help="epochs of the both-sides dense LoRA conditions (default: 4 supervised, 2 corpus-only)")
     r.add_argument("--rerank-epoch-curve", action="store_true",
-                   help="also report the evaluated split's nDCG@10 after every reranker training epoch (costs a pass each)")
+                   help="also report the evaluated split's nDCG@10 after every reranker training epoch (costs a pass each; "
+                        "each epoch's weights run on torch, the pipeline keeps its own inference)")
     add_pipeline_args(r, exclude=("corpus_only",))  # which conditions are corpus-only is in their names
     add_ray_args(r)
 

@@ -150,8 +150,7 @@ def _epoch_curve(ds: Dataset, stage: Rerank, first, train_info: dict) -> list[di
     folder = Path(train_info["cached_at"]) / "epochs"
     candidates = first.search(ds.queries)
     rows = []
-    kept = reranker.adapter_state()
-    try:
+    with reranker.adapter_states_tried():  # the kept epoch's weights, and the export made from them, come back
         for h in train_info["history"]:
             path = folder / f"epoch-{h['epoch']}.safetensors"
             if not path.is_file():
@@ -160,9 +159,8 @@ def _epoch_curve(ds: Dataset, stage: Rerank, first, train_info: dict) -> list[di
             fused = stage.search(ds.queries, candidates)  # its stages["alone"] is the reranker before fusion
             rows.append({"epoch": h["epoch"], "val_nDCG@10": h["val_nDCG@10"],
                          "nDCG@10 alone": evaluate(fused.stages["alone"], ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"],
-                         "nDCG@10 fused": evaluate(fused, ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"]})
-    finally:  # the kept epoch's weights back in place
-        reranker.set_adapter_state(kept)
+                         "nDCG@10 fused": evaluate(fused, ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"],
+                         "inference": reranker.inference})
     return rows
 
 

@@ -84,7 +84,9 @@ def condition_report(r: dict) -> str:
             parts += ["", f"Stage `{s['name']}` {part} (before fusion): nDCG@10 {m['nDCG@10']:.4f}, RR@10 {m['RR@10']:.4f}."]
     if r.get("epoch_curve"):
         parts += ["", f"## {r['split']} nDCG@10 after each training epoch (a report only: the kept epoch was chosen "
-                      "on validation, the depth and weight on held-out training queries)", "",
+                      "on validation, the depth and weight on held-out training queries; each epoch's weights scored by "
+                      f"{r['epoch_curve'][0].get('inference', 'torch')}, the reported figures by "
+                      f"{r.get('settings', {}).get('inference', 'torch')})", "",
                   md_table(["epoch", "validation nDCG@10", f"{r['split']} nDCG@10 reranker alone", f"{r['split']} nDCG@10 fused"],
                             [[c["epoch"], c["val_nDCG@10"], c["nDCG@10 alone"], c["nDCG@10 fused"]] for c in r["epoch_curve"]])]
     if r.get("fusion"):

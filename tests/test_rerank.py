@@ -386,6 +386,24 @@ def test_openvino_export_matches_torch_and_is_refused_when_it_disagrees(backbone
     assert ce.inference == "torch" and ce.export_report["refused"] and np.allclose(ce.score(Q, D), expected, atol=1e-6)
 
 
+def test_weights_tried_inside_adapter_states_tried_leave_the_weights_and_the_export_as_they_were(backbone, tmp_path):
+    ce = _ce(backbone)
+    ce.add_lora(RerankLoraSettings(r=4, alpha=8))
+    _perturb(ce)
+    queries, docs = [q for q in Q for _ in D], [d for _ in Q for d in D]
+    ce.use_openvino("fp32", queries, docs, cache_dir=tmp_path / "cache")
+    kept, exported = ce.adapter_state(), ce.score(Q, D)
+    with ce.adapter_states_tried():
+        other = {k: torch.zeros_like(v) for k, v in kept.items()}
+        ce.set_adapter_state(other)  # other weights: the export no longer computes them
+        assert ce.inference == "torch" and not np.allclose(ce.score(Q, D), exported, atol=1e-3)
+    assert ce.inference == "openvino-fp32" and ce.export_report["precision"] == "fp32"
+    assert np.array_equal(ce.score(Q, D), exported)
+    assert all(torch.equal(v, kept[k]) for k, v in ce.adapter_state().items())
+    ce.use_torch()
+    assert np.allclose(ce.score(Q, D), exported, atol=1e-3)  # the torch weights are the kept ones too
+
+
 def test_an_export_of_the_other_int8_scope_is_made_again_from_the_cache(backbone, tmp_path, monkeypatch):
     from retrieval.lora import openvino
     from retrieval.pipeline.cache import _exported_again

@@ -295,6 +295,22 @@ class AdapterHost:
             set_peft_model_state_dict(self.module, state, adapter_name=name or self.active_adapter)
             self._drop_exports()
 
+    @contextlib.contextmanager
+    def adapter_states_tried(self, name: str | None = None):
+        """Inside, ``set_adapter_state`` may load other weights (each drops the exports: they fold in the weights of
+        their time); on leaving, the adapter's weights of the start come back, and with them the exports made from
+        those weights, so the model computes the way it did before (an OpenVINO export stays in use)."""
+        name = name or self.active_adapter
+        kept = self.adapter_state(name)
+        with self.lock:
+            exports, report = dict(self._exports), self.export_report
+        try:
+            yield
+        finally:
+            self.set_adapter_state(kept, name)
+            with self.lock:
+                self._exports, self.export_report = exports, report
+
     def save_adapters(self, folder: str | os.PathLike) -> None:
         """peft's own files for every adapter: ``default`` at the top, the others in sub-folders. Their
         ``base_model_name_or_path`` names the base model as it was given (a Hugging Face id such as the packaged
