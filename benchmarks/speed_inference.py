@@ -1,14 +1,16 @@
 """A trained pipeline's quality and latency by how its encoders run: as saved (OpenVINO exports) vs torch.
 
-The same saved pipeline (the same adapters, the same BM25 index, the same depths) is evaluated three ways on
-the evaluated split: as saved; with the reranker on torch at its automatic precision; and all on torch in
-float32 (the bi-encoder's document index encoded again by torch) — the reference the exports are compared
-with. Per variant: nDCG@10 over every query, latency one query at a time (p50, p95, per stage) on the same
+The same saved pipeline (the same adapters, the same BM25 index, the same depths) is evaluated four ways on
+the evaluated split: as saved; as saved with each call's batches run one after another (a query's reranker pairs
+as one batch on every core, not a batch per core at once); with the reranker on torch at its automatic precision;
+and all on torch in float32 (the bi-encoder's document index encoded again by torch) — the reference the exports
+are compared with. Per variant: nDCG@10 over every query, latency one query at a time (p50, p95, per stage) on the same
 queries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 
@@ -16,19 +18,22 @@ import numpy as np
 
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
-from retrieval.latency import measure_latency
+from retrieval.latency import measure_latency, measure_latency_alternating
 from retrieval.pipeline.folder import load_pipeline
 from retrieval.stages.dense import Dense, document_index
 from retrieval.util import write_json
 
+from .measure import one_batch_at_a_time
 from .report import md_table
 
 
-def _variant(label: str, pipeline, ds, latency_queries: int) -> dict:
-    print(f"{label}: evaluating {len(ds.queries)} queries, then {latency_queries} one at a time", file=sys.stderr)
+def _variant(label: str, pipeline, ds, latency_queries: int, latency=None) -> dict:
+    """A variant's row: nDCG@10 over every query, and latency one query at a time (``latency``: measured already)."""
+    print(f"{label}: evaluating {len(ds.queries)} queries" + ("" if latency else f", then {latency_queries} one at a "
+                                                                                 "time"), file=sys.stderr)
     ranking = pipeline.search(ds.queries)
     quality = evaluate(ranking, ds.qrels, ["nDCG@10", "R@100"]).aggregate
-    per_stage, total = measure_latency(pipeline, ds.queries, latency_queries)
+    per_stage, total = latency or measure_latency(pipeline, ds.queries, latency_queries)
     ms = np.asarray(total) * 1000
     return {"variant": label, "nDCG@10": quality["nDCG@10"], "R@100": quality["R@100"],
             "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
@@ -50,7 +55,16 @@ def main(args) -> int:
     names = [s.name for s in pipeline.stages]
     dense = next((s for s in pipeline.stages if isinstance(s, Dense)), None)
     rerank = next((s for s in pipeline.stages if hasattr(s, "reranker")), None)
-    rows = [_variant("as saved", pipeline, ds, args.latency_queries)]
+    export = rerank.reranker.export_of("pairs") if rerank is not None else None
+    if export is None:
+        rows = [_variant("as saved", pipeline, ds, args.latency_queries)]
+    else:  # the peer: a query's pairs as one batch on every core, not a batch on each core at once; the two take
+        # turns query by query, so the machine's drift between them cannot pass for a speed-up
+        saved, peer = measure_latency_alternating(pipeline, ds.queries, args.latency_queries,
+                                                  [contextlib.nullcontext, lambda: one_batch_at_a_time(export)])
+        rows = [_variant("as saved", pipeline, ds, args.latency_queries, saved)]
+        with one_batch_at_a_time(export):
+            rows.append(_variant("as saved, one batch at a time", pipeline, ds, args.latency_queries, peer))
     if rerank is not None and rerank.reranker.inference != "torch":
         rerank.reranker.use_torch()
         rows.append(_variant("reranker on torch (auto precision)", pipeline, ds, args.latency_queries))

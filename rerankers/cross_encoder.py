@@ -284,11 +284,13 @@ class CrossEncoderReranker(AdapterHost):
         n = len(queries)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
+        model = self._exports.get("pairs")
         bs = batch_size or self.batch_size
+        if model is not None:  # an export splits even a few pairs over the cores
+            bs = model.batch_size(n, bs)
         show = n >= 2000 if show_progress is None else show_progress
         out = np.empty(n, dtype=np.float32)
         batches = list(batches_by_length(n, [len(queries[i]) + len(docs[i]) for i in range(n)], bs))
-        model = self._exports.get("pairs")
         if model is not None:
             with tqdm(total=len(batches), desc="rerank", unit="batch", disable=not show, leave=False) as bar:
                 def put(i: int, logits: np.ndarray) -> None:

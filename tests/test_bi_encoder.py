@@ -206,6 +206,12 @@ def test_many_batches_run_a_batch_on_each_core_with_the_outputs_of_one_at_a_time
         for i, feed in enumerate(feeds):
             assert np.array_equal(got[i], model(feed))
         assert (model._throughput is not None) == (threads == 2)  # one thread: one stream, run one at a time
+        # a call of a few items is split evenly over the streams, never into batches above the caller's size
+        assert model.streams() == (2 if threads == 2 else 1)
+        assert [model.batch_size(n, 32) for n in (1, 10, 11, 100)] == ([1, 5, 6, 32] if threads == 2 else [1, 10, 11, 32])
+        model.parallel_batches = False
+        assert model.streams() == 1 and model.batch_size(10, 32) == 10 and model.batch_size(10, 4) == 4
+        model.parallel_batches = True
         alone: dict[int, np.ndarray] = {}
         model.run_batches([feeds[0]], alone.__setitem__)  # one batch runs as model(feed)
         assert list(alone) == [0] and np.array_equal(alone[0], got[0])

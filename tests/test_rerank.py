@@ -376,6 +376,10 @@ def test_openvino_export_matches_torch_and_is_refused_when_it_disagrees(backbone
     report = ce.use_openvino("fp32", queries, docs, cache_dir=tmp_path / "cache")
     assert ce.inference == "openvino-fp32" and report["pairs"]["spearman"] > 0.99
     assert np.allclose(ce.score(Q, D), expected, atol=1e-3)
+    split = ce.score(queries, docs)  # a batch per core at once
+    ce.export_of("pairs").parallel_batches = False
+    assert np.allclose(ce.score(queries, docs), split, atol=1e-6)  # one batch on every core: the same scores
+    ce.export_of("pairs").parallel_batches = True
     folder = ce.save(tmp_path / "ce")
     again = CrossEncoderReranker.load(folder, device="cpu")
     assert again.inference == "openvino-fp32" and np.array_equal(again.score(Q, D), ce.score(Q, D))

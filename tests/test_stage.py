@@ -1,5 +1,8 @@
+import contextlib
+
 import pytest
 
+from retrieval.latency import measure_latency, measure_latency_alternating
 from retrieval.stage import Pipeline, StageBase
 from retrieval.types import Queries, Ranking
 
@@ -71,3 +74,24 @@ def test_pipeline_input_checks():
     hits = pipe.search_one("x", k=1)
     assert hits == [("d4", -6.0)]
     assert [t.name for t in hits.trace] == [s.name for s in pipe.stages] and hits.trace[-1].candidates_out == 5
+
+
+def test_latency_variants_take_turns_query_by_query():
+    pipe = Fixed("first", k=5) >> Fixed("second", k=3, reverse=True)
+    queries = Queries({f"q{i}": "x" for i in range(6)})
+    entered = []
+
+    def variant(name):
+        @contextlib.contextmanager
+        def inside():
+            entered.append(name)
+            yield
+        return inside
+
+    out = measure_latency_alternating(pipe, queries, 4, [variant("a"), variant("b")])
+    assert len(out) == 2 and all(len(total) == 4 and set(per) == {"first", "second"} and len(per["second"]) == 4
+                                 for per, total in out)
+    # one warm-up query in each, then each query in both, the order rotating so that neither always goes first
+    assert entered == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    per, total = measure_latency(pipe, queries, 10)  # every query once (fewer than asked)
+    assert len(total) == 6 and all(t > 0 for t in total) and len(per["first"]) == 6
