@@ -227,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
                         explicit_baseline=bool(args.baseline or config.get("baseline")))
         print((args.output / "summary.md").read_text(encoding="utf-8"))
         print(f"wrote {args.output}/summary.json, summary.md and <dataset>/<pipeline>/metrics.json, run.trec, report.md")
+        for c in checks:
+            if c["status"] == "other depth":
+                print(f"NOTE: {c['dataset']}/{c['condition']} reranked to depth {c['depth']}, the depth this machine's "
+                      f"speed admitted under the latency budget; the config has no expected {c['metric']} at that "
+                      f"depth (observed {c['observed']:.4f}), so it is reported, not checked", file=sys.stderr)
         failed = [c for c in checks if c["status"] in ("below", "missing")]
         if failed:
             print("REGRESSION: " + "; ".join(f"{c['dataset']}/{c['condition']} {c['metric']} {c['observed']} < "

@@ -107,8 +107,9 @@ def run(datasets: Sequence[str | Path], pipelines: Sequence[str], opts: RunOptio
     if expected:
         write_json(opts.output / "expected.json", checks)
         text += "\n## Expected figures (regression check)\n\n" + md_table(
-            ["dataset", "condition", "metric", "expected", "tolerance", "observed", "status"],
-            [[c["dataset"], c["condition"], c["metric"], c["expected"], c["tolerance"], c["observed"], c["status"]]
+            ["dataset", "condition", "metric", "reranker depth", "expected", "tolerance", "observed", "status"],
+            [[c["dataset"], c["condition"], c["metric"], "-" if c.get("depth") is None else c["depth"],
+              "-" if c["expected"] is None else c["expected"], c["tolerance"], c["observed"], c["status"]]
              for c in checks]) + "\n"
     (opts.output / "summary.md").write_text(text, encoding="utf-8")
     return records, checks

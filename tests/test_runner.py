@@ -107,3 +107,32 @@ def test_rerank_pipelines_through_the_runner(datasets_root, tmp_path, tiny_model
     again = json.loads((out / "adi" / pipeline / "metrics.json").read_text())
     assert again["metrics"] == record["metrics"] and again["train"]["cached_at"] == record["train"]["cached_at"]
     assert again["settings"]["inference"] == used and again["fusion"] == record["fusion"]
+
+
+def test_expected_figures_follow_the_depth_a_latency_budget_chose(tmp_path):
+    """A reranker condition's figures depend on the depth the machine's speed admitted: a run at another depth is
+    checked against that depth's figure, or reported as "other depth" where the config has none; never failed for it."""
+    from benchmarks.regression import check_expected, load_config
+
+    expected = {"s": {"full": {"nDCG@10": 0.76, "tolerance": 0.01, "depth": 10, "nDCG@10 at depth 5": 0.74},
+                      "ce": {"nDCG@10": 0.72, "tolerance": 0.01, "depth": 10}, "bm25": {"nDCG@10": 0.70}}}
+
+    def run(full_at, full, ce_at, ce, bm25=0.70):
+        records = [{"dataset": "s", "pipeline": "full", "metrics": {"nDCG@10": full}, "fusion": {"depth": full_at}},
+                   {"dataset": "s", "pipeline": "ce", "metrics": {"nDCG@10": ce}, "fusion": {"depth": ce_at}},
+                   {"dataset": "s", "pipeline": "bm25", "metrics": {"nDCG@10": bm25}}]
+        return {c["condition"]: (c["status"], c["expected"], c["depth"]) for c in check_expected(records, expected)}
+
+    assert run(10, 0.76, 10, 0.72) == {"full": ("ok", 0.76, 10), "ce": ("ok", 0.72, 10), "bm25": ("ok", 0.70, None)}
+    assert run(5, 0.74, 20, 0.70) == {"full": ("ok", 0.74, 5), "ce": ("other depth", None, 20), "bm25": ("ok", 0.70, None)}
+    assert run(5, 0.72, 10, 0.70, 0.68) == {"full": ("below", 0.74, 5), "ce": ("below", 0.72, 10),
+                                           "bm25": ("below", 0.70, None)}
+    assert run(10, 0.74, 10, 0.75)["full"][0] == "below" and run(10, 0.74, 10, 0.75)["ce"][0] == "above"
+    # a figure at another depth needs the depth the others are at, and must name a metric the table gives
+    (tmp_path / "d").mkdir()
+    for spec, match in (('{ "nDCG@10" = 0.7, "nDCG@10 at depth 5" = 0.6 }', "add depth = <k>"),
+                        ('{ "nDCG@10" = 0.7, depth = 10, "R@100 at depth 5" = 0.6 }', "at depth <k>"),
+                        ('{ "nDCG@10" = 0.7, depth = 10, "nDCG@10 at depth five" = 0.6 }', "at depth <k>")):
+        (tmp_path / "c.toml").write_text(f'datasets = ["d"]\nconditions = ["full"]\n[expected.d]\nfull = {spec}\n')
+        with pytest.raises(ValueError, match=match):
+            load_config(tmp_path / "c.toml", tmp_path)
