@@ -307,8 +307,8 @@ class AdapterHost:
         try:
             yield
         finally:
-            self.set_adapter_state(kept, name)
-            with self.lock:
+            with self.lock:  # re-entrant: no call sees the kept weights without their export
+                self.set_adapter_state(kept, name)
                 self._exports, self.export_report = exports, report
 
     def save_adapters(self, folder: str | os.PathLike) -> None:

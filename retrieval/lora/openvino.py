@@ -127,6 +127,7 @@ class OpenVinoModel:
         self._threads = settings["INFERENCE_NUM_THREADS"]
         self._settings = {k: v for k, v in settings.items() if k != "PERFORMANCE_HINT"}
         self._throughput = None  # compiled on the first many-batch call (``run_batches``)
+        self._streams = 1
         self.parallel_batches = True  # False: ``run_batches`` runs one batch at a time (benchmarks compare the two)
         self._throughput_lock = threading.Lock()
 
@@ -155,13 +156,14 @@ class OpenVinoModel:
             if self._throughput is None:
                 self._throughput = _openvino().Core().compile_model(
                     self._model, "CPU", {**self._settings, "PERFORMANCE_HINT": "THROUGHPUT"})
-        return int(self._throughput.get_property("NUM_STREAMS"))
+                self._streams = int(self._throughput.get_property("NUM_STREAMS"))  # asked once, not per query
+        return self._streams
 
     def batch_size(self, n: int, batch_size: int) -> int:
         """The batch size a call of ``n`` items runs at: at most ``batch_size``, and at most an even share of the
         ``n`` per stream, so that even one query's few candidates run a batch on each core at once (10 pairs on 2
         cores: 1.045x one batch on both, a session's probe; at 20 and 30 pairs 1.09-1.10x)."""
-        return max(1, min(batch_size, -(-n // self.streams()) if n > 1 else 1))
+        return 1 if n <= 1 else min(batch_size, -(-n // self.streams()))
 
     def _throughput_queue(self):
         """This thread's queue of infer requests on the throughput-compiled model (one stream per core, one thread
