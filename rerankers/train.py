@@ -7,7 +7,11 @@ given, a dense stage), the query's positives excluded:
 - ``listwise`` (default): softmax cross-entropy over the group, the positive as the target;
 - ``pointwise``: binary cross-entropy on every pair of the group (same pairs, so the cost is the same);
 - with a ``teacher`` (any scorer ``teacher(queries, docs) -> scores``, e.g. a stronger cross-encoder the user
-  has), a KL term pulls the group's softmax towards the teacher's (``distill_weight``, ``temperature``).
+  has), a KL term pulls the group's softmax towards the teacher's (``distill_weight``, ``temperature``);
+- with a ``base`` scorer (the same signature: e.g. the first stages the reranker will be fused with) and
+  ``residual`` > 0, the loss (and the validation ranking) scores each pair by the reranker's logit plus
+  ``residual`` x the base's score, so the reranker learns what the base misses, not what it already ranks
+  (residual learning as in CLEAR, Gao et al. 2021, which trains a dense retriever on BM25's residual).
 
 Modes: ``supervised`` (judged queries) and ``corpus`` (pseudo-queries from the corpus itself, the same ones
 the dense stage uses; no judgements). ``pseudo_items`` adds that many of the corpus's pseudo-queries to supervised
@@ -37,7 +41,7 @@ from retrieval.lora.training import (DROPOUTS, TrainResult, check_numbers, dropo
                                      recorded_dropout, save_trained, split_queries)
 from retrieval.stages.bm25 import BM25
 from retrieval.stages.rerank import Rerank
-from retrieval.types import Qrels, Queries
+from retrieval.types import Qrels, Queries, Ranking
 
 from .cross_encoder import POOLER_INITS, PRECISIONS, CrossEncoderReranker, RerankLoraSettings
 
@@ -65,6 +69,7 @@ class RerankTrainSettings:
     pseudo_kind: str = "title"        # which: titles -> their text, or a sentence -> the rest (PSEUDO_KINDS)
     distill_weight: float = 0.5
     temperature: float = 1.0
+    residual: float = 0.0             # weight of the base scorer's score added to each logit in the loss (0: none)
     seed: int = 0
     weight_decay: float = 0.01
     warmup: float = 0.1
@@ -85,7 +90,7 @@ class RerankTrainSettings:
                                            "max_val_queries", "val_depth", "max_items"),
                       non_negative_ints=("pseudo_items",),
                       positive=("lr", "head_lr", "temperature"), fractions=("val_fraction",),
-                      unit=("distill_weight", "warmup", "weight_decay"))
+                      non_negative=("residual",), unit=("distill_weight", "warmup", "weight_decay"))
         check_pseudo_kind(self.pseudo_kind)
         if self.pseudo_kind != "title" and self.mode != "supervised":
             raise ValueError(f"pseudo_kind={self.pseudo_kind!r} chooses the pseudo-queries pseudo_items adds to "
@@ -99,9 +104,11 @@ class RerankTrainSettings:
                              f"pseudo-queries only already: leave pseudo_items at 0")
 
     def to_dict(self) -> dict:
-        """The settings as recorded and cache-keyed (``pseudo_kind`` only when not titles: earlier keys stay)."""
+        """The settings as recorded and cache-keyed (``pseudo_kind`` only when not titles, ``residual`` only when
+        set: earlier keys stay)."""
         d = recorded_dropout({**asdict(self), "lora": self.lora.to_dict()}, always=("dropout",))
-        return d if self.pseudo_kind != "title" else {k: v for k, v in d.items() if k != "pseudo_kind"}
+        unset = {"pseudo_kind": "title", "residual": 0.0}
+        return {k: v for k, v in d.items() if k not in unset or v != unset[k]}
 
 
 def split_examples(examples: list[TrainExample], settings: RerankTrainSettings) -> tuple[list[str], list[str]]:
@@ -112,13 +119,20 @@ def split_examples(examples: list[TrainExample], settings: RerankTrainSettings) 
 
 def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainExample], first_stages: Sequence,
                    settings: RerankTrainSettings | None = None, teacher: Callable | None = None,
-                   progress: bool = True, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """Train a LoRA adapter (and the scoring head) on ``examples``; negatives mined with ``first_stages``."""
+                   progress: bool = True, on_epoch: Callable[[int, dict], None] | None = None,
+                   base: Callable | None = None) -> TrainResult:
+    """Train a LoRA adapter (and the scoring head) on ``examples``; negatives mined with ``first_stages``; with
+    ``settings.residual`` > 0, on the residual of ``base`` (``base(queries, docs) -> scores``)."""
     import torch
 
     settings = settings or RerankTrainSettings()
     if not examples:
         raise ValueError("no training examples")
+    if settings.residual and base is None:
+        raise ValueError(f"residual={settings.residual} trains on the residual of a base scorer, and none was given: "
+                         f"pass base=<scorer(queries, docs) -> scores> (e.g. retrieval.pipeline.teacher.RankingTeacher "
+                         f"over the first stages), or leave residual at 0")
+    residual = base if settings.residual else None
     if not first_stages:
         raise ValueError("hard negatives are mined with a first stage: pass first_stages=[BM25(...)]")
     torch.manual_seed(settings.seed)
@@ -148,11 +162,15 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
     val_queries = Queries({q: texts[q] for q in val_q})
 
     def validate() -> float:
-        """The reranker alone over the pools, scored by a copy with the adapter merged into its weights: the same
-        scores to float rounding, without LoRA's extra products (~30% of a pass on a CPU); training goes on
-        with the adapter as it was."""
+        """The reranker alone (with a residual base: plus the base's weighted score, as the loss sees it) over the
+        pools, scored by a copy with the adapter merged into its weights: the same scores to float rounding, without
+        LoRA's extra products (~30% of a pass on a CPU); training goes on with the adapter as it was."""
         val_stage = Rerank(reranker.merged(), corpus, k=settings.val_depth)
-        return evaluate(val_stage.scores(val_queries, pools), val_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+        ranking = val_stage.scores(val_queries, pools)
+        if residual is not None:
+            ranking = with_residual(ranking, val_queries, residual, settings.residual,
+                                    lambda d: corpus[d].contents)
+        return evaluate(ranking, val_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
 
     def group(e: TrainExample, rng) -> list[str]:
         negs = negatives.get(e.qid) or []
@@ -170,6 +188,9 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
         docs = [t for e in batch for t in group(e, rng)]
         queries = [e.query for e in batch for _ in range(n)]
         logits = reranker.logits(queries, docs).view(len(batch), n)
+        if residual is not None:  # the loss sees the base's weighted score beside each logit; no gradient flows to it
+            b = torch.as_tensor(np.asarray(residual(queries, docs), dtype=np.float32), device=logits.device)
+            logits = logits + settings.residual * b.view(len(batch), n).to(logits.dtype)
         if settings.loss == "listwise":
             target = torch.zeros(len(batch), dtype=torch.long, device=logits.device)
             loss = torch.nn.functional.cross_entropy(logits, target)
@@ -205,6 +226,18 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
         reranker.max_length = saved_len
     return TrainResult(**out, trainable_share=share, peak_memory_mb=peak_memory_mb(), train_queries=len(used_q),
                        val_queries=len(val_q), settings=settings.to_dict())
+
+
+def with_residual(ranking: Ranking, queries: Queries, base: Callable, weight: float,
+                  text: Callable[[str], str]) -> Ranking:
+    """``ranking`` with ``weight`` x ``base``'s score of each (query, document) pair added (``text(doc_id)``: the
+    document's text as the base reads it)."""
+    pairs = [(q, d) for q, docs in ranking.scores.items() for d in docs]
+    extra = base([queries[q] for q, _ in pairs], [text(d) for _, d in pairs])
+    out: dict[str, dict[str, float]] = {}
+    for (q, d), b in zip(pairs, extra):
+        out.setdefault(q, {})[d] = ranking.scores[q][d] + weight * float(b)
+    return Ranking(out)
 
 
 def added_pseudo_items(corpus, settings: RerankTrainSettings) -> list[TrainExample]:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.__main__ import main as bench_main
@@ -42,11 +43,14 @@ def _settings(models, **kw) -> PipelineSettings:
     return PipelineSettings(**{**base, **kw})
 
 
+BUILT = dict(rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1, rerank_group_negatives=1,
+             rerank_pseudo_kind="sentence", rerank_lora_rank=4)  # the settings of the module's pipeline (``built``)
+
+
 @pytest.fixture(scope="module")
 def built(adi, models, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1,
-                         rerank_group_negatives=1, rerank_pseudo_kind="sentence", rerank_lora_rank=4)
+    settings = _settings(models, **BUILT)
     return build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None), cache
 
 
@@ -601,15 +605,17 @@ def test_ranking_teacher_answers_with_the_systems_scores(adi, adi_bm25s):
         RankingTeacher(adi_bm25s, adi.corpus, passages={"text": "no-such-id"})
     with pytest.raises(ValueError, match="scores pairs"):
         teacher([query, query], docs[:1])
+    z = RankingTeacher(adi_bm25s, adi.corpus, zscore=True)([query] * 5, docs)  # over the query's whole ranking
+    raw = np.array([s for _, s in ranked])
+    assert z == pytest.approx(list((np.array(scores) - raw.mean()) / raw.std()))
 
 
 def test_a_reranker_distilled_from_the_first_two_stages(built, adi, models):
     """``rerank_distill``: the reranker's training groups are pulled towards the first two stages' fused scores,
     whose weights are fitted (on the held-out queries) before the reranker trains: the same as without it."""
     b, cache = built
-    settings = _settings(models, rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1,
-                         rerank_group_negatives=1, rerank_pseudo_kind="sentence", rerank_lora_rank=4, rerank_distill=0.5)
-    d = build_pipeline(adi.corpus, adi.queries, adi.qrels, settings, cache_dir=cache, log=lambda m: None)
+    d = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, **BUILT, rerank_distill=0.5),
+                       cache_dir=cache, log=lambda m: None)
     dense = d.pipeline.stages[1]
     assert dense.fusion == b.pipeline.stages[1].fusion and d.info["held_out"] == b.info["held_out"]
     train = d.info["stages"]["rerank"]["train"]
@@ -622,6 +628,31 @@ def test_a_reranker_distilled_from_the_first_two_stages(built, adi, models):
     assert not plain == pytest.approx(distilled)  # another adapter: the KL term changed the training
     with pytest.raises(ValueError, match="rerank_distill"):
         _settings(models, rerank_distill=1.5)
+
+
+def test_a_reranker_trained_on_the_first_two_stages_residual(built, adi, models):
+    """``rerank_residual``: the reranker's loss sees the first two stages' z-scored fused score beside each logit
+    (their weights fitted before it trains, as without it); ``rerank_residual_base="bm25"`` takes BM25's instead."""
+    b, cache = built
+    d = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, **BUILT, rerank_residual=1.0),
+                       cache_dir=cache, log=lambda m: None)
+    dense = d.pipeline.stages[1]
+    assert dense.fusion == b.pipeline.stages[1].fusion and d.info["held_out"] == b.info["held_out"]
+    train = d.info["stages"]["rerank"]["train"]
+    assert train["residual_base"]["fusion"] == dense.fusion.to_dict() and train["residual_base"]["zscore"]
+    assert train["settings"]["residual"] == 1.0 and "residual_base" not in b.info["stages"]["rerank"]["train"]
+    q = adi.queries.subset(b.info["held_out"][:3])
+    docs = [adi.corpus[next(iter(b.pipeline.stages[0].search(q)[x]))].contents for x in q]
+    plain, residual = (p.stages[2].reranker.score([q[x] for x in q], docs) for p in (b.pipeline, d.pipeline))
+    assert not plain == pytest.approx(residual)  # another adapter: the base changed the training
+    on_bm25 = build_pipeline(adi.corpus, adi.queries, adi.qrels,
+                             _settings(models, **BUILT, rerank_residual=1.0, rerank_residual_base="bm25"), cache_dir=cache,
+                             log=lambda m: None)
+    assert set(on_bm25.info["stages"]["rerank"]["train"]["residual_base"]) == {"bm25", "zscore"}
+    with pytest.raises(ValueError, match="rerank_residual_base must be one of"):
+        _settings(models, rerank_residual=1.0, rerank_residual_base="dense")
+    with pytest.raises(ValueError, match="rerank_residual must be a finite number"):
+        _settings(models, rerank_residual=-0.5)
 
 
 def test_dropout_settings_reach_both_trainings(models):

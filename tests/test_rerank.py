@@ -1,5 +1,6 @@
 """Cross-encoder reranker, its LoRA adapters, training and the rerank stage: tiny random BERTs, ADI data."""
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -291,6 +292,41 @@ def test_training_runs_keeps_best_epoch_and_saves(backbone, adi, adi_lucene, tmp
     s = ce.score(Q, D)
     ce.save(tmp_path / "r")
     assert np.array_equal(CrossEncoderReranker.load(tmp_path / "r", device="cpu").score(Q, D), s)
+
+
+def test_residual_training_learns_beside_a_base(backbone, adi, adi_lucene):
+    """``residual``: the loss scores each pair by the logit plus ``residual`` x the base's score, and validation
+    ranks by the same sum. A base of zeros trains exactly as no base does; a base that knows the positives leaves
+    the reranker almost nothing to learn (the loss falls to ~0 from the first step)."""
+    examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
+    settings = RerankTrainSettings(epochs=1, batch_size=8, negatives=2, max_length=64, val_fraction=0.3,
+                                   lora=RerankLoraSettings(r=4, alpha=8))
+    residual = dataclasses.replace(settings, residual=1.0)
+    plain = train_reranker(_ce(backbone), adi.corpus, examples, [adi_lucene], settings, progress=False)
+    calls = []
+
+    def zeros(qs, ds):
+        calls.append(len(qs))
+        return [0.0] * len(qs)
+
+    zero = train_reranker(_ce(backbone), adi.corpus, examples, [adi_lucene], residual, progress=False, base=zeros)
+    assert 8 * 3 in calls  # each training group, and the validation pools
+    assert zero.history[-1]["loss"] == pytest.approx(plain.history[-1]["loss"], rel=1e-5)
+    assert zero.best_val == pytest.approx(plain.best_val, abs=1e-9)
+    positive = {(e.query, e.passage) for e in examples}
+
+    def oracle(qs, ds):
+        return [30.0 if (q, d) in positive else 0.0 for q, d in zip(qs, ds)]
+
+    told = train_reranker(_ce(backbone), adi.corpus, examples, [adi_lucene], residual, progress=False, base=oracle)
+    assert told.history[-1]["loss"] < 1e-3 < plain.history[-1]["loss"]
+    assert told.best_val > plain.best_val  # validation ranks by logit + base: the oracle puts positives first
+    assert residual.to_dict()["residual"] == 1.0 and "residual" not in settings.to_dict()  # old cache keys stay
+    with pytest.raises(ValueError, match="none was given"):
+        train_reranker(_ce(backbone), adi.corpus, examples, [adi_lucene], residual, progress=False)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="residual must be a finite number >= 0"):
+            RerankTrainSettings(residual=bad)
 
 
 def test_distillation_and_corpus_mode(backbone, adi, adi_lucene):

@@ -148,7 +148,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     rs = rerank_settings(settings.corpus_only, settings.rerank_epochs, settings.rerank_max_items, settings.seed,
                          settings.rerank_max_length, settings.rerank_pseudo_items, settings.rerank_lora_layers,
                          settings.rerank_distill, settings.rerank_dropout, settings.rerank_group_negatives,
-                         settings.rerank_pseudo_kind, settings.rerank_lora_rank)
+                         settings.rerank_pseudo_kind, settings.rerank_lora_rank, settings.rerank_residual)
     examples = training_examples("corpus" if settings.corpus_only else "supervised", corpus, queries, qrels, settings.seed)
     if settings.corpus_only:
         held = []
@@ -179,16 +179,24 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
         miners.append(SkipTop(Dense(encoder, index, mode="retrieve", k=rs.negatives_depth, name="dense-retrieve"),
                               settings.rerank_dense_skip))
         negatives_from["dense"] = {"query_encoder": encoder.fingerprint("query"), "skip": settings.rerank_dense_skip}
-    teacher = teacher_from = None
-    if settings.rerank_distill:  # the first two stages' fused scores
-        # a sentence pseudo-query's positive is its document without that sentence: the teacher is told whose it is
-        pseudo = {e.passage: min(e.positives) for e in added_pseudo_items(corpus, rs)}
+    # the first two stages' fused scores (or BM25's) as a distillation teacher or a residual base; a sentence
+    # pseudo-query's positive is its document without that sentence: the scorer is told whose it is
+    pseudo = {e.passage: min(e.positives) for e in added_pseudo_items(corpus, rs)}
+    fused_from = {"bm25": first_stage_facts(bm25), "query_encoder": encoder.fingerprint("query"),
+                  "fusion": dense.fusion.to_dict(), "k": dense.k, "neighbours": dense.neighbours}
+    teacher = teacher_from = base = base_from = None
+    if settings.rerank_distill:
         teacher = RankingTeacher(Pipeline([bm25, dense], name="first-stages"), corpus, passages=pseudo)
-        teacher_from = {"bm25": first_stage_facts(bm25), "query_encoder": encoder.fingerprint("query"),
-                        "fusion": dense.fusion.to_dict(), "k": dense.k, "neighbours": dense.neighbours}
+        teacher_from = fused_from
+    if settings.rerank_residual:
+        on_bm25 = settings.rerank_residual_base == "bm25"
+        base = RankingTeacher(bm25 if on_bm25 else Pipeline([bm25, dense], name="first-stages"), corpus,
+                              passages=pseudo, zscore=True)
+        base_from = {"bm25": first_stage_facts(bm25)} if on_bm25 else fused_from
+        base_from = {**base_from, "zscore": True}
     ce, rerank_train = reranker(corpus, examples, miners, rs, negatives_from, cache_dir, split,
                                  settings.rerank_model, settings.rerank_precision, settings.rerank_inference,
-                                 teacher=teacher, teacher_from=teacher_from)
+                                 teacher=teacher, teacher_from=teacher_from, base=base, base_from=base_from)
     rerank = Rerank(ce, corpus, k=max(settings.rerank_depths), keep_rest=True)
     stages.append(rerank)
 

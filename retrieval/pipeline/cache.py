@@ -184,12 +184,13 @@ def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed:
                     lora_layers: tuple[int, ...] = (), distill: float = 0.0, dropout: str = "none",
                     negatives: int = RerankTrainSettings.negatives,
                     pseudo_kind: str = RerankTrainSettings.pseudo_kind,
-                    lora_rank: int = RerankLoraSettings.r) -> RerankTrainSettings:
+                    lora_rank: int = RerankLoraSettings.r, residual: float = 0.0) -> RerankTrainSettings:
     """The reranker's training settings; ``distill`` > 0 weighs the KL term towards a teacher (its default weight
     otherwise, unused without a teacher, so the cache keys of rerankers trained without one stay as they were);
     ``dropout``: one of ``retrieval.lora.training.DROPOUTS`` (``PipelineSettings.rerank_dropout``); ``negatives``: hard
     negatives beside each positive in a training group (``PipelineSettings.rerank_group_negatives``); ``pseudo_kind``:
-    which pseudo-queries ``pseudo_items`` adds; ``lora_rank``: the adapter's r (alpha 2r)."""
+    which pseudo-queries ``pseudo_items`` adds; ``lora_rank``: the adapter's r (alpha 2r); ``residual``: the weight of
+    a base scorer's score in the loss (``RerankTrainSettings.residual``)."""
     mode = "corpus" if corpus_only else "supervised"
     if max_items is None and corpus_only:
         max_items = CORPUS_RERANK_ITEMS
@@ -197,18 +198,19 @@ def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed:
     return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed, max_length=max_length,
                                pseudo_items=pseudo_items, pseudo_kind=pseudo_kind,
                                lora=RerankLoraSettings(layers=lora_layers, r=lora_rank, alpha=2 * lora_rank),
-                               negatives=negatives,
+                               negatives=negatives, residual=residual,
                                **dropout_switches(dropout, "reranker training"), **extra)
 
 
 def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettings, negatives_from: dict,
              cache_dir=None, split: str = "train", model: str | None = None,
              precision: str = "auto", inference: str = "torch", teacher=None,
-             teacher_from: dict | None = None) -> tuple[CrossEncoderReranker, dict]:
+             teacher_from: dict | None = None, base=None,
+             base_from: dict | None = None) -> tuple[CrossEncoderReranker, dict]:
     """A cross-encoder with a LoRA adapter trained on ``examples``, negatives from ``first_stages``, run the way
     ``inference`` says once trained (its export calibrated on the examples' queries and the first stage's
     candidates); cached by data, settings and the first stages (``negatives_from`` describes them; with a
-    ``teacher`` to distil from, ``teacher_from`` describes it). Every
+    ``teacher`` to distil from, ``teacher_from`` describes it; with a residual ``base``, ``base_from``). Every
     epoch's adapter is kept under ``epochs/`` for the per-epoch report. Returns (reranker, training info)."""
     from safetensors.torch import save_file
 
@@ -216,7 +218,8 @@ def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettin
     key = _key({"mode": settings.mode, "corpus": corpus.fingerprint(),
                 "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
                 "base": model.base_fingerprint(), "settings": settings.to_dict(), "negatives_from": negatives_from,
-                "inference": inference, **({"teacher": teacher_from} if teacher is not None else {})})
+                "inference": inference, **({"teacher": teacher_from} if teacher is not None else {}),
+                **({"residual_base": base_from} if base is not None else {})})
     root = cache_root(cache_dir) / "adapters" / f"rerank-{settings.mode}-{key}"
     hit = _cached(root, lambda: (CrossEncoderReranker.load(root, precision=precision, require_checksums=True),
                                  read_json(root / "train_result.json", "training result")))
@@ -224,11 +227,12 @@ def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettin
         return _exported_again(hit, lambda m: with_inference(
             m, inference, corpus, cache_dir, pairs=calibration_pairs(corpus, examples, first_stages[0], settings.seed)))
     states: dict[int, dict] = {}
-    result = train_reranker(model, corpus, examples, first_stages, settings, teacher=teacher,
+    result = train_reranker(model, corpus, examples, first_stages, settings, teacher=teacher, base=base,
                             on_epoch=lambda epoch, state: states.__setitem__(epoch, state))
     info = {"split": split if settings.mode == "supervised" else "none (pseudo-queries from the corpus)",
             "cached_at": str(root), "negatives_from": negatives_from,
-            **({"teacher": teacher_from} if teacher is not None else {}), **result.to_dict(),
+            **({"teacher": teacher_from} if teacher is not None else {}),
+            **({"residual_base": base_from} if base is not None else {}), **result.to_dict(),
             "inference": with_inference(model, inference, corpus, cache_dir,
                                         pairs=calibration_pairs(corpus, examples, first_stages[0], settings.seed))}
     model.save(root, overwrite=True, extra_json={"train_result.json": info})

@@ -21,6 +21,7 @@ from ..stages.bm25 import BACKENDS, DEFAULT_BACKEND
 from ..stages.rerank import DEPTHS
 
 NEGATIVE_SOURCES = ("bm25", "dense")
+RESIDUAL_BASES = ("first-stages", "bm25")  # what the reranker may learn the residual of (rerank_residual)
 
 
 def _setting(default, help: str, **flag):
@@ -85,6 +86,12 @@ class PipelineSettings:
                                          "(where it ranks unjudged positives of the queries it was trained on)")
     rerank_distill: float = _setting(0.0, "weight of a KL term pulling the reranker's softmax over each training "
                                           "group towards the first two stages' fused scores (0: labels only)")
+    rerank_residual: float = _setting(0.0, "weight of a base's z-scored score added to the reranker's logit in its "
+                                           "training loss and validation, so it learns what the base misses (residual "
+                                           "learning; 0: none)")
+    rerank_residual_base: str = _setting("first-stages", "the base of --rerank-residual: first-stages (BM25 >> dense, "
+                                                         "fused: what the reranker is fused with) or bm25",
+                                         choices=RESIDUAL_BASES)
     rerank_dropout: str = _setting("none", "dropout while the reranker trains: none (2.2x faster steps on a CPU), all "
                                            "(the backbone's, the attention probabilities', LoRA's) or no-attention (all "
                                            "but the attention probabilities': a fused attention kernel)", choices=DROPOUTS)
@@ -117,7 +124,10 @@ class PipelineSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        check_numbers(self, non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip"), unit=("rerank_distill",))
+        check_numbers(self, non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip"), unit=("rerank_distill",),
+                      non_negative=("rerank_residual",))
+        if self.rerank_residual_base not in RESIDUAL_BASES:
+            raise ValueError(f"rerank_residual_base must be one of {RESIDUAL_BASES}, got {self.rerank_residual_base!r}")
         check_pseudo_kind(self.rerank_pseudo_kind)
         if self.rerank_pseudo_kind != "title" and not self.rerank_pseudo_items:
             raise ValueError(f"rerank_pseudo_kind={self.rerank_pseudo_kind!r} says which pseudo-queries "

@@ -5,20 +5,24 @@
 scores are weighted z-scores) gives each document for the query: each query is searched once, and a document the
 system did not rank gets the lowest score it gave that query. Passages that are no document's text as stored (a
 sentence pseudo-query's positive: the document without that sentence) are named with their documents in ``passages``.
+With ``zscore=True`` each query's scores are z-scored over the system's ranking first (the scale fusion gives them), so
+a base of raw BM25 scores and one of fused scores weigh alike (``rerankers.train``'s ``residual``).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from ..stages.fusion import zscore
 from ..types import Corpus, Queries
 
 
 class RankingTeacher:
     """``teacher(queries, docs)``: ``system``'s score of each (query text, document text) pair."""
 
-    def __init__(self, system, corpus: Corpus, k: int | None = None, passages: dict[str, str] | None = None):
-        self.system, self.k = system, k
+    def __init__(self, system, corpus: Corpus, k: int | None = None, passages: dict[str, str] | None = None,
+                 zscore: bool = False):
+        self.system, self.k, self.zscore = system, k, zscore
         self._ids: dict[str, str] = {}
         for doc_id in corpus:  # the texts a training group is made of: contents (title + text) or text alone
             doc = corpus[doc_id]
@@ -37,6 +41,8 @@ class RankingTeacher:
         ranking = self.system.search(Queries({f"q{i}": q for i, q in enumerate(new)}), k=self.k)
         for i, q in enumerate(new):
             scores = ranking.scores.get(f"q{i}", {})
+            if self.zscore and scores:
+                scores = dict(zip(scores, zscore(list(scores.values())).tolist()))
             self._scores[q] = scores, min(scores.values(), default=0.0)
 
     def __call__(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
