@@ -653,6 +653,8 @@ def test_a_reranker_trained_on_the_first_two_stages_residual(built, adi, models)
         _settings(models, rerank_residual=1.0, rerank_residual_base="dense")
     with pytest.raises(ValueError, match="rerank_residual must be a finite number"):
         _settings(models, rerank_residual=-0.5)
+    with pytest.raises(ValueError, match="rerank_residual is 0: set it too"):
+        _settings(models, rerank_residual_base="bm25")
 
 
 def test_dropout_settings_reach_both_trainings(models):

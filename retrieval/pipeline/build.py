@@ -181,17 +181,18 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
         negatives_from["dense"] = {"query_encoder": encoder.fingerprint("query"), "skip": settings.rerank_dense_skip}
     # the first two stages' fused scores (or BM25's) as a distillation teacher or a residual base; a sentence
     # pseudo-query's positive is its document without that sentence: the scorer is told whose it is
-    pseudo = {e.passage: min(e.positives) for e in added_pseudo_items(corpus, rs)}
-    fused_from = {"bm25": first_stage_facts(bm25), "query_encoder": encoder.fingerprint("query"),
-                  "fusion": dense.fusion.to_dict(), "k": dense.k, "neighbours": dense.neighbours}
     teacher = teacher_from = base = base_from = None
+    if settings.rerank_distill or settings.rerank_residual:
+        pseudo = {e.passage: min(e.positives) for e in added_pseudo_items(corpus, rs)}
+        first_two = Pipeline([bm25, dense], name="first-stages")
+        fused_from = {"bm25": first_stage_facts(bm25), "query_encoder": encoder.fingerprint("query"),
+                      "fusion": dense.fusion.to_dict(), "k": dense.k, "neighbours": dense.neighbours}
     if settings.rerank_distill:
-        teacher = RankingTeacher(Pipeline([bm25, dense], name="first-stages"), corpus, passages=pseudo)
+        teacher = RankingTeacher(first_two, corpus, passages=pseudo)
         teacher_from = fused_from
     if settings.rerank_residual:
         on_bm25 = settings.rerank_residual_base == "bm25"
-        base = RankingTeacher(bm25 if on_bm25 else Pipeline([bm25, dense], name="first-stages"), corpus,
-                              passages=pseudo, zscore=True)
+        base = RankingTeacher(bm25 if on_bm25 else first_two, corpus, passages=pseudo, zscore=True)
         base_from = {"bm25": first_stage_facts(bm25)} if on_bm25 else fused_from
         base_from = {**base_from, "zscore": True}
     ce, rerank_train = reranker(corpus, examples, miners, rs, negatives_from, cache_dir, split,

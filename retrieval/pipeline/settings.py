@@ -128,6 +128,9 @@ class PipelineSettings:
                       non_negative=("rerank_residual",))
         if self.rerank_residual_base not in RESIDUAL_BASES:
             raise ValueError(f"rerank_residual_base must be one of {RESIDUAL_BASES}, got {self.rerank_residual_base!r}")
+        if self.rerank_residual_base != "first-stages" and not self.rerank_residual:
+            raise ValueError(f"rerank_residual_base={self.rerank_residual_base!r} says what the reranker learns the "
+                             f"residual of, and rerank_residual is 0: set it too (e.g. 1.0), or leave the base alone")
         check_pseudo_kind(self.rerank_pseudo_kind)
         if self.rerank_pseudo_kind != "title" and not self.rerank_pseudo_items:
             raise ValueError(f"rerank_pseudo_kind={self.rerank_pseudo_kind!r} says which pseudo-queries "
