@@ -610,45 +610,44 @@ def test_ranking_teacher_answers_with_the_systems_scores(adi, adi_bm25s):
     assert z == pytest.approx(list((np.array(scores) - raw.mean()) / raw.std()))
 
 
-def test_a_reranker_distilled_from_the_first_two_stages(built, adi, models):
-    """``rerank_distill``: the reranker's training groups are pulled towards the first two stages' fused scores,
-    whose weights are fitted (on the held-out queries) before the reranker trains: the same as without it."""
+def _built_beside(built, adi, models, **kw):
+    """The module's pipeline built again with ``kw`` added, and its reranker's training record; the first two
+    stages' fusion and the held-out queries are the same as without them (fitted before the reranker trains)."""
     b, cache = built
-    d = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, **BUILT, rerank_distill=0.5),
-                       cache_dir=cache, log=lambda m: None)
-    dense = d.pipeline.stages[1]
-    assert dense.fusion == b.pipeline.stages[1].fusion and d.info["held_out"] == b.info["held_out"]
-    train = d.info["stages"]["rerank"]["train"]
-    assert train["teacher"]["fusion"] == dense.fusion.to_dict() and train["settings"]["distill_weight"] == 0.5
-    assert "teacher" not in b.info["stages"]["rerank"]["train"]
+    d = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, **BUILT, **kw), cache_dir=cache,
+                       log=lambda m: None)
+    assert d.pipeline.stages[1].fusion == b.pipeline.stages[1].fusion and d.info["held_out"] == b.info["held_out"]
+    return d, d.info["stages"]["rerank"]["train"]
+
+
+def _rerankers_differ(built, adi, other) -> bool:
+    """Whether ``other``'s reranker scores three held-out queries' top documents otherwise than the module's."""
+    b, _ = built
     q = adi.queries.subset(b.info["held_out"][:3])
-    candidates = b.pipeline.stages[1].search(q, b.pipeline.stages[0].search(q))
-    plain, distilled = (p.stages[2].reranker.score([q[x] for x in q], [adi.corpus[next(iter(candidates[x]))].contents
-                                                                        for x in q]) for p in (b.pipeline, d.pipeline))
-    assert not plain == pytest.approx(distilled)  # another adapter: the KL term changed the training
+    docs = [adi.corpus[next(iter(b.pipeline.stages[0].search(q)[x]))].contents for x in q]
+    plain, changed = (p.stages[2].reranker.score([q[x] for x in q], docs) for p in (b.pipeline, other.pipeline))
+    return not plain == pytest.approx(changed)
+
+
+def test_a_reranker_distilled_from_the_first_two_stages(built, adi, models):
+    """``rerank_distill``: the reranker's training groups are pulled towards the first two stages' fused scores."""
+    d, train = _built_beside(built, adi, models, rerank_distill=0.5)
+    assert train["teacher"]["fusion"] == d.pipeline.stages[1].fusion.to_dict()
+    assert train["settings"]["distill_weight"] == 0.5 and "teacher" not in built[0].info["stages"]["rerank"]["train"]
+    assert _rerankers_differ(built, adi, d)  # another adapter: the KL term changed the training
     with pytest.raises(ValueError, match="rerank_distill"):
         _settings(models, rerank_distill=1.5)
 
 
 def test_a_reranker_trained_on_the_first_two_stages_residual(built, adi, models):
-    """``rerank_residual``: the reranker's loss sees the first two stages' z-scored fused score beside each logit
-    (their weights fitted before it trains, as without it); ``rerank_residual_base="bm25"`` takes BM25's instead."""
-    b, cache = built
-    d = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, **BUILT, rerank_residual=1.0),
-                       cache_dir=cache, log=lambda m: None)
-    dense = d.pipeline.stages[1]
-    assert dense.fusion == b.pipeline.stages[1].fusion and d.info["held_out"] == b.info["held_out"]
-    train = d.info["stages"]["rerank"]["train"]
-    assert train["residual_base"]["fusion"] == dense.fusion.to_dict() and train["residual_base"]["zscore"]
-    assert train["settings"]["residual"] == 1.0 and "residual_base" not in b.info["stages"]["rerank"]["train"]
-    q = adi.queries.subset(b.info["held_out"][:3])
-    docs = [adi.corpus[next(iter(b.pipeline.stages[0].search(q)[x]))].contents for x in q]
-    plain, residual = (p.stages[2].reranker.score([q[x] for x in q], docs) for p in (b.pipeline, d.pipeline))
-    assert not plain == pytest.approx(residual)  # another adapter: the base changed the training
-    on_bm25 = build_pipeline(adi.corpus, adi.queries, adi.qrels,
-                             _settings(models, **BUILT, rerank_residual=1.0, rerank_residual_base="bm25"), cache_dir=cache,
-                             log=lambda m: None)
-    assert set(on_bm25.info["stages"]["rerank"]["train"]["residual_base"]) == {"bm25", "zscore"}
+    """``rerank_residual``: the reranker's loss sees the first two stages' z-scored fused score beside each logit;
+    ``rerank_residual_base="bm25"`` takes BM25's instead."""
+    d, train = _built_beside(built, adi, models, rerank_residual=1.0)
+    assert train["residual_base"]["fusion"] == d.pipeline.stages[1].fusion.to_dict() and train["residual_base"]["zscore"]
+    assert train["settings"]["residual"] == 1.0 and "residual_base" not in built[0].info["stages"]["rerank"]["train"]
+    assert _rerankers_differ(built, adi, d)  # another adapter: the base changed the training
+    _, on_bm25 = _built_beside(built, adi, models, rerank_residual=1.0, rerank_residual_base="bm25")
+    assert set(on_bm25["residual_base"]) == {"bm25", "zscore"}
     with pytest.raises(ValueError, match="rerank_residual_base must be one of"):
         _settings(models, rerank_residual=1.0, rerank_residual_base="dense")
     with pytest.raises(ValueError, match="rerank_residual must be a finite number"):
