@@ -324,8 +324,8 @@ DESCRIPTIONS = {
            "weights; no labels, no training: the floor of corpus-only adaptation)",
     "hybrid-lora-query": "BM25 top-k >> query-only LoRA dense, weighted fusion fitted on held-out training queries",
     "bm25>>ce": "BM25 >> the full pipeline's LoRA cross-encoder (MiniLM + new head, trained on the training split with "
-                "BM25 hard negatives by default, see --rerank-negatives); depth and BM25/reranker weight chosen on "
-                "held-out training queries",
+                "hard negatives from BM25 and the trained dense stage by default, see --rerank-negatives); depth and "
+                "BM25/reranker weight chosen on held-out training queries",
     "bm25>>ce-corpus": "BM25 >> the corpus-only pipeline's LoRA cross-encoder (pseudo-queries, no labels); equal "
                        "BM25/reranker weights and depth 20, fixed in advance",
     "full": "BM25 (k1/b fitted) >> hybrid dense with a query-side LoRA adapter >> LoRA cross-encoder; every weight and "

@@ -94,8 +94,7 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
 
 def test_a_latency_budget_leaves_the_depths_over_it_out_of_the_choice(built, adi, models):
     b, cache = built
-    kw = dict(rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1, rerank_group_negatives=1,
-              rerank_pseudo_kind="sentence", rerank_lora_rank=4)
+    kw = BUILT
     ample = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_budget_ms=1e6, **kw),
                            cache_dir=cache, log=lambda m: None)  # every part from the cache
     budget = ample.info["stages"]["rerank"]["budget"]

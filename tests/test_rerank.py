@@ -640,8 +640,11 @@ def test_skip_top_leaves_a_stages_first_ranks_out_of_mining(adi, adi_lucene):
     with pytest.raises(ValueError, match="skip must be"):
         SkipTop(adi_lucene, -1)
     with pytest.raises(ValueError, match="rerank_dense_skip=5 skips"):
-        PipelineSettings(rerank_dense_skip=5)
+        PipelineSettings(rerank_dense_skip=5, rerank_negatives=("bm25",))
     assert PipelineSettings(rerank_dense_skip=5, rerank_negatives=("bm25", "dense")).rerank_dense_skip == 5
+    # the default skip follows the negatives: 10 of the dense stage's top ranks left out, 0 without dense negatives
+    assert PipelineSettings().rerank_negatives == ("bm25", "dense") and PipelineSettings().rerank_dense_skip == 10
+    assert PipelineSettings(rerank_negatives=("bm25",)).rerank_dense_skip == 0
     with pytest.raises(ValueError, match="rerank_group_negatives must be a positive integer"):
         PipelineSettings(rerank_group_negatives=0)
     with pytest.raises(ValueError, match="rerank_pseudo_items"):

@@ -21,6 +21,7 @@ from ..stages.bm25 import BACKENDS, DEFAULT_BACKEND
 from ..stages.rerank import DEPTHS
 
 NEGATIVE_SOURCES = ("bm25", "dense")
+DENSE_SKIP = 10  # the dense stage's top ranks left out of the reranker's negatives by default (README routes)
 RESIDUAL_BASES = ("first-stages", "bm25")  # what the reranker may learn the residual of (rerank_residual)
 
 
@@ -78,12 +79,15 @@ class PipelineSettings:
     rerank_lora_layers: tuple[int, ...] = _setting((), "transformer layers the reranker's LoRA adapts (0 = the lowest, "
                                                         "-1 = the top; default: all): top layers only train faster",
                                                    type=int)
-    rerank_negatives: tuple[str, ...] = _setting(("bm25",), "first stages the reranker's hard negatives come from",
+    rerank_negatives: tuple[str, ...] = _setting(("bm25", "dense"), "first stages the reranker's hard negatives come "
+                                                 "from (both since a rule on held-out queries; bm25 alone before)",
                                                  choices=NEGATIVE_SOURCES)
     rerank_group_negatives: int = _setting(RerankTrainSettings.negatives, "hard negatives beside each positive in a "
                                                                           "training group of the reranker's listwise loss")
-    rerank_dense_skip: int = _setting(0, "with dense negatives: the trained dense stage's top ranks left out of them "
-                                         "(where it ranks unjudged positives of the queries it was trained on)")
+    rerank_dense_skip: int | None = _setting(None, "with dense negatives: the trained dense stage's top ranks left out "
+                                                   "of them (where it ranks unjudged positives and the positives of the "
+                                                   f"queries it was trained on; default: {DENSE_SKIP} with dense "
+                                                   "negatives, else 0)", type=int)
     rerank_distill: float = _setting(0.0, "weight of a KL term pulling the reranker's softmax over each training "
                                           "group towards the first two stages' fused scores (0: labels only)")
     rerank_residual: float = _setting(0.0, "weight of a base's z-scored score added to the reranker's logit in its "
@@ -135,6 +139,8 @@ class PipelineSettings:
         if self.rerank_pseudo_kind != "title" and not self.rerank_pseudo_items:
             raise ValueError(f"rerank_pseudo_kind={self.rerank_pseudo_kind!r} says which pseudo-queries "
                              f"rerank_pseudo_items adds, and that is 0: set it too, or leave the kind at 'title'")
+        if self.rerank_dense_skip is None:
+            self.rerank_dense_skip = DENSE_SKIP if "dense" in self.rerank_negatives else 0
         if self.rerank_dense_skip and "dense" not in self.rerank_negatives:
             raise ValueError(f"rerank_dense_skip={self.rerank_dense_skip} skips the dense stage's top negatives, but "
                              f"rerank_negatives={self.rerank_negatives} takes none from it: add 'dense' or leave it at 0")
