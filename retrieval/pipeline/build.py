@@ -193,8 +193,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     if settings.rerank_residual:
         on_bm25 = settings.rerank_residual_base == "bm25"
         base = RankingTeacher(bm25 if on_bm25 else first_two, corpus, passages=pseudo, zscore=True)
-        base_from = {"bm25": first_stage_facts(bm25)} if on_bm25 else fused_from
-        base_from = {**base_from, "zscore": True}
+        base_from = {**({"bm25": first_stage_facts(bm25)} if on_bm25 else fused_from), "zscore": True}
     ce, rerank_train = reranker(corpus, examples, miners, rs, negatives_from, cache_dir, split,
                                  settings.rerank_model, settings.rerank_precision, settings.rerank_inference,
                                  teacher=teacher, teacher_from=teacher_from, base=base, base_from=base_from)

@@ -215,11 +215,12 @@ def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettin
     from safetensors.torch import save_file
 
     model = CrossEncoderReranker(model, max_length=settings.max_length, precision=precision)
+    scorers = {**({"teacher": teacher_from} if teacher is not None else {}),  # keyed and recorded alike
+               **({"residual_base": base_from} if base is not None else {})}
     key = _key({"mode": settings.mode, "corpus": corpus.fingerprint(),
                 "examples": [(e.qid, e.query, sorted(e.positives)) for e in examples],
                 "base": model.base_fingerprint(), "settings": settings.to_dict(), "negatives_from": negatives_from,
-                "inference": inference, **({"teacher": teacher_from} if teacher is not None else {}),
-                **({"residual_base": base_from} if base is not None else {})})
+                "inference": inference, **scorers})
     root = cache_root(cache_dir) / "adapters" / f"rerank-{settings.mode}-{key}"
     hit = _cached(root, lambda: (CrossEncoderReranker.load(root, precision=precision, require_checksums=True),
                                  read_json(root / "train_result.json", "training result")))
@@ -230,9 +231,7 @@ def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettin
     result = train_reranker(model, corpus, examples, first_stages, settings, teacher=teacher, base=base,
                             on_epoch=lambda epoch, state: states.__setitem__(epoch, state))
     info = {"split": split if settings.mode == "supervised" else "none (pseudo-queries from the corpus)",
-            "cached_at": str(root), "negatives_from": negatives_from,
-            **({"teacher": teacher_from} if teacher is not None else {}),
-            **({"residual_base": base_from} if base is not None else {}), **result.to_dict(),
+            "cached_at": str(root), "negatives_from": negatives_from, **scorers, **result.to_dict(),
             "inference": with_inference(model, inference, corpus, cache_dir,
                                         pairs=calibration_pairs(corpus, examples, first_stages[0], settings.seed))}
     model.save(root, overwrite=True, extra_json={"train_result.json": info})
