@@ -94,14 +94,13 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
 
 def test_a_latency_budget_leaves_the_depths_over_it_out_of_the_choice(built, adi, models):
     b, cache = built
-    kw = BUILT
-    ample = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_budget_ms=1e6, **kw),
+    ample = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_budget_ms=1e6, **BUILT),
                            cache_dir=cache, log=lambda m: None)  # every part from the cache
     budget = ample.info["stages"]["rerank"]["budget"]
     assert budget["met"] and list(budget["p50_ms"]) == ["5", "10"] and budget["budget_ms"] == 1e6
     assert ample.pipeline.stages[-1].k == b.pipeline.stages[-1].k  # every depth allowed: the same choice
     lines = []
-    tight = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_budget_ms=1e-3, **kw),
+    tight = build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_budget_ms=1e-3, **BUILT),
                            cache_dir=cache, log=lines.append)
     budget = tight.info["stages"]["rerank"]["budget"]
     assert not budget["met"] and list(budget["p50_ms"]) == ["5"] and tight.pipeline.stages[-1].k == 5
