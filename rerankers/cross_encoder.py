@@ -32,6 +32,8 @@ from retrieval.lora.openvino import batches_by_length, export
 from retrieval.lora.settings import LoraSettings
 from retrieval.util import atomic_dir, library_version, read_json, write_json
 
+from .passages import check_passage, read
+
 PRECISIONS = ("auto", "float32", "bfloat16")
 HEAD_SEED = 0
 POOLER_INITS = ("identity", "base")
@@ -153,7 +155,7 @@ class CrossEncoderReranker(AdapterHost):
 
     def __init__(self, model: str | os.PathLike | None = None, max_length: int | None = None,
                  device: str | None = None, batch_size: int = 32, precision: str = "auto",
-                 num_labels: int | None = None):
+                 num_labels: int | None = None, passage: str = "first"):
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -176,6 +178,7 @@ class CrossEncoderReranker(AdapterHost):
         self.max_positions = min(int(getattr(config, "max_position_embeddings", 512) or 512),  # the most it can read
                                  int(self.tokenizer.model_max_length) if self.tokenizer.model_max_length < 10**6 else 512)
         self.max_length = min(int(max_length), self.max_positions) if max_length else self.max_positions
+        self.passage = check_passage(passage)  # which part of a longer document it reads (rerankers.passages)
         self.model.to(self.device).eval()
         _align(self.model)
         for p in self.model.parameters():
@@ -264,8 +267,16 @@ class CrossEncoderReranker(AdapterHost):
                                   padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in features.items()}
 
+    def _read(self, queries: Sequence[str], docs: Sequence[str]) -> list[str]:
+        """The documents as this reranker reads them (``passage``: all of them up to ``max_length``, or the
+        sentences that speak to each query)."""
+        return read(self.passage, queries, docs, self.max_length, self.tokenizer)
+
     def logits(self, queries: Sequence[str], docs: Sequence[str]):
         """Scores as a torch tensor *with* gradients (for training); the active adapter applies."""
+        return self._logits(queries, self._read(queries, docs))
+
+    def _logits(self, queries: Sequence[str], docs: Sequence[str]):  # docs as read already
         features = self._features(queries, docs)
         with self._autocast():
             out = self.model(**features).logits.float()
@@ -284,6 +295,7 @@ class CrossEncoderReranker(AdapterHost):
         n = len(queries)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
+        docs = self._read(queries, docs)
         model = self._exports.get("pairs")
         bs = batch_size or self.batch_size
         if model is not None:  # an export splits even a few pairs over the cores
@@ -304,7 +316,7 @@ class CrossEncoderReranker(AdapterHost):
             self.model.eval()  # no dropout when scoring, even between training steps
             try:
                 for idx in tqdm(batches, desc="rerank", unit="batch", disable=not show, leave=False):
-                    out[idx] = self.logits([queries[i] for i in idx], [docs[i] for i in idx]).cpu().numpy()
+                    out[idx] = self._logits([queries[i] for i in idx], [docs[i] for i in idx]).cpu().numpy()
             finally:
                 self.model.train(training)
         return out
@@ -375,7 +387,8 @@ class CrossEncoderReranker(AdapterHost):
             raise ValueError(f"use_openvino needs at least 6 pairs to calibrate and check, got {len(queries)}")
         with self.lock:
             self._drop_exports()
-            cq, cd = [queries[i] for i in cal], [docs[i] for i in cal]
+            cq = [queries[i] for i in cal]
+            cd = self._read(cq, [docs[i] for i in cal])
             made = {"kind": "cross-encoder", "computes": self.fingerprint(), "max_length": self.max_length,
                     "calibration": hashlib.sha256("\x00".join(cq + cd).encode()).hexdigest()[:16]}
             module = _logits_module(self._merged_copy())
@@ -427,6 +440,7 @@ class CrossEncoderReranker(AdapterHost):
             "num_labels": self.num_labels,
             "head_shape": list(self.head_shape),
             "max_length": self.max_length,
+            **({"passage": self.passage} if self.passage != "first" else {}),  # what it reads of longer documents
             "precision": self.precision,
             "adapters": self.adapters,
             "active": self.active_adapter,
@@ -485,13 +499,13 @@ class CrossEncoderReranker(AdapterHost):
         precision = precision or config.get("precision", "auto")
         if config.get("merged"):
             ce = cls(path / "model", max_length=config["max_length"], device=device, batch_size=batch_size,
-                     precision=precision)
+                     precision=precision, passage=config.get("passage", "first"))
             ce.base_model, ce.new_head = config["base_model"], config.get("new_head", False)
             ce.restore_adapters(path, config)
             ce._load_exports(path, config, verify)
             return ce
         ce = cls(config["base_model"], max_length=config["max_length"], device=device, batch_size=batch_size,
-                 precision=precision, num_labels=config.get("num_labels"))
+                 precision=precision, num_labels=config.get("num_labels"), passage=config.get("passage", "first"))
         if config.get("head_shape") and tuple(config["head_shape"]) != ce.head_shape:
             raise RerankerMismatch(f"{path}: saved with a head of shape {tuple(config['head_shape'])}, but "
                                    f"{config['base_model']} loads with {ce.head_shape}")

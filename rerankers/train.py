@@ -44,6 +44,7 @@ from retrieval.stages.rerank import Rerank
 from retrieval.types import Qrels, Queries, Ranking
 
 from .cross_encoder import POOLER_INITS, PRECISIONS, CrossEncoderReranker, RerankLoraSettings
+from .passages import PASSAGES, check_passage
 
 MODES = ("supervised", "corpus")
 LOSSES = ("listwise", "pointwise")
@@ -61,6 +62,7 @@ class RerankTrainSettings:
     negatives_depth: int = 30
     max_length: int = 128             # query + passage tokens while training (and scoring); 256 before, a rule on
                                       # seeds 4-6's held-out queries pooled (README routes): fused, the same; alone, worse
+    passage: str = "first"            # what it reads of a longer document: its opening or the query's sentences (PASSAGES)
     val_fraction: float = 0.15
     max_val_queries: int = 64
     val_depth: int = 20
@@ -92,6 +94,7 @@ class RerankTrainSettings:
                       positive=("lr", "head_lr", "temperature"), fractions=("val_fraction",),
                       non_negative=("residual",), unit=("distill_weight", "warmup", "weight_decay"))
         check_pseudo_kind(self.pseudo_kind)
+        check_passage(self.passage)
         if self.pseudo_kind != "title" and self.mode != "supervised":
             raise ValueError(f"pseudo_kind={self.pseudo_kind!r} chooses the pseudo-queries pseudo_items adds to "
                              f"supervised training; mode={self.mode!r} trains on the corpus's title pseudo-queries "
@@ -105,9 +108,9 @@ class RerankTrainSettings:
 
     def to_dict(self) -> dict:
         """The settings as recorded and cache-keyed (``pseudo_kind`` only when not titles, ``residual`` only when
-        set: earlier keys stay)."""
+        set, ``passage`` only when not the opening: earlier keys stay)."""
         d = recorded_dropout({**asdict(self), "lora": self.lora.to_dict()}, always=("dropout",))
-        unset = {"pseudo_kind": "title", "residual": 0.0}
+        unset = {"pseudo_kind": "title", "residual": 0.0, "passage": "first"}
         return {k: v for k, v in d.items() if k not in unset or v != unset[k]}
 
 
@@ -209,6 +212,7 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
 
     saved_len = reranker.max_length
     reranker.max_length = min(settings.max_length, saved_len)
+    reranker.passage = settings.passage  # it reads as it was trained, from now on (and saved so)
     try:
         reranker.add_lora(settings.lora, name=settings.adapter_name)
         share = reranker.trainable_share()
@@ -278,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
     p.add_argument("--negatives", type=positive_int, default=defaults.negatives)
     p.add_argument("--max-length", type=positive_int, default=defaults.max_length)
+    p.add_argument("--passage", choices=PASSAGES, default=defaults.passage,
+                   help="what it reads of a document longer than --max-length: first (its opening; default) or focused "
+                        "(its first sentence, then the sentences sharing most query terms)")
     p.add_argument("--max-items", type=positive_int, default=defaults.max_items)
     p.add_argument("--pseudo-items", type=count, default=defaults.pseudo_items,
                    help="supervised mode: pseudo-queries from the corpus added to the judged training items (default 0)")
@@ -303,11 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                                    batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
                                    max_items=args.max_items, pseudo_items=args.pseudo_items,
-                                   pseudo_kind=args.pseudo_kind, seed=args.seed,
+                                   pseudo_kind=args.pseudo_kind, passage=args.passage, seed=args.seed,
                                    **dropout_switches(args.train_dropout, "reranker training"),
                                    lora=lora_from_args(args, RerankLoraSettings,
                                                        new_head_pooler=args.new_head_pooler))
-    reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision)
+    reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision,
+                                    passage=args.passage)
     teacher = None  # loaded before any work, so a wrong path is reported at once
     if args.teacher:
         teacher = (CrossEncoderReranker.load(args.teacher, device=args.device)

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from rerankers.cross_encoder import PRECISIONS, RerankLoraSettings
+from rerankers.passages import PASSAGES, check_passage
 from rerankers.train import RerankTrainSettings
 
 from ..lora.examples import PSEUDO_KINDS, check_pseudo_kind
@@ -62,6 +63,10 @@ class PipelineSettings:
                                                "judgements, all for the corpus-only one)", type=str, choices=DROPOUTS)
     rerank_epochs: int = _setting(2, "reranker epochs")
     rerank_max_length: int = _setting(RerankTrainSettings.max_length, "query + passage tokens the reranker trains on")
+    rerank_passage: str = _setting(RerankTrainSettings.passage, "what the reranker reads of a document longer than "
+                                   "its tokens: first (its opening) or focused (its first sentence, then the sentences "
+                                   "sharing most query terms, in the document's order: the same cost a pair)",
+                                   choices=PASSAGES)
     rerank_depths: tuple[int, ...] = _setting(DEPTHS, "rerank depths to choose from on held-out training queries")
     rerank_budget_ms: float | None = _setting(None, "latency budget: milliseconds a query may take through the whole "
                                                     "pipeline (median, one query at a time, measured on this machine "
@@ -136,6 +141,7 @@ class PipelineSettings:
             raise ValueError(f"rerank_residual_base={self.rerank_residual_base!r} says what the reranker learns the "
                              f"residual of, and rerank_residual is 0: set it too (e.g. 1.0), or leave the base alone")
         check_pseudo_kind(self.rerank_pseudo_kind)
+        check_passage(self.rerank_passage)
         if self.rerank_pseudo_kind != "title" and not self.rerank_pseudo_items:
             raise ValueError(f"rerank_pseudo_kind={self.rerank_pseudo_kind!r} says which pseudo-queries "
                              f"rerank_pseudo_items adds, and that is 0: set it too, or leave the kind at 'title'")

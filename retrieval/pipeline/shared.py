@@ -85,9 +85,10 @@ class SharedModels:
             return CrossEncoderReranker.load(folder, device=self.device, verify=False)
         base, length = config["base_model"], int(config["max_length"])
         labels, precision = config.get("num_labels"), config.get("precision", "auto")
-        model = self._shared(("reranker", base, length, labels, precision),
+        passage = config.get("passage", "first")
+        model = self._shared(("reranker", base, length, labels, precision, passage),
                              lambda: CrossEncoderReranker(base, max_length=length, device=self.device,
-                                                          precision=precision, num_labels=labels))
+                                                          precision=precision, num_labels=labels, passage=passage))
         return RerankerView(model, *self._load_into(model, config, folder, adapter_name))
 
     def unload(self, adapter_name: str) -> None:
