@@ -15,7 +15,7 @@ at ``.``, ``!`` or ``?`` followed by a space and a capital, a digit or a bracket
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 from retrieval.stages._analysis import porter_words
 
@@ -34,16 +34,12 @@ def sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text.strip()) if s]
 
 
-def focus(query: str, text: str, room: int, lengths: Callable[[list[str]], list[int]]) -> str:
-    """The part of ``text`` read in ``room`` tokens (``lengths``: the tokens of each of a list of strings): the
-    first sentence, then the sentences sharing most of ``query``'s terms, joined in the text's order until
-    ``room`` is used (the last one may run over it: the tokenizer cuts it). ``text`` itself when it fits."""
-    parts = sentences(text)
-    if len(parts) < 2:
-        return text
-    sizes = lengths(parts)
-    if sum(sizes) <= room:
-        return text
+def focus(query: str, parts: Sequence[str], sizes: Sequence[int], room: int) -> str:
+    """The part of a text (``parts``: its sentences, ``sizes``: their tokens) read in ``room`` tokens: the first
+    sentence, then the sentences sharing most of ``query``'s terms, joined in the text's order until ``room`` is
+    used (the last one may run over it: the tokenizer cuts it). All of it when it fits."""
+    if len(parts) < 2 or sum(sizes) <= room:
+        return " ".join(parts)
     terms = set(porter_words(query))
     shared = [len(terms.intersection(porter_words(s))) for s in parts[1:]]
     keep, used = {0}, sizes[0]
@@ -57,14 +53,19 @@ def focus(query: str, text: str, room: int, lengths: Callable[[list[str]], list[
 
 def read(passage: str, queries: Sequence[str], docs: Sequence[str], max_length: int, tokenizer) -> list[str]:
     """``docs`` as a cross-encoder reading ``max_length`` tokens of each (query, doc) pair sees them (``passage``
-    in ``PASSAGES``); ``tokenizer``: the model's (its special tokens for a pair are left room for)."""
-    if passage == "first":
+    in ``PASSAGES``); ``tokenizer``: the model's (its special tokens for a pair are left room for). A document of
+    one sentence, or one that fits, is returned as it is."""
+    if passage == "first" or not docs:
         return list(docs)
     special = tokenizer.num_special_tokens_to_add(pair=True)
-
-    def lengths(texts: list[str]) -> list[int]:
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
+    parts = [sentences(d) for d in docs]
     unique = list(dict.fromkeys(queries))
-    q_len = dict(zip(unique, lengths(unique))) if unique else {}
-    return [focus(q, d, max(max_length - special - q_len[q], 1), lengths) for q, d in zip(queries, docs)]
+    texts = unique + [s for p in parts for s in p]
+    # one tokenizer call for every query and sentence: a call has a fixed cost (~2 ms) whatever its size
+    sizes = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    q_len, at, out = dict(zip(unique, sizes)), len(unique), []
+    for q, d, p in zip(queries, docs, parts):
+        mine, at = sizes[at:at + len(p)], at + len(p)
+        out.append(d if len(p) < 2 or sum(mine) <= max_length - special - q_len[q]
+                   else focus(q, p, mine, max(max_length - special - q_len[q], 1)))
+    return out

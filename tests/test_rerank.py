@@ -679,3 +679,50 @@ def test_lora_on_the_top_layer_only_adapts_that_layer_and_the_pooler_and_saves(b
     for bad in ((2,), (-3,), (0, 0), (True,)):
         with pytest.raises(ValueError, match="layers"):
             _ce(backbone).add_lora(RerankLoraSettings(layers=bad))
+
+
+LONG = ("Scurvy in the navy. Long voyages were common in the eighteenth century. Ships carried barrels of salted meat "
+        "and hard biscuit for months. Sailors fell ill on most long voyages. Lemons given daily prevented scurvy in "
+        "every crew that took them.")
+
+
+def test_focused_passages_read_the_sentences_that_share_the_query_terms_in_the_same_tokens(backbone, tmp_path):
+    from rerankers.passages import focus, read, sentences
+
+    query = "lemons prevent scurvy"
+    first, focused = _ce(backbone, max_length=30), _ce(backbone, max_length=30, passage="focused")
+    tok = first.tokenizer
+    # the opening and the matching last sentence, the ones between left out; in the document's order
+    seen = read("focused", [query], [LONG], 30, tok)[0]
+    parts = sentences(LONG)
+    assert len(parts) == 5 and seen == f"{parts[0]} {parts[4]}"
+    assert read("first", [query], [LONG], 30, tok) == [LONG]
+    pair = tok.decode(tok(query, seen, truncation="longest_first", max_length=30)["input_ids"])
+    assert "lemons given daily prevented scurvy" in pair  # read in the tokens that read the opening before
+    # a document that fits, or has one sentence, is read whole
+    assert read("focused", [query, query], ["Lemons. Scurvy.", parts[4]], 30, tok) == ["Lemons. Scurvy.", parts[4]]
+    assert focus(query, parts, [len(t) for t in parts], 10**6) == " ".join(parts)
+    # the reranker scores what it reads: the focused text, not the opening
+    s = focused.score([query, query], [LONG, D[0]])
+    assert np.array_equal(s, first.score([query, query], [seen, D[0]]))
+    assert not np.allclose(s[0], first.score([query], [LONG])[0])
+    # it is recorded and reloaded with the reranker; a wrong name is refused
+    focused.add_lora(RerankLoraSettings(r=2, alpha=4))
+    _perturb(focused)
+    focused.save(tmp_path / "f")
+    again = CrossEncoderReranker.load(tmp_path / "f", device="cpu")
+    assert again.passage == "focused" and np.array_equal(again.score([query], [LONG]), focused.score([query], [LONG]))
+    with pytest.raises(ValueError, match="passage must be one of"):
+        _ce(backbone, passage="best")
+    with pytest.raises(ValueError, match="passage must be one of"):
+        RerankTrainSettings(passage="middle")
+
+
+def test_training_with_focused_passages_leaves_the_reranker_reading_them(backbone, adi, adi_lucene):
+    ce = _ce(backbone)
+    examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
+    settings = RerankTrainSettings(epochs=1, batch_size=8, negatives=1, max_length=48, passage="focused",
+                                   lora=RerankLoraSettings(r=2, alpha=4))
+    result = train_reranker(ce, adi.corpus, examples, [adi_lucene], settings, progress=False)
+    assert ce.passage == "focused" and result.settings["passage"] == "focused"
+    assert "passage" not in RerankTrainSettings().to_dict()  # the default's cache keys stay as they were
