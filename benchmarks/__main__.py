@@ -17,6 +17,7 @@ from retrieval.evaluation import CORRECTIONS
 from retrieval.lora.openvino import INFERENCES
 from retrieval.lora.training import DROPOUTS
 from retrieval.pipeline.settings import PipelineSettings, add_pipeline_args, settings_from_args
+from rerankers.passages import PASSAGES
 from rerankers.train import RerankTrainSettings
 
 from . import corpus_designs, cutoffs, dense_study, gate, rerank_study, scale_out, service_load, speed_bm25, speed_dense, speed_inference, speed_rerank
@@ -145,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--report-split", default=None, help="also apply each row's in-sample choice to this split (e.g. dev)")
     rs.add_argument("--max-length", type=positive_int, nargs="+", default=None,
                     help="query + passage tokens the reranker reads, one row each (default: what it was saved with)")
+    rs.add_argument("--passage", choices=PASSAGES, nargs="+", default=None,
+                    help="what it reads of longer documents, one row each with every --max-length: first (the "
+                         "opening) or focused (the query's sentences) (default: what it was saved with)")
     rs.add_argument("--depths", type=positive_int, nargs="+", default=list(rerank_study.DEPTHS),
                     help="rerank depths the fusion chooses from (default: 10 20 30)")
     rs.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default: 5)")

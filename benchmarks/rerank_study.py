@@ -1,7 +1,8 @@
 """Third-stage study: what a saved pipeline's reranker adds on the queries its weights may be chosen on, as saved or
 reading another number of tokens.
 
-For each pipeline and each ``--max-length`` (none: as saved), the first two stages' top ``max(depths)`` for the
+For each pipeline, each ``--max-length`` (none: as saved) and each ``--passage`` (none: as saved; ``focused``: a
+long document's query-focused sentences, ``rerankers.passages``), the first two stages' top ``max(depths)`` for the
 pipeline's held-out training queries are scored once by its reranker. Then, per depth, the reranker alone; and
 fused with the incoming score (z-scores within the query, one weight: the pipeline's own fusion) with depth and
 weight chosen
@@ -151,6 +152,12 @@ def compare(rows: list[dict], path: Sequence[str], name: str) -> None:
         row[name] = {"delta": float(np.mean(a) - np.mean(b)), "p_value": paired_ttest(a, b)[1]}
 
 
+def _passage(row: dict) -> str:
+    """What a row's reranker read of long documents, where that is not the opening (rows of older studies: none)."""
+    read, trained = row.get("passage", "first"), row.get("trained_passage", "first")
+    return "" if read == trained == "first" else f", {read} (saved {trained})"
+
+
 def _fmt_vs(v: dict | None) -> str:
     return "-" if not v else f"{v['delta']:+.4f} (p {v['p_value']:.3f})"
 
@@ -161,6 +168,7 @@ def main(args) -> int:
     report_ds = load_dataset(args.dataset, args.report_split) if args.report_split else None
     r_qids = [q for q in report_ds.queries if q in report_ds.qrels] if report_ds is not None else []
     lengths = args.max_length or [None]
+    passages = args.passage or [None]
     rows = []
     for path in args.pipeline:
         pipe, corpus, config = load_pipeline(path, threads=args.threads)
@@ -172,13 +180,17 @@ def main(args) -> int:
         held_split = candidates_of(pipe, queries, qrels)
         report = (candidates_of(pipe, report_ds.queries.subset(r_qids), {q: report_ds.qrels[q] for q in r_qids})
                   if report_ds is not None else None)
-        saved = int(pipe.stages[2].reranker.max_length)
-        for length in tqdm(lengths, desc=f"rerank study {path}", unit="length"):
-            reads = set_length(pipe.stages[2].reranker, length)
+        ce = pipe.stages[2].reranker
+        saved, saved_passage = int(ce.max_length), ce.passage
+        for length, passage in tqdm([(n, p) for n in lengths for p in passages], desc=f"rerank study {path}",
+                                    unit="row"):
+            reads = set_length(ce, length)
+            ce.passage = passage or saved_passage
             row = measure(pipe, held_split, args.depths, args.folds, args.seed, report)
-            row.update(pipeline=str(path), reads=reads, trained_at=saved, held_out=held)
+            row.update(pipeline=str(path), reads=reads, trained_at=saved, held_out=held, passage=ce.passage,
+                       trained_passage=saved_passage)
             rows.append(row)
-        pipe.stages[2].reranker.max_length = saved
+        ce.max_length, ce.passage = saved, saved_passage
     compare(rows, ("per_query", "out_of_fold"), "vs_first_row")
     if report_ds is not None:
         compare(rows, ("report", "per_query", "fused"), "report_vs_first_row")
@@ -188,7 +200,7 @@ def main(args) -> int:
                                                    "rows": rows})
     head = ["pipeline", "reads tokens", "queries", "first two", "alone (" + "/".join(map(str, args.depths)) + ")",
             "in sample (depth, w)", "out of fold", "vs first two (p)", "vs row 1"]
-    table = [[r["pipeline"], f"{r['reads']} (saved {r['trained_at']})", r["queries"], r["first_two"],
+    table = [[r["pipeline"], f"{r['reads']} (saved {r['trained_at']})" + _passage(r), r["queries"], r["first_two"],
               " / ".join(f"{r['alone'][d]:.4f}" for d in args.depths),
               f"{r['fused_in_sample']:.4f} ({r['depth']}, {r['weight']:.2f})", r["fused_out_of_fold"],
               f"{r['fused_out_of_fold'] - r['first_two']:+.4f} ({r['oof_vs_first_two_p']:.3f})",
