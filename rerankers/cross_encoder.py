@@ -155,7 +155,7 @@ class CrossEncoderReranker(AdapterHost):
 
     def __init__(self, model: str | os.PathLike | None = None, max_length: int | None = None,
                  device: str | None = None, batch_size: int = 32, precision: str = "auto",
-                 num_labels: int | None = None, passage: str = "first"):
+                 num_labels: int | None = None, passage: str = "first", keep_layers: int | None = None):
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -165,8 +165,16 @@ class CrossEncoderReranker(AdapterHost):
         config = AutoConfig.from_pretrained(path)
         self.new_head = not _is_cross_encoder(config)
         labels = num_labels or (config.num_labels if not self.new_head else 1)
+        kw = {"num_labels": labels}
+        if keep_layers is not None:  # the bottom layers only: a pair costs keep_layers / all of a full pass
+            total = int(config.num_hidden_layers)
+            if isinstance(keep_layers, bool) or not isinstance(keep_layers, int) or not 1 <= keep_layers <= total:
+                raise ValueError(f"keep_layers must be an integer from 1 to {path}'s {total} transformer layers, got "
+                                 f"{keep_layers!r}")
+            kw["num_hidden_layers"] = keep_layers
         with _quiet_transformers():
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=labels)
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, **kw)
+        self.keep_layers = keep_layers
         if self.new_head:  # the same base in every process: a seeded head, not transformers' global RNG
             head = self._head()
             gen = torch.Generator().manual_seed(HEAD_SEED)
@@ -441,6 +449,7 @@ class CrossEncoderReranker(AdapterHost):
             "head_shape": list(self.head_shape),
             "max_length": self.max_length,
             **({"passage": self.passage} if self.passage != "first" else {}),  # what it reads of longer documents
+            **({"keep_layers": self.keep_layers} if self.keep_layers is not None else {}),  # of the base model's
             "precision": self.precision,
             "adapters": self.adapters,
             "active": self.active_adapter,
@@ -482,7 +491,8 @@ class CrossEncoderReranker(AdapterHost):
             "model_type": "CrossEncoder", "activation_fn": "torch.nn.modules.linear.Identity", "prompts": {},
             "default_prompt_name": None})
         write_json(folder / "sentence_bert_config.json", {
-            "transformer_task": "sequence-classification", "config_kwargs": {"num_labels": self.num_labels},
+            "transformer_task": "sequence-classification", "config_kwargs": {
+                "num_labels": self.num_labels, **({"num_hidden_layers": self.keep_layers} if self.keep_layers else {})},
             "max_seq_length": self.max_length,
             "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
             "module_output_name": "scores"})
@@ -499,13 +509,14 @@ class CrossEncoderReranker(AdapterHost):
         precision = precision or config.get("precision", "auto")
         if config.get("merged"):
             ce = cls(path / "model", max_length=config["max_length"], device=device, batch_size=batch_size,
-                     precision=precision, passage=config.get("passage", "first"))
+                     precision=precision, passage=config.get("passage", "first"), keep_layers=config.get("keep_layers"))
             ce.base_model, ce.new_head = config["base_model"], config.get("new_head", False)
             ce.restore_adapters(path, config)
             ce._load_exports(path, config, verify)
             return ce
         ce = cls(config["base_model"], max_length=config["max_length"], device=device, batch_size=batch_size,
-                 precision=precision, num_labels=config.get("num_labels"), passage=config.get("passage", "first"))
+                 precision=precision, num_labels=config.get("num_labels"), passage=config.get("passage", "first"),
+                 keep_layers=config.get("keep_layers"))
         if config.get("head_shape") and tuple(config["head_shape"]) != ce.head_shape:
             raise RerankerMismatch(f"{path}: saved with a head of shape {tuple(config['head_shape'])}, but "
                                    f"{config['base_model']} loads with {ce.head_shape}")

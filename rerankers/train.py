@@ -63,6 +63,8 @@ class RerankTrainSettings:
     max_length: int = 128             # query + passage tokens while training (and scoring); 256 before, a rule on
                                       # seeds 4-6's held-out queries pooled (README routes): fused, the same; alone, worse
     passage: str = "first"            # what it reads of a longer document: its opening or the query's sentences (PASSAGES)
+    keep_layers: int | None = None    # the backbone's bottom layers the reranker keeps (None: all); recorded, the model
+                                      # is built with them (CrossEncoderReranker(keep_layers=...))
     val_fraction: float = 0.15
     max_val_queries: int = 64
     val_depth: int = 20
@@ -89,7 +91,7 @@ class RerankTrainSettings:
         if isinstance(self.lora, dict):
             self.lora = RerankLoraSettings(**self.lora)
         check_numbers(self, positive_ints=("epochs", "batch_size", "negatives", "negatives_depth", "max_length",
-                                           "max_val_queries", "val_depth", "max_items"),
+                                           "max_val_queries", "val_depth", "max_items", "keep_layers"),
                       non_negative_ints=("pseudo_items",),
                       positive=("lr", "head_lr", "temperature"), fractions=("val_fraction",),
                       non_negative=("residual",), unit=("distill_weight", "warmup", "weight_decay"))
@@ -110,7 +112,7 @@ class RerankTrainSettings:
         """The settings as recorded and cache-keyed (``pseudo_kind`` only when not titles, ``residual`` only when
         set, ``passage`` only when not the opening: earlier keys stay)."""
         d = recorded_dropout({**asdict(self), "lora": self.lora.to_dict()}, always=("dropout",))
-        unset = {"pseudo_kind": "title", "residual": 0.0, "passage": "first"}
+        unset = {"pseudo_kind": "title", "residual": 0.0, "passage": "first", "keep_layers": None}
         return {k: v for k, v in d.items() if k not in unset or v != unset[k]}
 
 
@@ -285,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passage", choices=PASSAGES, default=defaults.passage,
                    help="what it reads of a document longer than --max-length: first (its opening; default) or focused "
                         "(its first sentence, then the sentences sharing most query terms)")
+    p.add_argument("--keep-layers", type=positive_int, default=None,
+                   help="the backbone's bottom layers the reranker keeps (default: all; 4 of MiniLM's 6: 2/3 of a pair's cost)")
     p.add_argument("--max-items", type=positive_int, default=defaults.max_items)
     p.add_argument("--pseudo-items", type=count, default=defaults.pseudo_items,
                    help="supervised mode: pseudo-queries from the corpus added to the judged training items (default 0)")
@@ -310,12 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                                    batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
                                    max_items=args.max_items, pseudo_items=args.pseudo_items,
-                                   pseudo_kind=args.pseudo_kind, passage=args.passage, seed=args.seed,
+                                   pseudo_kind=args.pseudo_kind, passage=args.passage, keep_layers=args.keep_layers,
+                                   seed=args.seed,
                                    **dropout_switches(args.train_dropout, "reranker training"),
                                    lora=lora_from_args(args, RerankLoraSettings,
                                                        new_head_pooler=args.new_head_pooler))
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision,
-                                    passage=args.passage)
+                                    passage=args.passage, keep_layers=args.keep_layers)
     teacher = None  # loaded before any work, so a wrong path is reported at once
     if args.teacher:
         teacher = (CrossEncoderReranker.load(args.teacher, device=args.device)

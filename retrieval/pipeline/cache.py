@@ -185,14 +185,14 @@ def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed:
                     negatives: int = RerankTrainSettings.negatives,
                     pseudo_kind: str = RerankTrainSettings.pseudo_kind,
                     lora_rank: int = RerankLoraSettings.r, residual: float = 0.0,
-                    passage: str = RerankTrainSettings.passage) -> RerankTrainSettings:
+                    passage: str = RerankTrainSettings.passage, keep_layers: int | None = None) -> RerankTrainSettings:
     """The reranker's training settings; ``distill`` > 0 weighs the KL term towards a teacher (its default weight
     otherwise, unused without a teacher, so the cache keys of rerankers trained without one stay as they were);
     ``dropout``: one of ``retrieval.lora.training.DROPOUTS`` (``PipelineSettings.rerank_dropout``); ``negatives``: hard
     negatives beside each positive in a training group (``PipelineSettings.rerank_group_negatives``); ``pseudo_kind``:
     which pseudo-queries ``pseudo_items`` adds; ``lora_rank``: the adapter's r (alpha 2r); ``residual``: the weight of
     a base scorer's score in the loss (``RerankTrainSettings.residual``); ``passage``: what it reads of a longer
-    document (``rerankers.passages``)."""
+    document (``rerankers.passages``); ``keep_layers``: the backbone's bottom layers it keeps (None: all)."""
     mode = "corpus" if corpus_only else "supervised"
     if max_items is None and corpus_only:
         max_items = CORPUS_RERANK_ITEMS
@@ -200,7 +200,7 @@ def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed:
     return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed, max_length=max_length,
                                pseudo_items=pseudo_items, pseudo_kind=pseudo_kind,
                                lora=RerankLoraSettings(layers=lora_layers, r=lora_rank, alpha=2 * lora_rank),
-                               negatives=negatives, residual=residual, passage=passage,
+                               negatives=negatives, residual=residual, passage=passage, keep_layers=keep_layers,
                                **dropout_switches(dropout, "reranker training"), **extra)
 
 
@@ -216,7 +216,8 @@ def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettin
     epoch's adapter is kept under ``epochs/`` for the per-epoch report. Returns (reranker, training info)."""
     from safetensors.torch import save_file
 
-    model = CrossEncoderReranker(model, max_length=settings.max_length, precision=precision, passage=settings.passage)
+    model = CrossEncoderReranker(model, max_length=settings.max_length, precision=precision, passage=settings.passage,
+                                 keep_layers=settings.keep_layers)
     scorers = {**({"teacher": teacher_from} if teacher is not None else {}),  # keyed and recorded alike
                **({"residual_base": base_from} if base is not None else {})}
     key = _key({"mode": settings.mode, "corpus": corpus.fingerprint(),

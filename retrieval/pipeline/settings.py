@@ -67,6 +67,8 @@ class PipelineSettings:
                                    "its tokens: first (its opening) or focused (its first sentence, then the sentences "
                                    "sharing most query terms, in the document's order: the same cost a pair)",
                                    choices=PASSAGES)
+    rerank_keep_layers: int | None = _setting(None, "the reranker backbone's bottom transformer layers kept (default: "
+                                                    "all; fewer: a pair costs that share of a full pass)", type=int)
     rerank_depths: tuple[int, ...] = _setting(DEPTHS, "rerank depths to choose from on held-out training queries")
     rerank_budget_ms: float | None = _setting(None, "latency budget: milliseconds a query may take through the whole "
                                                     "pipeline (median, one query at a time, measured on this machine "
@@ -133,7 +135,8 @@ class PipelineSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        check_numbers(self, non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip"), unit=("rerank_distill",),
+        check_numbers(self, positive_ints=("rerank_keep_layers",),
+                      non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip"), unit=("rerank_distill",),
                       non_negative=("rerank_residual",))
         if self.rerank_residual_base not in RESIDUAL_BASES:
             raise ValueError(f"rerank_residual_base must be one of {RESIDUAL_BASES}, got {self.rerank_residual_base!r}")

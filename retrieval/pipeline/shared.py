@@ -85,10 +85,11 @@ class SharedModels:
             return CrossEncoderReranker.load(folder, device=self.device, verify=False)
         base, length = config["base_model"], int(config["max_length"])
         labels, precision = config.get("num_labels"), config.get("precision", "auto")
-        passage = config.get("passage", "first")
-        model = self._shared(("reranker", base, length, labels, precision, passage),
+        passage, keep = config.get("passage", "first"), config.get("keep_layers")
+        model = self._shared(("reranker", base, length, labels, precision, passage, keep),
                              lambda: CrossEncoderReranker(base, max_length=length, device=self.device,
-                                                          precision=precision, num_labels=labels, passage=passage))
+                                                          precision=precision, num_labels=labels, passage=passage,
+                                                          keep_layers=keep))
         return RerankerView(model, *self._load_into(model, config, folder, adapter_name))
 
     def unload(self, adapter_name: str) -> None:
