@@ -44,7 +44,8 @@ def _settings(models, **kw) -> PipelineSettings:
 
 
 BUILT = dict(rerank_dense_skip=2, rerank_pseudo_items=8, rerank_lora_layers=(-1,), seed=1, rerank_group_negatives=1,
-             rerank_pseudo_kind="sentence", rerank_lora_rank=4)  # the settings of the module's pipeline (``built``)
+             rerank_pseudo_kind="sentence", rerank_lora_rank=4, rerank_passage="focused",
+             rerank_keep_layers=2)  # the settings of the module's pipeline (``built``; keep_layers: all 2 of the tiny one's)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,8 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
     assert info["stages"]["rerank"]["train"]["settings"]["pseudo_items"] == 8  # the settings reach the trainer
     assert info["stages"]["rerank"]["train"]["settings"]["negatives"] == 1  # not the default (2)
     assert info["stages"]["rerank"]["train"]["settings"]["pseudo_kind"] == "sentence"
+    assert (rerank_train["settings"]["passage"], rerank_train["settings"]["keep_layers"]) == ("focused", 2)
+    assert (rerank.reranker.passage, rerank.reranker.keep_layers) == ("focused", 2)
     lora = info["stages"]["rerank"]["train"]["settings"]["lora"]
     assert lora["layers"] == [-1] and (lora["r"], lora["alpha"]) == (4, 8)  # not the default's (32, 64)
     assert {p.shape[0] for n, p in rerank.reranker.model.named_parameters() if "lora_A" in n} == {4}
@@ -301,6 +304,10 @@ def test_settings_reject_bad_values(models):
         _settings(models, bm25_k=0)
     with pytest.raises(ValueError, match="rerank_lora_rank must be a positive integer"):
         _settings(models, rerank_lora_rank=0)
+    with pytest.raises(ValueError, match="rerank_keep_layers"):
+        _settings(models, rerank_keep_layers=0)
+    with pytest.raises(ValueError, match="passage must be one of"):
+        _settings(models, rerank_passage="best")
     with pytest.raises(ValueError, match="rerank_pseudo_items adds, and that is 0"):
         _settings(models, rerank_pseudo_kind="sentence")
     with pytest.raises(ValueError, match="pseudo-query kind must be one of"):
