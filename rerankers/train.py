@@ -23,6 +23,7 @@ training too, unless the scoring head is new: a random head's figure would say n
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ from retrieval.cli import (add_cache_args, add_dataset_args, add_debug_arg, add_
                            count, lora_from_args, positive_float, positive_int, run_cli)
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
+from retrieval.lora.base import PACKAGED_ID
 from retrieval.lora.examples import PSEUDO_KINDS, TrainExample, check_pseudo_kind, pseudo_examples, supervised_examples
 from retrieval.lora.mining import mine_pool
 from retrieval.lora.training import (DROPOUTS, TrainResult, check_numbers, dropout_switches, fit_adapter, peak_memory_mb,
@@ -47,7 +49,14 @@ from .cross_encoder import POOLER_INITS, PRECISIONS, CrossEncoderReranker, Reran
 from .passages import PASSAGES, check_passage
 
 MODES = ("supervised", "corpus")
+PACKAGED_KEEP_LAYERS = 3  # of the packaged MiniLM's 6: half a pair's cost; a rule on seeds 5-7's held-out queries (README)
 LOSSES = ("listwise", "pointwise")
+
+
+def default_keep_layers(model: str | os.PathLike | None) -> int | None:
+    """The backbone layers a reranker trained by this project's commands keeps unless told: the bottom 3 of the
+    packaged MiniLM's 6 (``PACKAGED_KEEP_LAYERS``), all of any other backbone (None)."""
+    return PACKAGED_KEEP_LAYERS if model is None or str(model) == PACKAGED_ID else None
 
 
 @dataclass
@@ -288,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="what it reads of a document longer than --max-length: first (its opening; default) or focused "
                         "(its first sentence, then the sentences sharing most query terms)")
     p.add_argument("--keep-layers", type=positive_int, default=None,
-                   help="the backbone's bottom layers the reranker keeps (default: all; 4 of MiniLM's 6: 2/3 of a pair's cost)")
+                   help=f"the backbone's bottom layers the reranker keeps (default: {PACKAGED_KEEP_LAYERS} of the packaged "
+                        f"MiniLM's 6, half a pair's cost; all of another --model)")
     p.add_argument("--max-items", type=positive_int, default=defaults.max_items)
     p.add_argument("--pseudo-items", type=count, default=defaults.pseudo_items,
                    help="supervised mode: pseudo-queries from the corpus added to the judged training items (default 0)")
@@ -311,16 +321,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{args.output} exists; pass --overwrite to replace it")
 
     ds = load_dataset(args.dataset, args.split)
+    keep = args.keep_layers if args.keep_layers is not None else default_keep_layers(args.model)
     settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                                    batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
                                    max_items=args.max_items, pseudo_items=args.pseudo_items,
-                                   pseudo_kind=args.pseudo_kind, passage=args.passage, keep_layers=args.keep_layers,
+                                   pseudo_kind=args.pseudo_kind, passage=args.passage, keep_layers=keep,
                                    seed=args.seed,
                                    **dropout_switches(args.train_dropout, "reranker training"),
                                    lora=lora_from_args(args, RerankLoraSettings,
                                                        new_head_pooler=args.new_head_pooler))
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision,
-                                    passage=args.passage, keep_layers=args.keep_layers)
+                                    passage=args.passage, keep_layers=keep)
     teacher = None  # loaded before any work, so a wrong path is reported at once
     if args.teacher:
         teacher = (CrossEncoderReranker.load(args.teacher, device=args.device)

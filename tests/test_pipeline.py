@@ -306,6 +306,9 @@ def test_settings_reject_bad_values(models):
         _settings(models, rerank_lora_rank=0)
     with pytest.raises(ValueError, match="rerank_keep_layers"):
         _settings(models, rerank_keep_layers=0)
+    # the packaged MiniLM's reranker keeps its bottom 3 layers unless told (README routes); another backbone all
+    assert PipelineSettings().rerank_keep_layers == 3 and PipelineSettings(rerank_keep_layers=6).rerank_keep_layers == 6
+    assert _settings(models).rerank_keep_layers is None
     with pytest.raises(ValueError, match="passage must be one of"):
         _settings(models, rerank_passage="best")
     with pytest.raises(ValueError, match="rerank_pseudo_items adds, and that is 0"):

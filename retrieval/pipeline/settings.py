@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from rerankers.cross_encoder import PRECISIONS, RerankLoraSettings
 from rerankers.passages import PASSAGES, check_passage
-from rerankers.train import RerankTrainSettings
+from rerankers.train import PACKAGED_KEEP_LAYERS, RerankTrainSettings, default_keep_layers
 
 from ..lora.examples import PSEUDO_KINDS, check_pseudo_kind
 from ..lora.openvino import INFERENCES
@@ -68,7 +68,9 @@ class PipelineSettings:
                                    "sharing most query terms, in the document's order: the same cost a pair)",
                                    choices=PASSAGES)
     rerank_keep_layers: int | None = _setting(None, "the reranker backbone's bottom transformer layers kept (default: "
-                                                    "all; fewer: a pair costs that share of a full pass)", type=int)
+                                                    f"{PACKAGED_KEEP_LAYERS} of the packaged MiniLM's 6, half a pair's "
+                                                    "cost, a rule on held-out queries; all of another --rerank-model)",
+                                              type=int)
     rerank_depths: tuple[int, ...] = _setting(DEPTHS, "rerank depths to choose from on held-out training queries")
     rerank_budget_ms: float | None = _setting(None, "latency budget: milliseconds a query may take through the whole "
                                                     "pipeline (median, one query at a time, measured on this machine "
@@ -128,6 +130,8 @@ class PipelineSettings:
         self.rerank_depths = tuple(int(d) for d in self.rerank_depths)
         self.rerank_negatives = tuple(self.rerank_negatives)
         self.rerank_lora_layers = RerankLoraSettings(layers=self.rerank_lora_layers).layers  # checked there
+        if self.rerank_keep_layers is None:
+            self.rerank_keep_layers = default_keep_layers(self.rerank_model)
         if not self.rerank_negatives or set(self.rerank_negatives) - set(NEGATIVE_SOURCES):
             raise ValueError(f"rerank_negatives must name 'bm25' and/or 'dense', got {self.rerank_negatives}")
         for name in ("bm25_k", "dense_k", "neighbours", "rerank_epochs", "rerank_max_length", "fit_queries",
