@@ -49,8 +49,8 @@ from .cross_encoder import POOLER_INITS, PRECISIONS, CrossEncoderReranker, Reran
 from .passages import PASSAGES, check_passage
 
 MODES = ("supervised", "corpus")
-PACKAGED_KEEP_LAYERS = 3  # of the packaged MiniLM's 6: half a pair's cost; a rule on seeds 5-7's held-out queries (README)
 LOSSES = ("listwise", "pointwise")
+PACKAGED_KEEP_LAYERS = 3  # of the packaged MiniLM's 6: half a pair's cost; a rule on seeds 5-7's held-out queries (README)
 
 
 def default_keep_layers(model: str | os.PathLike | None) -> int | None:
@@ -140,6 +140,10 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
     import torch
 
     settings = settings or RerankTrainSettings()
+    if settings.keep_layers is not None and reranker.keep_layers != settings.keep_layers:
+        raise ValueError(f"the settings say the reranker keeps {settings.keep_layers} of its backbone's layers, but it "
+                         f"was built with keep_layers={reranker.keep_layers}: build it with "
+                         f"CrossEncoderReranker(..., keep_layers={settings.keep_layers}) or leave the setting at None")
     if not examples:
         raise ValueError("no training examples")
     if settings.residual and base is None:

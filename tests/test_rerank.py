@@ -749,4 +749,6 @@ def test_a_reranker_on_the_bottom_layers_only_runs_them_and_is_saved_and_refused
         _ce(backbone, keep_layers=3)
     with pytest.raises(ValueError, match="keep_layers"):
         RerankTrainSettings(keep_layers=0)
+    with pytest.raises(ValueError, match="was built with keep_layers=None"):  # refused before any training
+        train_reranker(full, {}, [], [], RerankTrainSettings(keep_layers=1), progress=False)
     assert "keep_layers" not in RerankTrainSettings().to_dict()
