@@ -17,11 +17,12 @@ import pytest
 
 from benchmarks.__main__ import main as bench_main
 from encoders.train import default_settings
-from rerankers.train import RerankTrainSettings, split_examples, training_examples
+from rerankers.train import RerankTrainSettings, default_keep_layers, split_examples, training_examples
 from retrieval.pipeline.folder import DamagedPipeline, PipelineMismatch, load_pipeline, save_pipeline
 from retrieval.pipeline import PipelineSettings, build_pipeline
 from retrieval.pipeline.cache import rerank_settings
 from retrieval.data import load_dataset
+from retrieval.lora.base import PACKAGED_ID
 from retrieval.evaluation import evaluate
 from retrieval.types import Ranking
 from retrieval.util import DamagedArtefact, sealed
@@ -307,8 +308,8 @@ def test_settings_reject_bad_values(models):
     with pytest.raises(ValueError, match="rerank_keep_layers"):
         _settings(models, rerank_keep_layers=0)
     # the packaged MiniLM's reranker keeps its bottom 3 layers unless told (README routes); another backbone all
-    assert PipelineSettings().rerank_keep_layers == 3 and PipelineSettings(rerank_keep_layers=6).rerank_keep_layers == 6
-    assert _settings(models).rerank_keep_layers is None
+    assert default_keep_layers(None) == default_keep_layers(PACKAGED_ID) == 3
+    assert default_keep_layers(models["rerank"]) is None and _settings(models).rerank_keep_layers is None
     with pytest.raises(ValueError, match="passage must be one of"):
         _settings(models, rerank_passage="best")
     with pytest.raises(ValueError, match="rerank_pseudo_items adds, and that is 0"):

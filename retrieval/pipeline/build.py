@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 
 from encoders.bi_encoder import BiEncoder
 from encoders.train import validation_queries
-from rerankers.train import RerankTrainSettings, added_pseudo_items, split_examples, training_examples
+from rerankers.train import (RerankTrainSettings, added_pseudo_items, default_keep_layers, split_examples,
+                             training_examples)
 
 from ..index.faiss import FaissIndex
 from ..lora.base import resolve_model
@@ -149,7 +150,8 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
                          settings.rerank_max_length, settings.rerank_pseudo_items, settings.rerank_lora_layers,
                          settings.rerank_distill, settings.rerank_dropout, settings.rerank_group_negatives,
                          settings.rerank_pseudo_kind, settings.rerank_lora_rank, settings.rerank_residual,
-                         settings.rerank_passage, settings.rerank_keep_layers)
+                         settings.rerank_passage, settings.rerank_keep_layers if settings.rerank_keep_layers is not None
+                         else default_keep_layers(settings.rerank_model))
     examples = training_examples("corpus" if settings.corpus_only else "supervised", corpus, queries, qrels, settings.seed)
     if settings.corpus_only:
         held = []

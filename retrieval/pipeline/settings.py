@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from rerankers.cross_encoder import PRECISIONS, RerankLoraSettings
 from rerankers.passages import PASSAGES, check_passage
-from rerankers.train import PACKAGED_KEEP_LAYERS, RerankTrainSettings, default_keep_layers
+from rerankers.train import PACKAGED_KEEP_LAYERS, RerankTrainSettings
 
 from ..lora.examples import PSEUDO_KINDS, check_pseudo_kind
 from ..lora.openvino import INFERENCES
@@ -130,8 +130,6 @@ class PipelineSettings:
         self.rerank_depths = tuple(int(d) for d in self.rerank_depths)
         self.rerank_negatives = tuple(self.rerank_negatives)
         self.rerank_lora_layers = RerankLoraSettings(layers=self.rerank_lora_layers).layers  # checked there
-        if self.rerank_keep_layers is None:
-            self.rerank_keep_layers = default_keep_layers(self.rerank_model)
         if not self.rerank_negatives or set(self.rerank_negatives) - set(NEGATIVE_SOURCES):
             raise ValueError(f"rerank_negatives must name 'bm25' and/or 'dense', got {self.rerank_negatives}")
         for name in ("bm25_k", "dense_k", "neighbours", "rerank_epochs", "rerank_max_length", "fit_queries",
