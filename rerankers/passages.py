@@ -66,6 +66,6 @@ def read(passage: str, queries: Sequence[str], docs: Sequence[str], max_length: 
     q_len, at, out = dict(zip(unique, sizes)), len(unique), []
     for q, d, p in zip(queries, docs, parts):
         mine, at = sizes[at:at + len(p)], at + len(p)
-        out.append(d if len(p) < 2 or sum(mine) <= max_length - special - q_len[q]
-                   else focus(q, p, mine, max(max_length - special - q_len[q], 1)))
+        room = max(max_length - special - q_len[q], 1)
+        out.append(d if len(p) < 2 or sum(mine) <= room else focus(q, p, mine, room))  # fits: the text as given
     return out
