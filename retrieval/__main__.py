@@ -23,8 +23,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .cli import (add_cache_args, add_dataset_args, add_debug_arg, add_output_args, add_ray_args, check_split, count,
-                  positive_int, run_cli)
+from .cli import (add_cache_args, add_dataset_args, add_debug_arg, add_output_args, add_ray_args, check_output, check_split,
+                  count, positive_int, run_cli)
 from .data import is_irds, load_dataset, load_irds, load_queries
 from .distributed.executor import executor_from_args
 from .distributed.search import search_batches
@@ -115,8 +115,7 @@ def serve(args) -> int:
 
 
 def search(args) -> int:
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    check_output(args)
     tag = args.tag or "_".join(args.pipeline.resolve().name.split()) or "retrieval"
     if any(c.isspace() for c in tag):
         raise ValueError(f"--tag must be one word without spaces, got {tag!r}")
@@ -146,8 +145,7 @@ def search(args) -> int:
 
 
 def shard(args) -> int:
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    check_output(args)
     executor = executor_from_args(args)
     pipe, corpus, config = load_pipeline(args.pipeline)
     sharded = shard_pipeline(pipe, corpus, args.shards, args.cache_dir, executor=executor)
@@ -160,8 +158,7 @@ def shard(args) -> int:
 def train(args) -> int:
     # every argument is checked before the first minute of work (the models and the index factory inside
     # build_pipeline, before anything is trained)
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    check_output(args)
     settings = settings_from_args(args)
     if args.dev_split:
         check_split(args.dataset, args.dev_split, "--dev-split")

@@ -99,6 +99,12 @@ def add_output_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
 
+def check_output(args: argparse.Namespace) -> None:
+    """Refuse an existing ``--output`` unless ``--overwrite`` was given (before any work starts)."""
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+
+
 def add_cache_args(p: argparse.ArgumentParser) -> None:
     """``--cache-dir`` (also ``--index-dir``): where indexes and trained adapters are cached."""
     p.add_argument("--cache-dir", "--index-dir", dest="cache_dir", type=Path, default=None,

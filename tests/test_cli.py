@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main as bench_main
-from encoders.train import main as dense_main
-from rerankers.train import main as rerank_main
+from encoders.train.__main__ import main as dense_main
+from rerankers.train.__main__ import main as rerank_main
 from retrieval.__main__ import main as retrieval_main
 from retrieval.cli import run_cli
 
@@ -90,6 +90,21 @@ def test_argument_mistakes_are_refused_before_any_work(datasets_root, tiny_model
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
 
 
+@pytest.mark.parametrize("cli", ["retrieval train", "retrieval shard", "encoders", "rerankers"])
+def test_an_existing_output_is_refused_unless_overwrite(cli, datasets_root, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    data = ["--dataset", str(datasets_root / "adi"), "--split", "test", "--output", str(out)]
+    main, argv = {"retrieval train": (retrieval_main, ["train", *data]),
+                  "retrieval shard": (retrieval_main, ["shard", "--pipeline", str(tmp_path / "p"), "--shards", "2",
+                                                       "--output", str(out)]),
+                  "encoders": (dense_main, data), "rerankers": (rerank_main, data)}[cli]
+    assert run_cli(main, argv) == 2
+    assert _error(capsys) == f"error: {out} exists; pass --overwrite to replace it"
+    assert [f.name for f in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
 def test_two_datasets_with_one_name_are_refused(datasets_root, tmp_path, capsys):
     other = tmp_path / "elsewhere" / "adi"
     shutil.copytree(datasets_root / "adi", other)
@@ -130,3 +145,4 @@ def test_each_module_cli_reports_known_errors_in_one_line(module, tmp_path):
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert "Traceback" not in out.stderr and lines[-1].startswith("error: ") and "nowhere" in lines[-1], out.stderr
+    assert len(lines) == 1, out.stderr  # nothing before it: runpy warns when `python -m` runs a module already imported

@@ -18,35 +18,29 @@ the dense stage uses; no judgements). ``pseudo_items`` adds that many of the cor
 training (they never join the validation queries). Validation after each epoch on queries held out of the training items:
 nDCG@10 of the first stage's top ``val_depth`` reordered by the reranker alone; the best epoch is kept (before
 training too, unless the scoring head is new: a random head's figure would say nothing and cost a pass).
+
+Its command line, ``python -m rerankers.train``, lives in ``__main__.py`` beside this file.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
-import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from retrieval.cli import (add_cache_args, add_dataset_args, add_debug_arg, add_device_args, add_lora_args, add_output_args,
-                           count, lora_from_args, positive_float, positive_int, run_cli)
-from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
 from retrieval.lora.base import PACKAGED_ID
-from retrieval.lora.examples import PSEUDO_KINDS, TrainExample, check_pseudo_kind, pseudo_examples, supervised_examples
+from retrieval.lora.examples import TrainExample, check_pseudo_kind, pseudo_examples, supervised_examples
 from retrieval.lora.mining import mine_pool
-from retrieval.lora.training import (DROPOUTS, TrainResult, check_numbers, dropout_switches, fit_adapter, peak_memory_mb,
-                                     recorded_dropout, save_trained, split_queries)
-from retrieval.stages.bm25 import BM25
+from retrieval.lora.training import TrainResult, check_numbers, fit_adapter, peak_memory_mb, recorded_dropout, split_queries
 from retrieval.stages.rerank import Rerank
 from retrieval.types import Qrels, Queries, Ranking
 
-from .cross_encoder import POOLER_INITS, PRECISIONS, CrossEncoderReranker, RerankLoraSettings
-from .passages import PASSAGES, check_passage
+from ..cross_encoder import CrossEncoderReranker, RerankLoraSettings
+from ..passages import check_passage
 
 MODES = ("supervised", "corpus")
 LOSSES = ("listwise", "pointwise")
@@ -279,73 +273,3 @@ def training_examples(mode: str, corpus, queries: Queries | None = None, qrels: 
     if mode == "corpus":
         return pseudo_examples(corpus, seed)
     raise ValueError(f"reranker training mode must be one of {MODES}, got {mode!r}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m rerankers.train --dataset DIR --mode supervised|corpus --output DIR``."""
-    defaults = RerankTrainSettings()
-    p = argparse.ArgumentParser(prog="python -m rerankers.train", description=main.__doc__)
-    add_dataset_args(p, split_help="split with judgements (supervised); any split for corpus (default: train)")
-    p.add_argument("--mode", choices=MODES, default=defaults.mode)
-    p.add_argument("--loss", choices=LOSSES, default=defaults.loss)
-    add_output_args(p, "the reranker (peft files + retrieval_config.json)")
-    p.add_argument("--model", default=None, help="backbone or cross-encoder: HF id or folder (default: packaged all-MiniLM-L6-v2)")
-    p.add_argument("--teacher", default=None, help="a cross-encoder (HF id or folder, or a saved reranker) to distil from")
-    p.add_argument("--epochs", type=positive_int, default=defaults.epochs)
-    p.add_argument("--lr", type=positive_float, default=defaults.lr)
-    p.add_argument("--head-lr", type=positive_float, default=defaults.head_lr)
-    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
-    p.add_argument("--negatives", type=positive_int, default=defaults.negatives)
-    p.add_argument("--max-length", type=positive_int, default=defaults.max_length)
-    p.add_argument("--passage", choices=PASSAGES, default=defaults.passage,
-                   help="what it reads of a document longer than --max-length: first (its opening; default) or focused "
-                        "(its first sentence, then the sentences sharing most query terms)")
-    p.add_argument("--keep-layers", type=positive_int, default=None,
-                   help=f"the backbone's bottom layers the reranker keeps (default: {PACKAGED_KEEP_LAYERS} of the packaged "
-                        f"MiniLM's 6, half a pair's cost; all of another --model)")
-    p.add_argument("--max-items", type=positive_int, default=defaults.max_items)
-    p.add_argument("--pseudo-items", type=count, default=defaults.pseudo_items,
-                   help="supervised mode: pseudo-queries from the corpus added to the judged training items (default 0)")
-    p.add_argument("--pseudo-kind", choices=PSEUDO_KINDS, default=defaults.pseudo_kind,
-                   help="which pseudo-queries: title (a document's title -> its text; default) or sentence (one "
-                        "sentence of its text -> the title and the rest)")
-    p.add_argument("--train-dropout", choices=DROPOUTS, default="none",
-                   help="dropout while training: none (default; 2.2x faster steps on a CPU), all (the backbone's, the "
-                        "attention probabilities', LoRA's) or no-attention (all but the attention probabilities')")
-    add_lora_args(p, defaults.lora)
-    p.add_argument("--new-head-pooler", choices=POOLER_INITS, default=defaults.lora.new_head_pooler,
-                   help="a new head's pooler: the checkpoint's, with LoRA (default), or its own, starting as the identity")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    add_device_args(p)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    add_cache_args(p)
-    add_debug_arg(p)
-    args = p.parse_args(argv)
-    if args.output.exists() and not args.overwrite:
-        p.error(f"{args.output} exists; pass --overwrite to replace it")
-
-    ds = load_dataset(args.dataset, args.split)
-    keep = args.keep_layers if args.keep_layers is not None else default_keep_layers(args.model)
-    settings = RerankTrainSettings(mode=args.mode, loss=args.loss, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
-                                   batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
-                                   max_items=args.max_items, pseudo_items=args.pseudo_items,
-                                   pseudo_kind=args.pseudo_kind, passage=args.passage, keep_layers=keep,
-                                   seed=args.seed,
-                                   **dropout_switches(args.train_dropout, "reranker training"),
-                                   lora=lora_from_args(args, RerankLoraSettings,
-                                                       new_head_pooler=args.new_head_pooler))
-    reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision,
-                                    passage=args.passage, keep_layers=keep)
-    teacher = None  # loaded before any work, so a wrong path is reported at once
-    if args.teacher:
-        teacher = (CrossEncoderReranker.load(args.teacher, device=args.device)
-                   if (Path(args.teacher) / "retrieval_config.json").is_file()
-                   else CrossEncoderReranker(args.teacher, device=args.device))
-    bm25, _ = BM25.from_corpus(ds.corpus, cache_dir=args.cache_dir / "bm25" if args.cache_dir else None)
-    examples = training_examples(args.mode, ds.corpus, ds.queries, ds.qrels, args.seed)
-    result = train_reranker(reranker, ds.corpus, examples, [bm25], settings, teacher=teacher)
-    return save_trained(reranker, result, args.output, args.dataset, args.split, args.overwrite, "reranker")
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))
