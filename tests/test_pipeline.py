@@ -307,6 +307,9 @@ def test_settings_reject_bad_values(models):
         _settings(models, rerank_lora_rank=0)
     with pytest.raises(ValueError, match="rerank_keep_layers"):
         _settings(models, rerank_keep_layers=0)
+    for lr in (0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="rerank_lr must be a positive number"):
+            _settings(models, rerank_lr=lr)
     # the packaged MiniLM's reranker keeps its bottom 3 layers unless told (README routes); another backbone all
     assert default_keep_layers(None) == default_keep_layers(PACKAGED_ID) == 3
     assert default_keep_layers(models["rerank"]) is None and _settings(models).rerank_keep_layers is None
@@ -646,6 +649,15 @@ def test_a_reranker_distilled_from_the_first_two_stages(built, adi, models):
     assert _rerankers_differ(built, adi, d)  # another adapter: the KL term changed the training
     with pytest.raises(ValueError, match="rerank_distill"):
         _settings(models, rerank_distill=1.5)
+
+
+def test_the_rerankers_learning_rate_reaches_its_training(built, adi, models):
+    """``rerank_lr``: the LoRA weights' learning rate of the reranker's training (the head's stays)."""
+    d, train = _built_beside(built, adi, models, rerank_lr=5e-3)
+    plain = built[0].info["stages"]["rerank"]["train"]["settings"]
+    assert plain["lr"] == _settings(models).rerank_lr and train["settings"]["lr"] == 5e-3
+    assert train["settings"]["head_lr"] == plain["head_lr"]
+    assert _rerankers_differ(built, adi, d)  # another adapter: the rate changed the training
 
 
 def test_a_reranker_trained_on_the_first_two_stages_residual(built, adi, models):

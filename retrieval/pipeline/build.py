@@ -151,7 +151,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
                          settings.rerank_distill, settings.rerank_dropout, settings.rerank_group_negatives,
                          settings.rerank_pseudo_kind, settings.rerank_lora_rank, settings.rerank_residual,
                          settings.rerank_passage, settings.rerank_keep_layers if settings.rerank_keep_layers is not None
-                         else default_keep_layers(settings.rerank_model))
+                         else default_keep_layers(settings.rerank_model), lr=settings.rerank_lr)
     examples = training_examples("corpus" if settings.corpus_only else "supervised", corpus, queries, qrels, settings.seed)
     if settings.corpus_only:
         held = []

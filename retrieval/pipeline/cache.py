@@ -185,14 +185,16 @@ def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed:
                     negatives: int = RerankTrainSettings.negatives,
                     pseudo_kind: str = RerankTrainSettings.pseudo_kind,
                     lora_rank: int = RerankLoraSettings.r, residual: float = 0.0,
-                    passage: str = RerankTrainSettings.passage, keep_layers: int | None = None) -> RerankTrainSettings:
+                    passage: str = RerankTrainSettings.passage, keep_layers: int | None = None,
+                    lr: float = RerankTrainSettings.lr) -> RerankTrainSettings:
     """The reranker's training settings; ``distill`` > 0 weighs the KL term towards a teacher (its default weight
     otherwise, unused without a teacher, so the cache keys of rerankers trained without one stay as they were);
     ``dropout``: one of ``retrieval.lora.training.DROPOUTS`` (``PipelineSettings.rerank_dropout``); ``negatives``: hard
     negatives beside each positive in a training group (``PipelineSettings.rerank_group_negatives``); ``pseudo_kind``:
     which pseudo-queries ``pseudo_items`` adds; ``lora_rank``: the adapter's r (alpha 2r); ``residual``: the weight of
     a base scorer's score in the loss (``RerankTrainSettings.residual``); ``passage``: what it reads of a longer
-    document (``rerankers.passages``); ``keep_layers``: the backbone's bottom layers it keeps (None: all)."""
+    document (``rerankers.passages``); ``keep_layers``: the backbone's bottom layers it keeps (None: all); ``lr``: the
+    LoRA weights' learning rate."""
     mode = "corpus" if corpus_only else "supervised"
     if max_items is None and corpus_only:
         max_items = CORPUS_RERANK_ITEMS
@@ -200,7 +202,7 @@ def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed:
     return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed, max_length=max_length,
                                pseudo_items=pseudo_items, pseudo_kind=pseudo_kind,
                                lora=RerankLoraSettings(layers=lora_layers, r=lora_rank, alpha=2 * lora_rank),
-                               negatives=negatives, residual=residual, passage=passage, keep_layers=keep_layers,
+                               negatives=negatives, residual=residual, passage=passage, keep_layers=keep_layers, lr=lr,
                                **dropout_switches(dropout, "reranker training"), **extra)
 
 

@@ -105,6 +105,8 @@ class PipelineSettings:
     rerank_residual_base: str = _setting("first-stages", "the base of --rerank-residual: first-stages (BM25 >> dense, "
                                                          "fused: what the reranker is fused with) or bm25",
                                          choices=RESIDUAL_BASES)
+    rerank_lr: float = _setting(RerankTrainSettings.lr, "learning rate of the reranker's LoRA weights (its new "
+                                                        f"scoring head's stays {RerankTrainSettings.head_lr:g})")
     rerank_dropout: str = _setting("none", "dropout while the reranker trains: none (2.2x faster steps on a CPU), all "
                                            "(the backbone's, the attention probabilities', LoRA's) or no-attention (all "
                                            "but the attention probabilities': a fused attention kernel)", choices=DROPOUTS)
@@ -139,7 +141,7 @@ class PipelineSettings:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         check_numbers(self, positive_ints=("rerank_keep_layers",),
                       non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip"), unit=("rerank_distill",),
-                      non_negative=("rerank_residual",))
+                      non_negative=("rerank_residual",), positive=("rerank_lr",))
         if self.rerank_residual_base not in RESIDUAL_BASES:
             raise ValueError(f"rerank_residual_base must be one of {RESIDUAL_BASES}, got {self.rerank_residual_base!r}")
         if self.rerank_residual_base != "first-stages" and not self.rerank_residual:
