@@ -17,7 +17,7 @@ from rerankers.train import training_examples
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate, paired_ttest
 from retrieval.pipeline.build import fit_slice
-from retrieval.pipeline.cache import base_index, bm25_stage, dense_adapter, rerank_settings, with_inference
+from retrieval.pipeline.cache import base_index, bm25_stage, dense_adapter, with_inference
 from retrieval.pipeline.settings import PipelineSettings
 from retrieval.stages.dense import Dense
 from retrieval.stages.fusion import fit_weight
@@ -69,7 +69,7 @@ def main(args) -> int:
     rows = []
     for seed in tqdm(args.seeds, desc="dense study", unit="seed"):
         examples = training_examples("supervised", ds.corpus, ds.queries, ds.qrels, seed)
-        rs = rerank_settings(False, defaults.rerank_epochs, None, seed)
+        rs = PipelineSettings(seed=seed).rerank_train_settings()
         for variant in args.dropouts:
             encoder, info = dense_adapter("query", ds.corpus, ds.queries, ds.qrels, index, args.epochs, args.cache_dir,
                                           split=args.split, model=args.model, inference=args.inference, seed=seed,

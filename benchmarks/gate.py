@@ -18,7 +18,6 @@ folds; every query is scored once, out of fold. Output: a table, ``gate.json``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np

@@ -20,7 +20,6 @@ from encoders.train import default_settings
 from rerankers.train import RerankTrainSettings, default_keep_layers, split_examples, training_examples
 from retrieval.pipeline.folder import DamagedPipeline, PipelineMismatch, load_pipeline, save_pipeline
 from retrieval.pipeline import PipelineSettings, build_pipeline
-from retrieval.pipeline.cache import rerank_settings
 from retrieval.data import load_dataset
 from retrieval.lora.base import PACKAGED_ID
 from retrieval.evaluation import evaluate
@@ -684,7 +683,7 @@ def test_dropout_settings_reach_both_trainings(models):
     expected = {"all": (True, True), "no-attention": (True, False), "none": (False, False)}
     for value, switches in expected.items():
         s = _settings(models, rerank_dropout=value, dense_dropout=value)
-        rs = rerank_settings(False, s.rerank_epochs, None, dropout=s.rerank_dropout)
+        rs = s.rerank_train_settings()
         ds = default_settings("query", s.dense_epochs, dropout=s.dense_dropout)
         assert (rs.dropout, rs.attention_dropout) == switches == (ds.dropout, ds.attention_dropout)
         assert ("attention_dropout" in rs.to_dict()) == (value != "all") == ("attention_dropout" in ds.to_dict())

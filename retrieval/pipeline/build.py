@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 
 from encoders.bi_encoder import BiEncoder
 from encoders.train import validation_queries
-from rerankers.train import (RerankTrainSettings, added_pseudo_items, default_keep_layers, split_examples,
-                             training_examples)
+from rerankers.train import RerankTrainSettings, added_pseudo_items, split_examples, training_examples
 
 from ..index.faiss import FaissIndex
 from ..lora.base import resolve_model
@@ -47,7 +46,7 @@ from ..stages.dense import Dense
 from ..stages.fusion import Fusion, fit_weight
 from ..stages.rerank import Rerank, depths_within, fit_rerank
 from ..types import Corpus, Qrels, Queries
-from .cache import base_index, bm25_stage, dense_adapter, first_stage_facts, rerank_settings, reranker, with_inference
+from .cache import base_index, bm25_stage, dense_adapter, first_stage_facts, reranker, with_inference
 from .settings import PipelineSettings
 from .shard import shard_pipeline
 from .teacher import RankingTeacher
@@ -146,12 +145,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
             dense.k = max(settings.dense_k, settings.bm25_k)
             return _built(stages, corpus, info, t_start, [], settings, cache_dir, threads, executor, log)
 
-    rs = rerank_settings(settings.corpus_only, settings.rerank_epochs, settings.rerank_max_items, settings.seed,
-                         settings.rerank_max_length, settings.rerank_pseudo_items, settings.rerank_lora_layers,
-                         settings.rerank_distill, settings.rerank_dropout, settings.rerank_group_negatives,
-                         settings.rerank_pseudo_kind, settings.rerank_lora_rank, settings.rerank_residual,
-                         settings.rerank_passage, settings.rerank_keep_layers if settings.rerank_keep_layers is not None
-                         else default_keep_layers(settings.rerank_model), lr=settings.rerank_lr)
+    rs = settings.rerank_train_settings()
     examples = training_examples("corpus" if settings.corpus_only else "supervised", corpus, queries, qrels, settings.seed)
     if settings.corpus_only:
         held = []

@@ -23,19 +23,16 @@ from typing import Callable
 
 from encoders.bi_encoder import BiEncoder
 from encoders.train import default_settings, train_dense
-from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings
+from rerankers.cross_encoder import CrossEncoderReranker
 from rerankers.train import RerankTrainSettings, train_reranker
 
 from ..lora.examples import pseudo_queries
 from ..lora.host import QualityRefused
 from ..lora.openvino import precision_of
-from ..lora.training import dropout_switches
 from ..stages.bm25 import BM25, DEFAULT_BACKEND
 from ..stages.dense import document_index
 from ..types import Corpus, Qrels, Queries
 from ..util import CacheWarning, DamagedArtefact, default_cache_dir, read_json
-
-CORPUS_RERANK_ITEMS = 800  # corpus-only reranker: pseudo-queries trained on by default (~7 minutes an epoch on 2 cores)
 
 
 def _key(payload: dict) -> str:
@@ -177,33 +174,6 @@ def _exported_again(hit: tuple, export: Callable) -> tuple:
     if model.exports_current():
         return hit
     return model, {**info, "inference": export(model)}
-
-
-def rerank_settings(corpus_only: bool, epochs: int, max_items: int | None, seed: int = 0,
-                    max_length: int = RerankTrainSettings.max_length, pseudo_items: int = 0,
-                    lora_layers: tuple[int, ...] = (), distill: float = 0.0, dropout: str = "none",
-                    negatives: int = RerankTrainSettings.negatives,
-                    pseudo_kind: str = RerankTrainSettings.pseudo_kind,
-                    lora_rank: int = RerankLoraSettings.r, residual: float = 0.0,
-                    passage: str = RerankTrainSettings.passage, keep_layers: int | None = None,
-                    lr: float = RerankTrainSettings.lr) -> RerankTrainSettings:
-    """The reranker's training settings; ``distill`` > 0 weighs the KL term towards a teacher (its default weight
-    otherwise, unused without a teacher, so the cache keys of rerankers trained without one stay as they were);
-    ``dropout``: one of ``retrieval.lora.training.DROPOUTS`` (``PipelineSettings.rerank_dropout``); ``negatives``: hard
-    negatives beside each positive in a training group (``PipelineSettings.rerank_group_negatives``); ``pseudo_kind``:
-    which pseudo-queries ``pseudo_items`` adds; ``lora_rank``: the adapter's r (alpha 2r); ``residual``: the weight of
-    a base scorer's score in the loss (``RerankTrainSettings.residual``); ``passage``: what it reads of a longer
-    document (``rerankers.passages``); ``keep_layers``: the backbone's bottom layers it keeps (None: all); ``lr``: the
-    LoRA weights' learning rate."""
-    mode = "corpus" if corpus_only else "supervised"
-    if max_items is None and corpus_only:
-        max_items = CORPUS_RERANK_ITEMS
-    extra = {"distill_weight": distill} if distill else {}
-    return RerankTrainSettings(mode=mode, epochs=epochs, max_items=max_items, seed=seed, max_length=max_length,
-                               pseudo_items=pseudo_items, pseudo_kind=pseudo_kind,
-                               lora=RerankLoraSettings(layers=lora_layers, r=lora_rank, alpha=2 * lora_rank),
-                               negatives=negatives, residual=residual, passage=passage, keep_layers=keep_layers, lr=lr,
-                               **dropout_switches(dropout, "reranker training"), **extra)
 
 
 def reranker(corpus: Corpus, examples, first_stages, settings: RerankTrainSettings, negatives_from: dict,

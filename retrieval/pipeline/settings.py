@@ -13,17 +13,18 @@ from dataclasses import asdict, dataclass, field
 
 from rerankers.cross_encoder import PRECISIONS, RerankLoraSettings
 from rerankers.passages import PASSAGES, check_passage
-from rerankers.train import PACKAGED_KEEP_LAYERS, RerankTrainSettings
+from rerankers.train import PACKAGED_KEEP_LAYERS, RerankTrainSettings, default_keep_layers
 
 from ..lora.examples import PSEUDO_KINDS, check_pseudo_kind
 from ..lora.openvino import INFERENCES
-from ..lora.training import DROPOUTS, check_numbers
+from ..lora.training import DROPOUTS, check_numbers, dropout_switches
 from ..stages.bm25 import BACKENDS, DEFAULT_BACKEND
 from ..stages.rerank import DEPTHS
 
 NEGATIVE_SOURCES = ("bm25", "dense")
 DENSE_SKIP = 10  # the dense stage's top ranks left out of the reranker's negatives by default (README routes)
 RESIDUAL_BASES = ("first-stages", "bm25")  # what the reranker may learn the residual of (rerank_residual)
+CORPUS_RERANK_ITEMS = 800  # corpus-only reranker: pseudo-queries trained on by default (~7 minutes an epoch on 2 cores)
 
 
 def _setting(default, help: str, **flag):
@@ -187,6 +188,25 @@ class PipelineSettings:
                 raise ValueError(f"{name} must be one of {DROPOUTS}, got {getattr(self, name)!r}")
         if self.rerank_precision not in PRECISIONS:
             raise ValueError(f"rerank_precision must be one of {PRECISIONS}, got {self.rerank_precision!r}")
+
+    def rerank_train_settings(self) -> RerankTrainSettings:
+        """The reranker's training settings these ask for: judged items (corpus-only: pseudo-queries, at most
+        ``CORPUS_RERANK_ITEMS`` unless ``rerank_max_items`` says otherwise), the kept layers resolved for the backbone
+        (``default_keep_layers``), the distillation weight only when distilling (so the cache keys of rerankers
+        trained without a teacher stay as they were), the dropout switches of ``rerank_dropout``."""
+        max_items = self.rerank_max_items
+        if max_items is None and self.corpus_only:
+            max_items = CORPUS_RERANK_ITEMS
+        keep = self.rerank_keep_layers if self.rerank_keep_layers is not None else default_keep_layers(self.rerank_model)
+        extra = {"distill_weight": self.rerank_distill} if self.rerank_distill else {}
+        return RerankTrainSettings(mode="corpus" if self.corpus_only else "supervised", epochs=self.rerank_epochs,
+                                   max_items=max_items, seed=self.seed, max_length=self.rerank_max_length,
+                                   pseudo_items=self.rerank_pseudo_items, pseudo_kind=self.rerank_pseudo_kind,
+                                   lora=RerankLoraSettings(layers=self.rerank_lora_layers, r=self.rerank_lora_rank,
+                                                           alpha=2 * self.rerank_lora_rank),
+                                   negatives=self.rerank_group_negatives, residual=self.rerank_residual,
+                                   passage=self.rerank_passage, keep_layers=keep, lr=self.rerank_lr,
+                                   **dropout_switches(self.rerank_dropout, "reranker training"), **extra)
 
     def to_dict(self) -> dict:
         d = asdict(self)
