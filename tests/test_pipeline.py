@@ -306,7 +306,7 @@ def test_settings_reject_bad_values(models):
         _settings(models, rerank_lora_rank=0)
     with pytest.raises(ValueError, match="rerank_keep_layers"):
         _settings(models, rerank_keep_layers=0)
-    for lr in (0, -1e-3, float("nan")):
+    for lr in (0, -1e-3, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="rerank_lr must be a positive number"):
             _settings(models, rerank_lr=lr)
     # the packaged MiniLM's reranker keeps its bottom 3 layers unless told (README routes); another backbone all

@@ -43,8 +43,8 @@ def check_numbers(settings, positive_ints: tuple[str, ...] = (), positive: tuple
                   fractions: tuple[str, ...] = (), unit: tuple[str, ...] = (),
                   non_negative_ints: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
     """Refuse training settings that would train something else than asked for (``epochs=0`` is not "the
-    default"): ``positive_ints`` >= 1, ``non_negative_ints`` >= 0, ``positive`` > 0, ``non_negative`` finite numbers
-    >= 0, ``fractions`` strictly between 0 and 1, ``unit`` in [0, 1]."""
+    default"): ``positive_ints`` >= 1, ``non_negative_ints`` >= 0, ``positive`` finite numbers > 0, ``non_negative``
+    finite numbers >= 0, ``fractions`` strictly between 0 and 1, ``unit`` in [0, 1]."""
     name = type(settings).__name__
     for fields, least, what in ((positive_ints, 1, "a positive integer"), (non_negative_ints, 0, "an integer >= 0")):
         for field in fields:
@@ -53,7 +53,7 @@ def check_numbers(settings, positive_ints: tuple[str, ...] = (), positive: tuple
                 raise ValueError(f"{name}.{field} must be {what}, got {v!r}")
     for field in positive:
         v = getattr(settings, field)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
             raise ValueError(f"{name}.{field} must be a positive number, got {v!r}")
     for field in non_negative:
         v = getattr(settings, field)
