@@ -151,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
                          "opening) or focused (the query's sentences) (default: what it was saved with)")
     rs.add_argument("--depths", type=positive_int, nargs="+", default=list(rerank_study.DEPTHS),
                     help="rerank depths the fusion chooses from (default: 10 20 30)")
+    rs.add_argument("--average", action="store_true",
+                    help="add a row scoring with every --pipeline's reranker together (z-scores averaged); the "
+                         "pipelines must share their held-out queries and first two stages (one seed)")
     rs.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default: 5)")
     rs.add_argument("--seed", type=int, default=0)
     rs.add_argument("--threads", type=positive_int, default=None)

@@ -10,6 +10,10 @@ weight chosen
 - in sample, on all held-out queries: what ``python -m retrieval train`` does;
 - out of fold: chosen on ``k - 1`` folds, scored on the k-th, every query once: a figure the choice has not seen.
 
+With ``--average`` a last row scores each pair by the pipelines' rerankers together: their z-scores averaged and
+z-scored again within the query, then fused like one reranker (an ensemble; the pipelines must hold out the same
+queries and share their first two stages: trained with one seed).
+
 Rows on the same queries are compared with the first row by a paired t-test. ``--report-split`` applies each row's
 in-sample choice to another split (dev), reported, never chosen on. Another length is read through the same
 model (its int8 export, if it has one, calibrated at the saved length). A pipeline's held-out queries that earlier
@@ -90,12 +94,21 @@ def score_split(pipe, split: tuple[Queries, Qrels, Ranking], depths: Sequence[in
     return {d: candidate_pairs(candidates, alone, qrels, d) for d in depths}
 
 
-def measure(pipe, held: tuple[Queries, Qrels, Ranking], depths: Sequence[int], k: int, seed: int,
+def averaged(scored: Sequence[dict[int, list[Pairs]]]) -> dict[int, list[Pairs]]:
+    """Several rerankers' ``score_split`` of the same candidates as one: each pair's reranker z-scores averaged and
+    z-scored again within the query, so that the fitted weight means what it means for one reranker."""
+    first = scored[0]
+    return {d: [Pairs(p.qid, p.docs, p.z_in, zscore(np.mean([s[d][i].z_re for s in scored], axis=0)), p.labels, {})
+                for i, p in enumerate(first[d])] for d in first}
+
+
+def measure(score, held: tuple[Queries, Qrels, Ranking], depths: Sequence[int], k: int, seed: int,
             report: tuple[Queries, Qrels, Ranking] | None = None) -> dict:
     """One row: the first two stages, the reranker alone at each depth, fused in sample and out of fold; with
-    ``report``, the in-sample choice applied to those queries. Splits come from ``candidates_of``."""
+    ``report``, the in-sample choice applied to those queries. Splits come from ``candidates_of``; ``score(split,
+    depths)`` scores one (``score_split`` of a pipeline, or ``averaged`` over several)."""
     qrels = held[1]
-    by_depth = score_split(pipe, held, depths)
+    by_depth = score(held, depths)
     deepest = by_depth[max(depths)]
     first_two = per_query(deepest, [0.0] * len(deepest), qrels)  # weight 0: the incoming order
     alone = {d: mean_fused(by_depth[d], 1.0, qrels) for d in depths}
@@ -109,7 +122,7 @@ def measure(pipe, held: tuple[Queries, Qrels, Ranking], depths: Sequence[int], k
            "per_query": {"first_two": first_two, "out_of_fold": oof}}
     if report is not None:
         r_qrels = report[1]
-        r_depth = score_split(pipe, report, [depth])[depth]
+        r_depth = score(report, [depth])[depth]
         r_first = per_query(r_depth, [0.0] * len(r_depth), r_qrels)
         r_fused = per_query(r_depth, [weight] * len(r_depth), r_qrels)
         r_qids = [p.qid for p in r_depth]
@@ -152,10 +165,13 @@ def compare(rows: list[dict], path: Sequence[str], name: str) -> None:
         row[name] = {"delta": float(np.mean(a) - np.mean(b)), "p_value": paired_ttest(a, b)[1]}
 
 
-def _passage(row: dict) -> str:
-    """What a row's reranker read of long documents, where that is not the opening (rows of older studies: none)."""
+def _reads(row: dict) -> str:
+    """What a row's reranker read: tokens, and of long documents which part where that is not the opening (rows of
+    older studies: none); the ``--average`` row's rerankers read what each was saved with."""
+    if row.get("trained_at") is None:
+        return str(row["reads"])
     read, trained = row.get("passage", "first"), row.get("trained_passage", "first")
-    return "" if read == trained == "first" else f", {read} (saved {trained})"
+    return f"{row['reads']} (saved {row['trained_at']})" + ("" if read == trained == "first" else f", {read} (saved {trained})")
 
 
 def _fmt_vs(v: dict | None) -> str:
@@ -169,7 +185,9 @@ def main(args) -> int:
     r_qids = [q for q in report_ds.queries if q in report_ds.qrels] if report_ds is not None else []
     lengths = args.max_length or [None]
     passages = args.passage or [None]
-    rows = []
+    if args.average and len(args.pipeline) < 2:
+        raise ValueError("--average scores with several pipelines' rerankers together: give at least two --pipeline")
+    rows, kept = [], []
     for path in args.pipeline:
         pipe, corpus, config = load_pipeline(path, threads=args.threads)
         if len(pipe.stages) != 3 or not hasattr(pipe.stages[2], "reranker"):
@@ -186,11 +204,16 @@ def main(args) -> int:
                                     unit="row"):
             reads = set_length(ce, length)
             ce.passage = passage or saved_passage
-            row = measure(pipe, held_split, args.depths, args.folds, args.seed, report)
+            row = measure(lambda split, depths: score_split(pipe, split, depths), held_split, args.depths, args.folds,
+                          args.seed, report)
             row.update(pipeline=str(path), reads=reads, trained_at=saved, held_out=held, passage=ce.passage,
                        trained_passage=saved_passage)
             rows.append(row)
         ce.max_length, ce.passage = saved, saved_passage
+        if args.average:
+            kept.append((path, pipe, held_split, report, held))
+    if args.average:
+        rows.append(average_row(kept, args))
     compare(rows, ("per_query", "out_of_fold"), "vs_first_row")
     if report_ds is not None:
         compare(rows, ("report", "per_query", "fused"), "report_vs_first_row")
@@ -200,7 +223,7 @@ def main(args) -> int:
                                                    "rows": rows})
     head = ["pipeline", "reads tokens", "queries", "first two", "alone (" + "/".join(map(str, args.depths)) + ")",
             "in sample (depth, w)", "out of fold", "vs first two (p)", "vs row 1"]
-    table = [[r["pipeline"], f"{r['reads']} (saved {r['trained_at']})" + _passage(r), r["queries"], r["first_two"],
+    table = [[r["pipeline"], _reads(r), r["queries"], r["first_two"],
               " / ".join(f"{r['alone'][d]:.4f}" for d in args.depths),
               f"{r['fused_in_sample']:.4f} ({r['depth']}, {r['weight']:.2f})", r["fused_out_of_fold"],
               f"{r['fused_out_of_fold'] - r['first_two']:+.4f} ({r['oof_vs_first_two_p']:.3f})",
@@ -219,6 +242,29 @@ def main(args) -> int:
     print("\n".join(text))
     print(f"wrote {args.output}/rerank_study.json, rerank_study.md")
     return 0
+
+
+def _top(split: tuple[Queries, Qrels, Ranking], depth: int) -> dict[str, list[str]]:
+    return {q: [d for d, _ in split[2].ranked(q)[:depth]] for q in split[0]}
+
+
+def average_row(kept: Sequence[tuple], args) -> dict:
+    """The ``--average`` row: the pipelines' rerankers (as saved) scoring the first pipeline's candidates together.
+    Refused unless every pipeline holds out the same queries and gives the same candidates (the same first two
+    stages), so that the row differs from the others by its reranker only."""
+    path0, _, held0, report0, held_out = kept[0]
+    for path, _, held, report, _ in kept[1:]:
+        for name, mine, theirs in (("held-out training", held, held0), (args.report_split, report, report0)):
+            if mine is not None and _top(mine, max(args.depths)) != _top(theirs, max(args.depths)):
+                raise ValueError(f"--average: {path} and {path0} give other candidates on their {name} queries; "
+                                 f"average pipelines trained with the same seed (same held-out queries, same first "
+                                 f"two stages), or drop --average")
+    pipes = [k[1] for k in kept]
+    row = measure(lambda split, depths: averaged([score_split(p, split, depths) for p in pipes]), held0, args.depths,
+                  args.folds, args.seed, report0)
+    row.update(pipeline="average of " + ", ".join(str(k[0]) for k in kept), reads="as saved", trained_at=None,
+               held_out=held_out, passage="as saved", trained_passage="as saved")
+    return row
 
 
 def pool(studies: Sequence[dict], names: Sequence[str]) -> list[dict]:

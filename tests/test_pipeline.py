@@ -556,6 +556,43 @@ def test_rerank_study_reproduces_the_builds_choice_and_scores_out_of_fold(built,
             set_length(rerank.reranker, bad)
 
 
+def test_rerank_study_averages_rerankers_of_one_seed_and_refuses_others(built, datasets_root, tmp_path):
+    """``rerank-study --average``: a last row scores with the pipelines' rerankers together (z-scores averaged, then
+    z-scored again); the same reranker twice is the reranker itself; pipelines with other held-out queries, or one
+    pipeline, are refused."""
+    from benchmarks.gate import Pairs
+    from benchmarks.rerank_study import averaged
+    from retrieval.stages.fusion import zscore
+
+    b, _ = built
+    one = save_pipeline(b.pipeline, tmp_path / "one", b.corpus, {**b.info, "split": "test"})
+    two = save_pipeline(b.pipeline, tmp_path / "two", b.corpus, {**b.info, "split": "test"})
+    out = tmp_path / "study"
+    common = ["--dataset", str(datasets_root / "adi"), "--split", "test", "--depths", "5", "10", "--folds", "2",
+              "--output", str(out)]
+    assert bench_main(["rerank-study", "--pipeline", str(one), "--pipeline", str(two), "--average", *common]) == 0
+    rows = json.loads((out / "rerank_study.json").read_text())["rows"]
+    assert len(rows) == 3 and rows[2]["pipeline"].startswith("average of")
+    assert rows[2]["per_query"]["out_of_fold"] == pytest.approx(rows[0]["per_query"]["out_of_fold"])
+    assert (rows[2]["depth"], rows[2]["weight"]) == (rows[0]["depth"], pytest.approx(rows[0]["weight"]))
+    assert "average of" in (out / "rerank_study.md").read_text()
+
+    labels = np.array([1.0, 0.0, 0.0])
+    a = {5: [Pairs("q", ["x", "y", "z"], zscore([3, 2, 1]), zscore([1.0, 3.0, 2.0]), labels, {})]}
+    c = {5: [Pairs("q", ["x", "y", "z"], zscore([3, 2, 1]), zscore([5.0, 1.0, 4.0]), labels, {})]}
+    both = averaged([a, c])[5][0]
+    assert both.z_re == pytest.approx(zscore((zscore([1.0, 3.0, 2.0]) + zscore([5.0, 1.0, 4.0])) / 2))
+    assert both.z_re.std() == pytest.approx(1.0) and int(np.argmax(both.z_re)) == 2 and both.docs == ["x", "y", "z"]
+    assert both.z_in == pytest.approx(a[5][0].z_in) and both.labels.tolist() == labels.tolist()
+
+    held = b.info["held_out"]
+    other = save_pipeline(b.pipeline, tmp_path / "other", b.corpus, {**b.info, "split": "test", "held_out": held[:-1]})
+    with pytest.raises(ValueError, match="same seed"):
+        bench_main(["rerank-study", "--pipeline", str(one), "--pipeline", str(other), "--average", *common])
+    with pytest.raises(ValueError, match="at least two"):
+        bench_main(["rerank-study", "--pipeline", str(one), "--average", *common])
+
+
 def test_rerank_pool_joins_seeds_row_by_row(tmp_path):
     """``rerank-pool``: row i of each seed's study pooled over both seeds' queries (one held out by both counts
     twice: other pipelines judge it), compared with row 1 by a paired t-test over all of them; a study given twice,
