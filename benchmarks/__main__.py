@@ -27,6 +27,17 @@ from .options import DEFAULT_BASELINE, RunOptions
 from .runner import run
 
 
+def _held_out_study_flags(p: argparse.ArgumentParser, folds: str) -> None:
+    """The flags every study of a saved pipeline's held-out training queries takes (gate-study, rerank-study)."""
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--split", default="train",
+                   help="split whose queries are cross-validated (default: train; the pipeline's training split gives "
+                        "only the queries it held out)")
+    p.add_argument("--folds", type=positive_int, default=5, help=f"{folds} (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds (default: 0)")
+    p.add_argument("--threads", type=positive_int, default=None, help="BM25 search threads (default: all cores)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,23 +137,14 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gate-study", help="a learned per-pair gate between reranker and incoming score vs the one "
                                           "global weight, cross-validated on the pipeline's held-out training queries")
     g.add_argument("--pipeline", type=Path, required=True, help="a saved pipeline folder (BM25 >> Dense >> Rerank)")
-    g.add_argument("--dataset", type=Path, required=True)
-    g.add_argument("--split", default="train",
-                   help="split whose queries are cross-validated (default: train; the pipeline's training split gives "
-                        "only the queries it held out)")
-    g.add_argument("--folds", type=positive_int, default=5, help="outer cross-validation folds (default: 5)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--threads", type=positive_int, default=None)
+    _held_out_study_flags(g, "outer cross-validation folds")
     g.add_argument("--output", type=Path, default=Path("results/gate"))
 
     rs = sub.add_parser("rerank-study", help="what saved pipelines' rerankers add on their held-out training queries "
                                              "(alone, fused in sample and out of fold), as saved or reading other lengths")
     rs.add_argument("--pipeline", type=Path, action="append", required=True,
                     help="a saved BM25 >> Dense >> Rerank pipeline folder (repeatable; rows are compared with the first)")
-    rs.add_argument("--dataset", type=Path, required=True)
-    rs.add_argument("--split", default="train",
-                    help="split whose queries judge (default: train; the pipeline's training split gives only the "
-                         "queries it held out)")
+    _held_out_study_flags(rs, "cross-validation folds")
     rs.add_argument("--report-split", default=None, help="also apply each row's in-sample choice to this split (e.g. dev)")
     rs.add_argument("--max-length", type=positive_int, nargs="+", default=None,
                     help="query + passage tokens the reranker reads, one row each (default: what it was saved with)")
@@ -154,9 +156,6 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--average", action="store_true",
                     help="add a row scoring with every --pipeline's reranker together (z-scores averaged); the "
                          "pipelines must share their held-out queries and first two stages (one seed)")
-    rs.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default: 5)")
-    rs.add_argument("--seed", type=int, default=0)
-    rs.add_argument("--threads", type=positive_int, default=None)
     rs.add_argument("--output", type=Path, default=Path("results/rerank-study"))
 
     rp = sub.add_parser("rerank-pool", help="rerank-study outputs pooled row by row (one study per seed: row i of each "
