@@ -140,6 +140,24 @@ def _quiet_transformers():
         logging.set_verbosity(level)
 
 
+def backbone_layers(model: str | os.PathLike | None = None) -> int:
+    """How many transformer layers ``model`` (None: the packaged MiniLM) has, read from its config: no weights load."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers)
+
+
+def check_keep_layers(keep_layers: int | None, total: int, model, name: str = "keep_layers") -> int:
+    """The transformer layers a reranker keeps: ``keep_layers`` of its backbone's ``total`` (None: all), refused
+    unless an integer from 1 to ``total``."""
+    if keep_layers is None:
+        return total
+    if isinstance(keep_layers, bool) or not isinstance(keep_layers, int) or not 1 <= keep_layers <= total:
+        raise ValueError(f"{name} must be an integer from 1 to {model}'s {total} transformer layers, got "
+                         f"{keep_layers!r}")
+    return keep_layers
+
+
 def _is_cross_encoder(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
@@ -167,11 +185,7 @@ class CrossEncoderReranker(AdapterHost):
         labels = num_labels or (config.num_labels if not self.new_head else 1)
         kw = {"num_labels": labels}
         if keep_layers is not None:  # the bottom layers only: a pair costs keep_layers / all of a full pass
-            total = int(config.num_hidden_layers)
-            if isinstance(keep_layers, bool) or not isinstance(keep_layers, int) or not 1 <= keep_layers <= total:
-                raise ValueError(f"keep_layers must be an integer from 1 to {path}'s {total} transformer layers, got "
-                                 f"{keep_layers!r}")
-            kw["num_hidden_layers"] = keep_layers
+            kw["num_hidden_layers"] = check_keep_layers(keep_layers, int(config.num_hidden_layers), path)
         with _quiet_transformers():
             self.model = AutoModelForSequenceClassification.from_pretrained(path, **kw)
         self.keep_layers = keep_layers

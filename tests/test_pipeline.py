@@ -320,6 +320,23 @@ def test_settings_reject_bad_values(models):
         _settings(models, rerank_pseudo_items=4, rerank_pseudo_kind="claims")
 
 
+def test_reranker_layers_the_backbone_lacks_are_refused_before_any_work(adi, models, tmp_path):
+    """More kept layers than the reranker's backbone has, or LoRA on a layer it does not keep, are settings that only
+    the model's config can check: the build reads it first and refuses with the setting's name and flag, before BM25
+    or the dense stage spend anything (the cache stays empty)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with pytest.raises(ValueError, match=r"rerank_keep_layers \(--rerank-keep-layers\) must be an integer from 1 to "
+                                         r".*'s 2 transformer layers, got 3"):
+        build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_keep_layers=3), cache_dir=cache,
+                       log=lambda m: None)
+    with pytest.raises(ValueError, match=r"rerank_lora_layers \(--rerank-lora-layers\)=\(1,\): the model has 1 layers"):
+        build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_keep_layers=1,
+                                                                     rerank_lora_layers=(1,)),
+                       cache_dir=cache, log=lambda m: None)
+    assert list(cache.iterdir()) == []
+
+
 def test_corpus_only_pipeline_needs_no_judgements(adi, models, tmp_path):
     """No labels: BM25 >> a dense stage fusing BM25, the pseudo-query adapter and the base model in equal
     thirds (the rule fixed in advance); no reranker unless asked for. The ensemble survives save and load."""

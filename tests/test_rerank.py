@@ -384,6 +384,11 @@ def test_train_cli(backbone, datasets_root, tmp_path):
     assert f"not measured (a new head scores at random) -> {result['best_val']:.4f}" in card and "split `test`" in card
     with pytest.raises(FileExistsError, match="pass --overwrite"):  # run_cli makes it one line (tests/test_cli.py)
         main(["--dataset", str(datasets_root / "adi"), "--split", "test", "--output", str(out)])
+    # LoRA on a layer the backbone (2 layers) lacks: refused before the BM25 index is built for the negatives
+    with pytest.raises(ValueError, match=r"--layers=\(2,\): the model has 2 layers"):
+        main(["--dataset", str(datasets_root / "adi"), "--split", "test", "--model", str(backbone), "--layers", "2",
+              "--index-dir", str(tmp_path / "idx2"), "--output", str(tmp_path / "ce2")])
+    assert not (tmp_path / "idx2").exists() and not (tmp_path / "ce2").exists()
 
 
 def test_negatives_pool_merges_first_stages_and_excludes_positives(adi, adi_lucene, adi_rank):

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        new_head_pooler=args.new_head_pooler))
     reranker = CrossEncoderReranker(args.model, max_length=args.max_length, device=args.device, precision=args.precision,
                                     passage=args.passage, keep_layers=keep)
+    settings.lora.check_layers(int(reranker.model.config.num_hidden_layers), name="--layers")
     teacher = None  # loaded before any work, so a wrong path is reported at once
     if args.teacher:
         teacher = (CrossEncoderReranker.load(args.teacher, device=args.device)

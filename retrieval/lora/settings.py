@@ -64,13 +64,17 @@ class LoraSettings:
         count = 1 + max((i for _, i in found if i is not None), default=-1)
         if not count:
             raise ValueError(f"LoRA layers={self.layers}: the model has no numbered layers holding {self.target_modules}")
-        wanted = set()
+        self.check_layers(count)
+        wanted = {i % count for i in self.layers}
+        return [n for n, i in found if i is None or i in wanted]
+
+    def check_layers(self, count: int, name: str = "LoRA layers") -> None:
+        """Refuse ``layers`` that a model of ``count`` transformer layers does not have (before any work, given the
+        count from the model's config)."""
         for i in self.layers:
             if not -count <= i < count:
-                raise ValueError(f"LoRA layers={self.layers}: the model has {count} layers (0..{count - 1}, or "
+                raise ValueError(f"{name}={self.layers}: the model has {count} layers (0..{count - 1}, or "
                                  f"-{count}..-1 from the top)")
-            wanted.add(i % count)
-        return [n for n, i in found if i is None or i in wanted]
 
     def to_dict(self) -> dict:
         d = asdict(self)

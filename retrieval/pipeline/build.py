@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 
 from encoders.bi_encoder import BiEncoder
 from encoders.train import validation_queries
+from rerankers.cross_encoder import backbone_layers, check_keep_layers
 from rerankers.train import RerankTrainSettings, added_pseudo_items, split_examples, training_examples
 
 from ..index.faiss import FaissIndex
-from ..lora.base import resolve_model
+from ..lora.base import PACKAGED_ID, resolve_model
 from ..lora.mining import SkipTop
 from ..shards import Executor
 from ..stage import Pipeline
@@ -111,6 +112,11 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     base = BiEncoder(settings.dense_model)
     FaissIndex.check_factory(settings.dense_factory, base.dim, len(corpus))
     resolve_model(settings.rerank_model)
+    rs = settings.rerank_train_settings()
+    if not settings.corpus_only or settings.corpus_reranker:  # the reranker's layers, from its config: no weights
+        kept = check_keep_layers(rs.keep_layers, backbone_layers(settings.rerank_model), settings.rerank_model or
+                                 PACKAGED_ID, name="rerank_keep_layers (--rerank-keep-layers)")
+        rs.lora.check_layers(kept, name="rerank_lora_layers (--rerank-lora-layers)")
 
     # 1. BM25
     log("[1/3] BM25 index" + ("" if settings.corpus_only or not settings.bm25_fit else " and k1/b fit on training queries"))
@@ -145,7 +151,6 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
             dense.k = max(settings.dense_k, settings.bm25_k)
             return _built(stages, corpus, info, t_start, [], settings, cache_dir, threads, executor, log)
 
-    rs = settings.rerank_train_settings()
     examples = training_examples("corpus" if settings.corpus_only else "supervised", corpus, queries, qrels, settings.seed)
     if settings.corpus_only:
         held = []
