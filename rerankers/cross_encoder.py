@@ -140,11 +140,31 @@ def _quiet_transformers():
         logging.set_verbosity(level)
 
 
-def backbone_layers(model: str | os.PathLike | None = None) -> int:
-    """How many transformer layers ``model`` (None: the packaged MiniLM) has, read from its config: no weights load."""
-    from transformers import AutoConfig
+def _positions(config, tokenizer) -> int:
+    """The most tokens (query + passage) a model reads: its position embeddings, or its tokenizer's limit if lower."""
+    limit = int(tokenizer.model_max_length) if tokenizer.model_max_length < 10**6 else 512
+    return min(int(getattr(config, "max_position_embeddings", 512) or 512), limit)
 
-    return int(AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers)
+
+def backbone_limits(model: str | os.PathLike | None = None) -> tuple[int, int]:
+    """(transformer layers, most tokens read) of ``model`` (None: the packaged MiniLM), from its config and
+    tokenizer: no weights load."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = resolve_model(model)
+    config = AutoConfig.from_pretrained(path)
+    return int(config.num_hidden_layers), _positions(config, AutoTokenizer.from_pretrained(path))
+
+
+def check_max_length(max_length: int | None, positions: int, model, name: str = "max_length") -> int:
+    """The tokens (query + passage) a reranker reads: ``max_length`` (None: all ``positions`` the model has), refused
+    where the model has fewer positions (it was cut to them without a word)."""
+    if max_length is None:
+        return positions
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= positions:
+        raise ValueError(f"{name} must be an integer from 1 to the {positions} tokens (query + passage) {model} reads, "
+                         f"got {max_length!r}")
+    return max_length
 
 
 def check_keep_layers(keep_layers: int | None, total: int, model, name: str = "keep_layers") -> int:
@@ -197,9 +217,8 @@ class CrossEncoderReranker(AdapterHost):
                 if head.bias is not None:
                     head.bias.zero_()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.max_positions = min(int(getattr(config, "max_position_embeddings", 512) or 512),  # the most it can read
-                                 int(self.tokenizer.model_max_length) if self.tokenizer.model_max_length < 10**6 else 512)
-        self.max_length = min(int(max_length), self.max_positions) if max_length else self.max_positions
+        self.max_positions = _positions(config, self.tokenizer)  # the most it can read
+        self.max_length = check_max_length(max_length, self.max_positions, path)
         self.passage = check_passage(passage)  # which part of a longer document it reads (rerankers.passages)
         self.model.to(self.device).eval()
         _align(self.model)

@@ -321,8 +321,8 @@ def test_settings_reject_bad_values(models):
 
 
 def test_reranker_layers_the_backbone_lacks_are_refused_before_any_work(adi, models, tmp_path):
-    """More kept layers than the reranker's backbone has, or LoRA on a layer it does not keep, are settings that only
-    the model's config can check: the build reads it first and refuses with the setting's name and flag, before BM25
+    """More kept layers than the reranker's backbone has, LoRA on a layer it does not keep, or more tokens than it has
+    positions, are settings that only the model's config can check: the build reads it first and refuses with the setting's name and flag, before BM25
     or the dense stage spend anything (the cache stays empty)."""
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -334,6 +334,10 @@ def test_reranker_layers_the_backbone_lacks_are_refused_before_any_work(adi, mod
         build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_keep_layers=1,
                                                                      rerank_lora_layers=(1,)),
                        cache_dir=cache, log=lambda m: None)
+    with pytest.raises(ValueError, match=r"rerank_max_length \(--rerank-max-length\) must be an integer from 1 to the "
+                                         r"128 tokens \(query \+ passage\) .* reads, got 200"):  # not cut to 128 unsaid
+        build_pipeline(adi.corpus, adi.queries, adi.qrels, _settings(models, rerank_max_length=200), cache_dir=cache,
+                       log=lambda m: None)
     assert list(cache.iterdir()) == []
 
 

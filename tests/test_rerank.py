@@ -752,6 +752,9 @@ def test_a_reranker_on_the_bottom_layers_only_runs_them_and_is_saved_and_refused
     assert again.keep_layers == 1 and np.array_equal(again.score(Q, D), short.score(Q, D))
     with pytest.raises(ValueError, match="keep_layers must be an integer from 1 to"):
         _ce(backbone, keep_layers=3)
+    with pytest.raises(ValueError, match=r"max_length must be an integer from 1 to the 128 tokens"):
+        _ce(backbone, max_length=129)  # it was cut to 128 without a word
+    assert _ce(backbone, max_length=128).max_length == 128 and _ce(backbone).max_length == 128
     with pytest.raises(ValueError, match="keep_layers"):
         RerankTrainSettings(keep_layers=0)
     with pytest.raises(ValueError, match="was built with keep_layers=None"):  # refused before any training

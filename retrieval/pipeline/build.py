@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from encoders.bi_encoder import BiEncoder
 from encoders.train import validation_queries
-from rerankers.cross_encoder import backbone_layers, check_keep_layers
+from rerankers.cross_encoder import backbone_limits, check_keep_layers, check_max_length
 from rerankers.train import RerankTrainSettings, added_pseudo_items, split_examples, training_examples
 
 from ..index.faiss import FaissIndex
@@ -113,10 +113,12 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     FaissIndex.check_factory(settings.dense_factory, base.dim, len(corpus))
     resolve_model(settings.rerank_model)
     rs = settings.rerank_train_settings()
-    if not settings.corpus_only or settings.corpus_reranker:  # the reranker's layers, from its config: no weights
-        kept = check_keep_layers(rs.keep_layers, backbone_layers(settings.rerank_model), settings.rerank_model or
-                                 PACKAGED_ID, name="rerank_keep_layers (--rerank-keep-layers)")
+    if not settings.corpus_only or settings.corpus_reranker:  # the reranker's limits, from its config: no weights
+        layers, positions = backbone_limits(settings.rerank_model)
+        backbone = settings.rerank_model or PACKAGED_ID
+        kept = check_keep_layers(rs.keep_layers, layers, backbone, name="rerank_keep_layers (--rerank-keep-layers)")
         rs.lora.check_layers(kept, name="rerank_lora_layers (--rerank-lora-layers)")
+        check_max_length(rs.max_length, positions, backbone, name="rerank_max_length (--rerank-max-length)")
 
     # 1. BM25
     log("[1/3] BM25 index" + ("" if settings.corpus_only or not settings.bm25_fit else " and k1/b fit on training queries"))
