@@ -156,26 +156,24 @@ def backbone_limits(model: str | os.PathLike | None = None) -> tuple[int, int]:
     return int(config.num_hidden_layers), _positions(config, AutoTokenizer.from_pretrained(path))
 
 
+def _up_to(value: int | None, most: int, name: str, what: str) -> int:
+    """``value`` (None: ``most``), refused unless an integer from 1 to ``most`` (``what``: of what, in words)."""
+    if value is None:
+        return most
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ValueError(f"{name} must be an integer from 1 to {what}, got {value!r}")
+    return value
+
+
 def check_max_length(max_length: int | None, positions: int, model, name: str = "max_length") -> int:
     """The tokens (query + passage) a reranker reads: ``max_length`` (None: all ``positions`` the model has), refused
     where the model has fewer positions (it was cut to them without a word)."""
-    if max_length is None:
-        return positions
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= positions:
-        raise ValueError(f"{name} must be an integer from 1 to the {positions} tokens (query + passage) {model} reads, "
-                         f"got {max_length!r}")
-    return max_length
+    return _up_to(max_length, positions, name, f"the {positions} tokens (query + passage) {model} reads")
 
 
 def check_keep_layers(keep_layers: int | None, total: int, model, name: str = "keep_layers") -> int:
-    """The transformer layers a reranker keeps: ``keep_layers`` of its backbone's ``total`` (None: all), refused
-    unless an integer from 1 to ``total``."""
-    if keep_layers is None:
-        return total
-    if isinstance(keep_layers, bool) or not isinstance(keep_layers, int) or not 1 <= keep_layers <= total:
-        raise ValueError(f"{name} must be an integer from 1 to {model}'s {total} transformer layers, got "
-                         f"{keep_layers!r}")
-    return keep_layers
+    """The transformer layers a reranker keeps: ``keep_layers`` of its backbone's ``total`` (None: all)."""
+    return _up_to(keep_layers, total, name, f"{model}'s {total} transformer layers")
 
 
 def _is_cross_encoder(config) -> bool:
