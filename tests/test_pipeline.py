@@ -314,6 +314,10 @@ def test_settings_reject_bad_values(models):
     assert default_keep_layers(models["rerank"]) is None and _settings(models).rerank_keep_layers is None
     with pytest.raises(ValueError, match="passage must be one of"):
         _settings(models, rerank_passage="best")
+    with pytest.raises(ValueError, match="rerank_head_pooler must be one of"):
+        _settings(models, rerank_head_pooler="mean")
+    assert _settings(models, rerank_head_pooler="identity").rerank_train_settings().lora.new_head_pooler == "identity"
+    assert _settings(models).rerank_train_settings().lora.new_head_pooler == "base"
     with pytest.raises(ValueError, match="rerank_pseudo_items adds, and that is 0"):
         _settings(models, rerank_pseudo_kind="sentence")
     with pytest.raises(ValueError, match="pseudo-query kind must be one of"):

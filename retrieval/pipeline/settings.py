@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
-from rerankers.cross_encoder import PRECISIONS, RerankLoraSettings
+from rerankers.cross_encoder import POOLER_INITS, PRECISIONS, RerankLoraSettings
 from rerankers.passages import PASSAGES, check_passage
 from rerankers.train import PACKAGED_KEEP_LAYERS, RerankTrainSettings, default_keep_layers
 
@@ -86,6 +86,9 @@ class PipelineSettings:
                                        choices=PSEUDO_KINDS)
     rerank_lora_rank: int = _setting(RerankLoraSettings.r, "rank r of the reranker's LoRA adapter (alpha = 2r, as "
                                                           "the default's; 8 before a rule on held-out queries)")
+    rerank_head_pooler: str = _setting(RerankLoraSettings.new_head_pooler, "a new scoring head's pooler: base (the "
+                                       "backbone's, with LoRA) or identity (the adapter's own, trained in full, starting "
+                                       "as the identity: leaves the loss plateau sooner)", choices=POOLER_INITS)
     rerank_lora_layers: tuple[int, ...] = _setting((), "transformer layers the reranker's LoRA adapts (0 = the lowest, "
                                                         "-1 = the top; default: all): top layers only train faster",
                                                    type=int)
@@ -186,6 +189,8 @@ class PipelineSettings:
         for name in ("dense_dropout", "rerank_dropout"):
             if getattr(self, name) not in DROPOUTS + ((None,) if name == "dense_dropout" else ()):
                 raise ValueError(f"{name} must be one of {DROPOUTS}, got {getattr(self, name)!r}")
+        if self.rerank_head_pooler not in POOLER_INITS:
+            raise ValueError(f"rerank_head_pooler must be one of {POOLER_INITS}, got {self.rerank_head_pooler!r}")
         if self.rerank_precision not in PRECISIONS:
             raise ValueError(f"rerank_precision must be one of {PRECISIONS}, got {self.rerank_precision!r}")
 
@@ -203,7 +208,8 @@ class PipelineSettings:
                                    max_items=max_items, seed=self.seed, max_length=self.rerank_max_length,
                                    pseudo_items=self.rerank_pseudo_items, pseudo_kind=self.rerank_pseudo_kind,
                                    lora=RerankLoraSettings(layers=self.rerank_lora_layers, r=self.rerank_lora_rank,
-                                                           alpha=2 * self.rerank_lora_rank),
+                                                           alpha=2 * self.rerank_lora_rank,
+                                                           new_head_pooler=self.rerank_head_pooler),
                                    negatives=self.rerank_group_negatives, residual=self.rerank_residual,
                                    passage=self.rerank_passage, keep_layers=keep, lr=self.rerank_lr,
                                    **dropout_switches(self.rerank_dropout, "reranker training"), **extra)
