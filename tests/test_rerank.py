@@ -738,6 +738,25 @@ def test_training_with_focused_passages_leaves_the_reranker_reading_them(backbon
     assert "passage" not in RerankTrainSettings().to_dict()  # the default's cache keys stay as they were
 
 
+def test_shared_models_hold_rerankers_with_and_without_their_own_pooler(backbone, tmp_path):
+    """Two domains' rerankers on one base, one adapter owning its pooler (``new_head_pooler="identity"``) and one
+    with LoRA on the base's: peft cannot hold both on one model, so they share no base model, and each scores as
+    when loaded alone."""
+    from retrieval.pipeline.shared import SharedModels
+
+    for name, pooler in (("own", "identity"), ("base", "base")):
+        ce = _ce(backbone).add_lora(RerankLoraSettings(r=2, alpha=4, new_head_pooler=pooler))
+        _perturb(ce)
+        ce.save(tmp_path / name)
+    models = SharedModels(device="cpu")
+    views = {n: models.reranker(tmp_path / n, adapter_name=n) for n in ("own", "base")}
+    assert repr(models) == "SharedModels(0 bi-encoder(s), 2 cross-encoder(s))"
+    assert sorted(models.base_models.values()) == [["base"], ["own"]]  # each listed, none hidden by the other
+    for name, view in views.items():
+        alone = CrossEncoderReranker.load(tmp_path / name, device="cpu")
+        assert view.score(Q, D) == pytest.approx(alone.score(Q, D), rel=1e-5, abs=1e-6)
+
+
 def test_a_reranker_on_the_bottom_layers_only_runs_them_and_is_saved_and_refused_so(backbone, tmp_path):
     full, short = _ce(backbone), _ce(backbone, keep_layers=1)
     assert len(full.model.bert.encoder.layer) == 2 and len(short.model.bert.encoder.layer) == 1

@@ -41,8 +41,15 @@ class SharedModels:
 
     @property
     def base_models(self) -> dict[str, list[str]]:
-        """The base models in memory and the adapters loaded into each."""
-        return {f"{key[0]}:{key[1]}": sorted(model.adapter_names) for key, model in self._models.items()}
+        """The base models in memory and the adapters loaded into each: ``kind:base``, numbered ``kind:base #2`` where
+        one base is in memory more than once (other lengths, or rerankers with and without a pooler of their own)."""
+        out: dict[str, list[str]] = {}
+        for key, model in self._models.items():
+            label, n = f"{key[0]}:{key[1]}", 1
+            while (label if n == 1 else f"{label} #{n}") in out:
+                n += 1
+            out[label if n == 1 else f"{label} #{n}"] = sorted(model.adapter_names)
+        return out
 
     def _shared(self, key: tuple, make):
         with self._lock:
@@ -86,7 +93,10 @@ class SharedModels:
         base, length = config["base_model"], int(config["max_length"])
         labels, precision = config.get("num_labels"), config.get("precision", "auto")
         passage, keep = config.get("passage", "first"), config.get("keep_layers")
-        model = self._shared(("reranker", base, length, labels, precision, passage, keep),
+        adapter = config.get("adapters", {}).get(config.get("active"), {})
+        # peft cannot both wrap a pooler whole (an adapter's own, new_head_pooler="identity") and put LoRA on it
+        owns_pooler = "pooler" in adapter.get("lora", {}).get("modules_to_save", ())
+        model = self._shared(("reranker", base, length, labels, precision, passage, keep, owns_pooler),
                              lambda: CrossEncoderReranker(base, max_length=length, device=self.device,
                                                           precision=precision, num_labels=labels, passage=passage,
                                                           keep_layers=keep))
