@@ -728,6 +728,22 @@ def test_focused_passages_read_the_sentences_that_share_the_query_terms_in_the_s
         RerankTrainSettings(passage="middle")
 
 
+def test_a_training_that_never_leaves_the_plateau_is_reported(backbone, adi, adi_lucene):
+    """A listwise training whose last epoch's loss is still log(group size) warns, naming the fix; one that learned,
+    or another loss, does not."""
+    from rerankers.train import check_learned
+
+    examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
+    settings = RerankTrainSettings(epochs=1, batch_size=8, negatives=2, max_length=48, lr=1e-9, head_lr=1e-9,
+                                   lora=RerankLoraSettings(r=2, alpha=4))  # too small a step to leave the plateau
+    with pytest.warns(RuntimeWarning, match=r"did not learn: .* log\(1 \+ 2 negatives\) = 1\.0986.*--seed"):
+        train_reranker(_ce(backbone), adi.corpus, examples, [adi_lucene], settings, progress=False)
+    assert check_learned([{"epoch": 1, "loss": 0.5, "val_nDCG@10": 0.6}], settings)
+    with pytest.warns(RuntimeWarning, match=r"best validation nDCG@10 0\.2000"):
+        assert not check_learned([{"epoch": 1, "loss": 1.09, "val_nDCG@10": 0.2}], settings)
+    assert check_learned([{"epoch": 1, "loss": 1.09}], RerankTrainSettings(loss="pointwise"))  # another loss's plateau
+
+
 def test_training_with_focused_passages_leaves_the_reranker_reading_them(backbone, adi, adi_lucene):
     ce = _ce(backbone)
     examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -237,8 +238,33 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
                           validate_start=not reranker.new_head)
     finally:
         reranker.max_length = saved_len
+    if teacher is None or settings.distill_weight == 0:
+        check_learned(out["history"], settings)
     return TrainResult(**out, trainable_share=share, peak_memory_mb=peak_memory_mb(), train_queries=len(used_q),
                        val_queries=len(val_q), settings=settings.to_dict())
+
+
+PLATEAU_SHARE = 0.97  # a last epoch's mean listwise loss within 3% of log(group size): the reranker did not learn
+
+
+def check_learned(history: Sequence[dict], settings: RerankTrainSettings) -> bool:
+    """Warn when a listwise training never left its plateau: a last epoch's mean loss still about log(group size),
+    what scores that do not rank the group give. A new head on a backbone whose pooled features barely differ between
+    pairs can stay there for a whole run (README, routes: 2 layers; 3 epochs on seed 20). Returns whether it learned."""
+    last = history[-1].get("loss") if history else None
+    if settings.loss != "listwise" or settings.residual or last is None:
+        return True  # another loss: another plateau
+    plateau = float(np.log(1 + settings.negatives))
+    if last < PLATEAU_SHARE * plateau:
+        return True
+    best = max((h["val_nDCG@10"] for h in history if h.get("val_nDCG@10") is not None), default=None)
+    warnings.warn(f"the reranker did not learn: its last epoch's listwise loss {last:.4f} is still about "
+                  f"log(1 + {settings.negatives} negatives) = {plateau:.4f}, the loss of scores that do not rank"
+                  f"{'' if best is None else f' (best validation nDCG@10 {best:.4f})'}; fused, it gets a weight near 0 "
+                  f"and costs its time for nothing: train again with another seed (--seed) or with the head's own "
+                  f"pooler (--rerank-head-pooler identity; rerankers.train --new-head-pooler identity)",
+                  RuntimeWarning, stacklevel=3)
+    return False
 
 
 def with_residual(ranking: Ranking, queries: Queries, base: Callable, weight: float,
