@@ -171,7 +171,8 @@ def _reads(row: dict) -> str:
     if row.get("trained_at") is None:
         return str(row["reads"])
     read, trained = row.get("passage", "first"), row.get("trained_passage", "first")
-    return f"{row['reads']} (saved {row['trained_at']})" + ("" if read == trained == "first" else f", {read} (saved {trained})")
+    part = "" if read == trained == "first" else f", {read} (saved {trained})"
+    return f"{row['reads']} (saved {row['trained_at']}){part}"
 
 
 def _fmt_vs(v: dict | None) -> str:

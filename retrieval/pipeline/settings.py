@@ -88,7 +88,8 @@ class PipelineSettings:
                                                           "the default's; 8 before a rule on held-out queries)")
     rerank_head_pooler: str = _setting(RerankLoraSettings.new_head_pooler, "a new scoring head's pooler: base (the "
                                        "backbone's, with LoRA) or identity (the adapter's own, trained in full, starting "
-                                       "as the identity: leaves the loss plateau sooner)", choices=POOLER_INITS)
+                                       "as the identity; not kept on held-out queries: README routes)",
+                                       choices=POOLER_INITS)
     rerank_lora_layers: tuple[int, ...] = _setting((), "transformer layers the reranker's LoRA adapts (0 = the lowest, "
                                                         "-1 = the top; default: all): top layers only train faster",
                                                    type=int)
