@@ -81,6 +81,7 @@ class RerankTrainSettings:
     seed: int = 0
     weight_decay: float = 0.01
     warmup: float = 0.1
+    max_grad_norm: float | None = None  # the gradients' global norm clipped to this before each step (None: never)
     dropout: bool = False             # dropout while training (False: every dropout layer off; see DROPOUTS: none is
                                       # the default, 2.2x faster steps on a CPU, and it won on held-out queries)
     attention_dropout: bool = True    # with dropout: also on the attention probabilities (off: a fused attention kernel)
@@ -98,7 +99,8 @@ class RerankTrainSettings:
                                            "max_val_queries", "val_depth", "max_items", "keep_layers"),
                       non_negative_ints=("pseudo_items",),
                       positive=("lr", "head_lr", "temperature"), fractions=("val_fraction",),
-                      non_negative=("residual",), unit=("distill_weight", "warmup", "weight_decay"))
+                      non_negative=("residual",), unit=("distill_weight", "warmup", "weight_decay"),
+                      positive_or_none=("max_grad_norm",))
         check_pseudo_kind(self.pseudo_kind)
         check_passage(self.passage)
         if self.pseudo_kind != "title" and self.mode != "supervised":
@@ -114,9 +116,10 @@ class RerankTrainSettings:
 
     def to_dict(self) -> dict:
         """The settings as recorded and cache-keyed (``pseudo_kind`` only when not titles, ``residual`` only when
-        set, ``passage`` only when not the opening: earlier keys stay)."""
+        set, ``passage`` only when not the opening, ``max_grad_norm`` only when set: earlier keys stay)."""
         d = recorded_dropout({**asdict(self), "lora": self.lora.to_dict()}, always=("dropout",))
-        unset = {"pseudo_kind": "title", "residual": 0.0, "passage": "first", "keep_layers": None}
+        unset = {"pseudo_kind": "title", "residual": 0.0, "passage": "first", "keep_layers": None,
+                 "max_grad_norm": None}
         return {k: v for k, v in d.items() if k not in unset or v != unset[k]}
 
 
@@ -235,7 +238,7 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
                           desc=f"{settings.mode} reranker LoRA", progress=progress,
                           param_groups=[g for g in groups if g["params"]], on_epoch=on_epoch,
                           dropout=settings.dropout, attention_dropout=settings.attention_dropout,
-                          validate_start=not reranker.new_head)
+                          validate_start=not reranker.new_head, max_grad_norm=settings.max_grad_norm)
     finally:
         reranker.max_length = saved_len
     if teacher is None or settings.distill_weight == 0:

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=positive_int, default=defaults.epochs)
     p.add_argument("--lr", type=positive_float, default=defaults.lr)
     p.add_argument("--head-lr", type=positive_float, default=defaults.head_lr)
+    p.add_argument("--max-grad-norm", type=positive_float, default=defaults.max_grad_norm,
+                   help="clip the gradients' global norm to this before each step (default: no clipping)")
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
     p.add_argument("--negatives", type=positive_int, default=defaults.negatives)
     p.add_argument("--max-length", type=positive_int, default=defaults.max_length)
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                                    batch_size=args.batch_size, negatives=args.negatives, max_length=args.max_length,
                                    max_items=args.max_items, pseudo_items=args.pseudo_items,
                                    pseudo_kind=args.pseudo_kind, passage=args.passage, keep_layers=keep,
-                                   seed=args.seed,
+                                   seed=args.seed, max_grad_norm=args.max_grad_norm,
                                    **dropout_switches(args.train_dropout, "reranker training"),
                                    lora=lora_from_args(args, RerankLoraSettings,
                                                        new_head_pooler=args.new_head_pooler))

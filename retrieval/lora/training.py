@@ -41,10 +41,12 @@ class TrainResult:
 
 def check_numbers(settings, positive_ints: tuple[str, ...] = (), positive: tuple[str, ...] = (),
                   fractions: tuple[str, ...] = (), unit: tuple[str, ...] = (),
-                  non_negative_ints: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+                  non_negative_ints: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+                  positive_or_none: tuple[str, ...] = ()) -> None:
     """Refuse training settings that would train something else than asked for (``epochs=0`` is not "the
-    default"): ``positive_ints`` >= 1, ``non_negative_ints`` >= 0, ``positive`` finite numbers > 0, ``non_negative``
-    finite numbers >= 0, ``fractions`` strictly between 0 and 1, ``unit`` in [0, 1]."""
+    default"): ``positive_ints`` >= 1, ``non_negative_ints`` >= 0, ``positive`` finite numbers > 0 (``positive_or_none``:
+    or None, "not set"), ``non_negative`` finite numbers >= 0, ``fractions`` strictly between 0 and 1, ``unit`` in
+    [0, 1]."""
     name = type(settings).__name__
     for fields, least, what in ((positive_ints, 1, "a positive integer"), (non_negative_ints, 0, "an integer >= 0")):
         for field in fields:
@@ -55,6 +57,10 @@ def check_numbers(settings, positive_ints: tuple[str, ...] = (), positive: tuple
         v = getattr(settings, field)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
             raise ValueError(f"{name}.{field} must be a positive number, got {v!r}")
+    for field in positive_or_none:
+        v = getattr(settings, field)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+            raise ValueError(f"{name}.{field} must be a positive number or None, got {v!r}")
     for field in non_negative:
         v = getattr(settings, field)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
@@ -146,7 +152,7 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
                 epochs: int, lr: float, batch_size: int, weight_decay: float = 0.01, warmup: float = 0.1,
                 seed: int = 0, desc: str = "LoRA", progress: bool = True, param_groups: list[dict] | None = None,
                 train_module=None, on_epoch: Callable[[int, dict], None] | None = None, dropout: bool = True,
-                attention_dropout: bool = True, validate_start: bool = True) -> dict:
+                attention_dropout: bool = True, validate_start: bool = True, max_grad_norm: float | None = None) -> dict:
     """Train the adapter ``adapter_name`` of ``host`` (an ``AdapterHost``) on ``items`` with ``loss_fn(batch, rng) -> loss``.
 
     ``validate()`` returns the figure to maximise (nDCG@10 on held-out queries); the best epoch's adapter
@@ -157,8 +163,10 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
     ``train_module`` is what ``.train()``/``.eval()`` is called on (default ``host.module``); ``on_epoch(epoch,
     adapter_state)`` sees each epoch's weights. ``dropout=False`` trains with every dropout layer (the backbone's,
     on the attention probabilities too, and LoRA's) switched off; ``attention_dropout=False`` only the dropout on
-    the attention probabilities (see ``dropouts_off``). Returns ``{best_epoch, best_val, start_val, history, seconds}``;
-    parameters are frozen and the module left in eval mode.
+    the attention probabilities (see ``dropouts_off``). ``max_grad_norm`` clips the gradients' global norm before each
+    step (``torch.nn.utils.clip_grad_norm_``, as transformers' Trainer does by default); each epoch's history then
+    counts the steps it clipped. Returns ``{best_epoch, best_val, start_val, history, seconds}``; parameters are frozen
+    and the module left in eval mode.
     """
     import torch
 
@@ -168,6 +176,7 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
         raise ValueError("no training items")
     module = train_module if train_module is not None else host.module
     groups = param_groups or [{"params": [p for p in module.parameters() if p.requires_grad]}]
+    trained = [p for g in groups for p in g["params"]]
     optim = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(items) / batch_size)
     warm = max(1, int(steps * warmup))
@@ -186,12 +195,14 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
         for epoch in range(1, epochs + 1):
             module.train()
             rng.shuffle(items)
-            losses = []
+            losses, clipped = [], 0
             with dropouts_off(module, dropout, attention_dropout):
                 for i in range(0, len(items), batch_size):
                     loss = loss_fn(items[i : i + batch_size], rng)
                     optim.zero_grad()
                     loss.backward()
+                    if max_grad_norm is not None:
+                        clipped += float(torch.nn.utils.clip_grad_norm_(trained, max_grad_norm)) > max_grad_norm
                     optim.step()
                     sched.step()
                     losses.append(loss.item())
@@ -200,7 +211,8 @@ def fit_adapter(host, adapter_name: str, items: list, loss_fn: Callable, validat
             module.eval()
             val = validate()
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_nDCG@10": val,
-                            "seconds": time.perf_counter() - t0})
+                            "seconds": time.perf_counter() - t0,
+                            **({"clipped_steps": int(clipped)} if max_grad_norm is not None else {})})
             if progress:
                 bar.write(f"{desc}: epoch {epoch}: loss {np.mean(losses):.4f}, validation nDCG@10 "
                           f"{start_text(start_val)} (start) -> {val:.4f}")

@@ -112,6 +112,9 @@ class PipelineSettings:
                                          choices=RESIDUAL_BASES)
     rerank_lr: float = _setting(RerankTrainSettings.lr, "learning rate of the reranker's LoRA weights (its new "
                                                         f"scoring head's stays {RerankTrainSettings.head_lr:g})")
+    rerank_max_grad_norm: float | None = _setting(None, "clip the global norm of the reranker's gradients to this "
+                                                        "before each step (transformers' Trainer default: 1.0; "
+                                                        "default: no clipping)", type=float)
     rerank_dropout: str = _setting("none", "dropout while the reranker trains: none (2.2x faster steps on a CPU), all "
                                            "(the backbone's, the attention probabilities', LoRA's) or no-attention (all "
                                            "but the attention probabilities': a fused attention kernel)", choices=DROPOUTS)
@@ -146,7 +149,8 @@ class PipelineSettings:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         check_numbers(self, positive_ints=("rerank_keep_layers",),
                       non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip"), unit=("rerank_distill",),
-                      non_negative=("rerank_residual",), positive=("rerank_lr",))
+                      non_negative=("rerank_residual",), positive=("rerank_lr",),
+                      positive_or_none=("rerank_budget_ms", "rerank_max_grad_norm"))
         if self.rerank_residual_base not in RESIDUAL_BASES:
             raise ValueError(f"rerank_residual_base must be one of {RESIDUAL_BASES}, got {self.rerank_residual_base!r}")
         if self.rerank_residual_base != "first-stages" and not self.rerank_residual:
@@ -169,11 +173,6 @@ class PipelineSettings:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
-        if self.rerank_budget_ms is not None and (isinstance(self.rerank_budget_ms, bool) or
-                                                  not isinstance(self.rerank_budget_ms, (int, float)) or
-                                                  not 0 < self.rerank_budget_ms < float("inf")):
-            raise ValueError(f"rerank_budget_ms must be a positive number of milliseconds or None, got "
-                             f"{self.rerank_budget_ms!r}")
         if not self.rerank_depths or min(self.rerank_depths) < 1:
             raise ValueError(f"rerank_depths must be positive integers, got {self.rerank_depths}")
         if max(self.rerank_depths) > self.dense_k:
@@ -213,6 +212,7 @@ class PipelineSettings:
                                                            new_head_pooler=self.rerank_head_pooler),
                                    negatives=self.rerank_group_negatives, residual=self.rerank_residual,
                                    passage=self.rerank_passage, keep_layers=keep, lr=self.rerank_lr,
+                                   max_grad_norm=self.rerank_max_grad_norm,
                                    **dropout_switches(self.rerank_dropout, "reranker training"), **extra)
 
     def to_dict(self) -> dict:
