@@ -309,6 +309,10 @@ def test_settings_reject_bad_values(models):
     for lr in (0, -1e-3, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="rerank_lr must be a positive number"):
             _settings(models, rerank_lr=lr)
+    for norm in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="rerank_max_grad_norm must be a positive number or None"):
+            _settings(models, rerank_max_grad_norm=norm)
+    assert _settings(models, rerank_max_grad_norm=0.5).rerank_train_settings().max_grad_norm == 0.5
     # the packaged MiniLM's reranker keeps its bottom 3 layers unless told (README routes); another backbone all
     assert default_keep_layers(None) == default_keep_layers(PACKAGED_ID) == 3
     assert default_keep_layers(models["rerank"]) is None and _settings(models).rerank_keep_layers is None

@@ -795,3 +795,37 @@ def test_a_reranker_on_the_bottom_layers_only_runs_them_and_is_saved_and_refused
     with pytest.raises(ValueError, match="was built with keep_layers=None"):  # refused before any training
         train_reranker(full, {}, [], [], RerankTrainSettings(keep_layers=1), progress=False)
     assert "keep_layers" not in RerankTrainSettings().to_dict()
+
+
+def test_clipped_training_steps_with_the_gradients_norm_bounded_and_counts_them(backbone, adi, adi_lucene):
+    """``max_grad_norm``: every optimizer step sees gradients whose global norm is at most that, each epoch's history
+    counts the steps it clipped; unset, nothing is clipped, nothing counted, and the cache key is as it was."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
+    base = dict(epochs=2, batch_size=8, negatives=2, max_length=48, lora=RerankLoraSettings(r=2, alpha=4))
+    norms: list[float] = []
+
+    def seen(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    hook = register_optimizer_step_pre_hook(seen)
+    try:
+        tight = train_reranker(_ce(backbone), adi.corpus, examples, [adi_lucene],
+                               RerankTrainSettings(**base, max_grad_norm=1e-6), progress=False)
+        clipped_norms, norms[:] = list(norms), []
+        free = train_reranker(_ce(backbone), adi.corpus, examples, [adi_lucene], RerankTrainSettings(**base),
+                              progress=False)
+    finally:
+        hook.remove()
+    steps = len(clipped_norms) // 2
+    assert steps > 0 and max(clipped_norms) <= 1e-6 * (1 + 1e-3)
+    assert [h["clipped_steps"] for h in tight.history[1:]] == [steps, steps]
+    assert min(norms) > 1e-6 and all("clipped_steps" not in h for h in free.history)  # unclipped: every one larger
+    assert "max_grad_norm" not in RerankTrainSettings().to_dict()  # earlier cache keys stay
+    assert RerankTrainSettings(max_grad_norm=1.0).to_dict()["max_grad_norm"] == 1.0
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="max_grad_norm must be a positive number or None"):
+            RerankTrainSettings(max_grad_norm=bad)
