@@ -823,6 +823,7 @@ def test_clipped_training_steps_with_the_gradients_norm_bounded_and_counts_them(
     steps = len(clipped_norms) // 2
     assert steps > 0 and max(clipped_norms) <= 1e-6 * (1 + 1e-3)
     assert [h["clipped_steps"] for h in tight.history[1:]] == [steps, steps]
+    assert all(h["max_grad_norm_seen"] > 1e-6 for h in tight.history[1:])  # the norms before clipping
     assert min(norms) > 1e-6 and all("clipped_steps" not in h for h in free.history)  # unclipped: every one larger
     assert "max_grad_norm" not in RerankTrainSettings().to_dict()  # earlier cache keys stay
     assert RerankTrainSettings(max_grad_norm=1.0).to_dict()["max_grad_norm"] == 1.0
