@@ -269,7 +269,7 @@ def test_training_runs_keeps_best_epoch_and_saves(backbone, adi, adi_lucene, tmp
     examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
     seen = []
     settings = RerankTrainSettings(loss=loss, epochs=2, batch_size=8, negatives=2, max_length=64, val_fraction=0.3,
-                                   lora=RerankLoraSettings(r=4, alpha=8))
+                                   lora=RerankLoraSettings(r=4, alpha=8), plateau_retries=0)  # one training, as is
     result = train_reranker(ce, adi.corpus, examples, [adi_lucene], settings, progress=False,
                             on_epoch=lambda e, state: seen.append(e))
     assert seen == [1, 2] and len(result.history) == 3
@@ -300,7 +300,7 @@ def test_residual_training_learns_beside_a_base(backbone, adi, adi_lucene):
     the reranker almost nothing to learn (the loss falls to ~0 from the first step)."""
     examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
     settings = RerankTrainSettings(epochs=1, batch_size=8, negatives=2, max_length=64, val_fraction=0.3,
-                                   lora=RerankLoraSettings(r=4, alpha=8))
+                                   lora=RerankLoraSettings(r=4, alpha=8), plateau_retries=0)  # a residual: never retried
     residual = dataclasses.replace(settings, residual=1.0)
     plain = train_reranker(_ce(backbone), adi.corpus, examples, [adi_lucene], settings, progress=False)
     calls = []
@@ -728,20 +728,49 @@ def test_focused_passages_read_the_sentences_that_share_the_query_terms_in_the_s
         RerankTrainSettings(passage="middle")
 
 
-def test_a_training_that_never_leaves_the_plateau_is_reported(backbone, adi, adi_lucene):
-    """A listwise training whose last epoch's loss is still log(group size) warns, naming the fix; one that learned,
-    or another loss, does not."""
-    from rerankers.train import check_learned
+def test_a_training_that_never_leaves_the_plateau_is_retried_then_reported(backbone, adi, adi_lucene):
+    """A listwise training whose last epoch's loss is still log(group size) trains again from a fresh adapter (the
+    head's start, LoRA drawn afresh, another order), at most ``plateau_retries`` times; the histories begun again are
+    kept, and one still on the plateau at the end warns, naming the fix. One that learned, or another loss, does not."""
+    from rerankers.train import check_learned, on_plateau
 
     examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
     settings = RerankTrainSettings(epochs=1, batch_size=8, negatives=2, max_length=48, lr=1e-9, head_lr=1e-9,
-                                   lora=RerankLoraSettings(r=2, alpha=4))  # too small a step to leave the plateau
-    with pytest.warns(RuntimeWarning, match=r"did not learn: .* log\(1 \+ 2 negatives\) = 1\.0986.*--seed"):
-        train_reranker(_ce(backbone), adi.corpus, examples, [adi_lucene], settings, progress=False)
+                                   lora=RerankLoraSettings(r=2, alpha=4), plateau_retries=1)  # too small a step
+    ce = _ce(backbone)
+    with pytest.warns(RuntimeWarning, match=r"did not learn in 2 trainings: .* log\(1 \+ 2 negatives\) = 1\.0986.*--seed"):
+        result = train_reranker(ce, adi.corpus, examples, [adi_lucene], settings, progress=False)
+    assert len(result.abandoned) == 1 and len(result.abandoned[0]) == len(result.history) == 2
+    assert result.abandoned[0][1]["loss"] != result.history[1]["loss"]  # another start and order, not a replay
+    assert result.seconds >= result.history[-1]["seconds"] + result.abandoned[0][-1]["seconds"] - 1e-9
+    assert ce.adapter_names == ["default"] and not any(p.requires_grad for p in ce.model.parameters())
+    assert on_plateau([{"epoch": 1, "loss": 1.09}], settings) and not on_plateau([{"epoch": 1, "loss": 0.5}], settings)
     assert check_learned([{"epoch": 1, "loss": 0.5, "val_nDCG@10": 0.6}], settings)
-    with pytest.warns(RuntimeWarning, match=r"best validation nDCG@10 0\.2000"):
+    with pytest.warns(RuntimeWarning, match=r"did not learn: .*best validation nDCG@10 0\.2000"):
         assert not check_learned([{"epoch": 1, "loss": 1.09, "val_nDCG@10": 0.2}], settings)
     assert check_learned([{"epoch": 1, "loss": 1.09}], RerankTrainSettings(loss="pointwise"))  # another loss's plateau
+    with pytest.raises(ValueError, match="plateau_retries must be an integer >= 0"):
+        RerankTrainSettings(plateau_retries=-1)
+
+
+def test_a_retry_draws_the_lora_weights_afresh_and_keeps_the_rest(backbone):
+    """``redraw_lora``: LoRA's A drawn again under the seed (the same seed, the same draw), B back at zero, the head
+    untouched, the global random state as it was."""
+    ce = _ce(backbone).add_lora(RerankLoraSettings(r=2, alpha=4))
+    _perturb(ce)
+    before = ce.adapter_state()
+    torch.manual_seed(5)
+    expected_next = torch.rand(1)
+    torch.manual_seed(5)
+    ce.redraw_lora(seed=7)
+    assert torch.equal(torch.rand(1), expected_next)
+    after = ce.adapter_state()
+    a = [k for k in after if "lora_A" in k]
+    assert a and all(not torch.equal(after[k], before[k]) for k in a)
+    assert all(not after[k].any() for k in after if "lora_B" in k)
+    assert all(torch.equal(after[k], before[k]) for k in after if "lora_" not in k)  # the head
+    ce.redraw_lora(seed=7)
+    assert all(torch.equal(ce.adapter_state()[k], after[k]) for k in a)
 
 
 def test_training_with_focused_passages_leaves_the_reranker_reading_them(backbone, adi, adi_lucene):
@@ -804,7 +833,8 @@ def test_clipped_training_steps_with_the_gradients_norm_bounded_and_counts_them(
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     examples = training_examples("supervised", adi.corpus, adi.queries, adi.qrels)
-    base = dict(epochs=2, batch_size=8, negatives=2, max_length=48, lora=RerankLoraSettings(r=2, alpha=4))
+    base = dict(epochs=2, batch_size=8, negatives=2, max_length=48, lora=RerankLoraSettings(r=2, alpha=4),
+                plateau_retries=0)
     norms: list[float] = []
 
     def seen(optimizer, args, kwargs):

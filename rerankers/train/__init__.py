@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -82,6 +83,8 @@ class RerankTrainSettings:
     weight_decay: float = 0.01
     warmup: float = 0.1
     max_grad_norm: float | None = None  # the gradients' global norm clipped to this before each step (None: never)
+    plateau_retries: int = 2          # a listwise training whose last epoch ended on the plateau trains again from a
+                                      # fresh adapter, another init and order, at most this often (check_learned)
     dropout: bool = False             # dropout while training (False: every dropout layer off; see DROPOUTS: none is
                                       # the default, 2.2x faster steps on a CPU, and it won on held-out queries)
     attention_dropout: bool = True    # with dropout: also on the attention probabilities (off: a fused attention kernel)
@@ -97,7 +100,7 @@ class RerankTrainSettings:
             self.lora = RerankLoraSettings(**self.lora)
         check_numbers(self, positive_ints=("epochs", "batch_size", "negatives", "negatives_depth", "max_length",
                                            "max_val_queries", "val_depth", "max_items", "keep_layers"),
-                      non_negative_ints=("pseudo_items",),
+                      non_negative_ints=("pseudo_items", "plateau_retries"),
                       positive=("lr", "head_lr", "temperature"), fractions=("val_fraction",),
                       non_negative=("residual",), unit=("distill_weight", "warmup", "weight_decay"),
                       positive_or_none=("max_grad_norm",))
@@ -134,7 +137,9 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
                    progress: bool = True, on_epoch: Callable[[int, dict], None] | None = None,
                    base: Callable | None = None) -> TrainResult:
     """Train a LoRA adapter (and the scoring head) on ``examples``; negatives mined with ``first_stages``; with
-    ``settings.residual`` > 0, on the residual of ``base`` (``base(queries, docs) -> scores``)."""
+    ``settings.residual`` > 0, on the residual of ``base`` (``base(queries, docs) -> scores``). A listwise training
+    that ends on its plateau trains again (``settings.plateau_retries``; ``on_epoch`` sees every training's epochs,
+    the kept one's last; the result's ``abandoned`` holds the others' histories)."""
     import torch
 
     settings = settings or RerankTrainSettings()
@@ -226,46 +231,74 @@ def train_reranker(reranker: CrossEncoderReranker, corpus, examples: list[TrainE
     saved_len = reranker.max_length
     reranker.max_length = min(settings.max_length, saved_len)
     reranker.passage = settings.passage  # it reads as it was trained, from now on (and saved so)
+    checked = teacher is None or settings.distill_weight == 0  # with a teacher, the loss has no plateau of its own
+    retries = settings.plateau_retries if checked else 0
+    abandoned: list[list[dict]] = []
     try:
         reranker.add_lora(settings.lora, name=settings.adapter_name)
         share = reranker.trainable_share()
         lora = [p for n, p in reranker.model.named_parameters() if p.requires_grad and "lora_" in n]
         head = [p for n, p in reranker.model.named_parameters() if p.requires_grad and "lora_" not in n]
         groups = [{"params": lora, "lr": settings.lr}, {"params": head, "lr": settings.head_lr}]
-        out = fit_adapter(reranker, settings.adapter_name, items, loss_fn, validate,
-                          epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
-                          weight_decay=settings.weight_decay, warmup=settings.warmup, seed=settings.seed,
-                          desc=f"{settings.mode} reranker LoRA", progress=progress,
-                          param_groups=[g for g in groups if g["params"]], on_epoch=on_epoch,
-                          dropout=settings.dropout, attention_dropout=settings.attention_dropout,
-                          validate_start=not reranker.new_head, max_grad_norm=settings.max_grad_norm)
+        fresh = reranker.adapter_state(settings.adapter_name)
+        for attempt in range(retries + 1):
+            if attempt:  # the same start for the head, LoRA drawn afresh, another order of the items
+                reranker.set_adapter_state(fresh, settings.adapter_name)
+                reranker.redraw_lora(settings.adapter_name, seed=settings.seed + RETRY_SEED_STEP * attempt)
+                for p in lora + head:
+                    p.requires_grad_(True)
+            out = fit_adapter(reranker, settings.adapter_name, items, loss_fn, validate,
+                              epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
+                              weight_decay=settings.weight_decay, warmup=settings.warmup,
+                              seed=settings.seed + RETRY_SEED_STEP * attempt,
+                              desc=f"{settings.mode} reranker LoRA" + (f" (retry {attempt})" if attempt else ""),
+                              progress=progress, param_groups=[g for g in groups if g["params"]], on_epoch=on_epoch,
+                              dropout=settings.dropout, attention_dropout=settings.attention_dropout,
+                              validate_start=not reranker.new_head, max_grad_norm=settings.max_grad_norm)
+            if attempt == retries or not on_plateau(out["history"], settings):
+                break
+            abandoned.append(out["history"])
+            if progress:
+                print(f"the reranker ended on the listwise plateau (last epoch's loss {out['history'][-1]['loss']:.4f}"
+                      f"): training again from a fresh adapter, retry {attempt + 1} of {retries}", file=sys.stderr)
     finally:
         reranker.max_length = saved_len
-    if teacher is None or settings.distill_weight == 0:
-        check_learned(out["history"], settings)
+    if checked:
+        check_learned(out["history"], settings, retried=len(abandoned))
+    out["seconds"] += sum(h[-1]["seconds"] for h in abandoned)
     return TrainResult(**out, trainable_share=share, peak_memory_mb=peak_memory_mb(), train_queries=len(used_q),
-                       val_queries=len(val_q), settings=settings.to_dict())
+                       val_queries=len(val_q), settings=settings.to_dict(), abandoned=abandoned)
 
 
 PLATEAU_SHARE = 0.97  # a last epoch's mean listwise loss within 3% of log(group size): the reranker did not learn
+RETRY_SEED_STEP = 1_000_003  # a retry's LoRA draw and item order: seed + this x the retry's number
 
 
-def check_learned(history: Sequence[dict], settings: RerankTrainSettings) -> bool:
-    """Warn when a listwise training never left its plateau: a last epoch's mean loss still about log(group size),
-    what scores that do not rank the group give. A new head on a backbone whose pooled features barely differ between
-    pairs can stay there for a whole run (README, routes: 2 layers; 3 epochs on seed 20). Returns whether it learned."""
+def on_plateau(history: Sequence[dict], settings: RerankTrainSettings) -> bool:
+    """Whether a listwise training's last epoch ended on its plateau: a mean loss still about log(group size), what
+    scores that do not rank the group give (another loss, or one with a residual base: never said)."""
     last = history[-1].get("loss") if history else None
     if settings.loss != "listwise" or settings.residual or last is None:
-        return True  # another loss: another plateau
-    plateau = float(np.log(1 + settings.negatives))
-    if last < PLATEAU_SHARE * plateau:
+        return False
+    return last >= PLATEAU_SHARE * float(np.log(1 + settings.negatives))
+
+
+def check_learned(history: Sequence[dict], settings: RerankTrainSettings, retried: int = 0) -> bool:
+    """Warn when a listwise training ended on its plateau (``on_plateau``): a new head on a backbone whose pooled
+    features barely differ between pairs can stay there for a whole run, or fall back onto it when a step blows up
+    its pooler (README, routes: 2 layers; 3 epochs on seed 20; the default on seed 22). ``retried``: how many
+    trainings before this one ended there too. Returns whether it learned."""
+    if not on_plateau(history, settings):
         return True
+    plateau = float(np.log(1 + settings.negatives))
     best = max((h["val_nDCG@10"] for h in history if h.get("val_nDCG@10") is not None), default=None)
-    warnings.warn(f"the reranker did not learn: its last epoch's listwise loss {last:.4f} is still about "
-                  f"log(1 + {settings.negatives} negatives) = {plateau:.4f}, the loss of scores that do not rank"
+    warnings.warn(f"the reranker did not learn{f' in {retried + 1} trainings' if retried else ''}: its last epoch's "
+                  f"listwise loss {history[-1]['loss']:.4f} is still about log(1 + {settings.negatives} negatives) = "
+                  f"{plateau:.4f}, the loss of scores that do not rank"
                   f"{'' if best is None else f' (best validation nDCG@10 {best:.4f})'}; fused, it gets a weight near 0 "
-                  f"and costs its time for nothing: train again with another seed (--seed) or with the head's own "
-                  f"pooler (--rerank-head-pooler identity; rerankers.train --new-head-pooler identity)",
+                  f"and costs its time for nothing: train again with another seed (--seed), more retries "
+                  f"(--rerank-plateau-retries; rerankers.train --plateau-retries) or the head's own pooler "
+                  f"(--rerank-head-pooler identity; rerankers.train --new-head-pooler identity)",
                   RuntimeWarning, stacklevel=3)
     return False
 

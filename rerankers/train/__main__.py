@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-lr", type=positive_float, default=defaults.head_lr)
     p.add_argument("--max-grad-norm", type=positive_float, default=defaults.max_grad_norm,
                    help="clip the gradients' global norm to this before each step (default: no clipping)")
+    p.add_argument("--plateau-retries", type=count, default=defaults.plateau_retries,
+                   help="times a training whose last epoch ended on the listwise plateau (it did not learn) trains "
+                        f"again from a fresh adapter, another init and order (default {defaults.plateau_retries}; 0: never)")
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
     p.add_argument("--negatives", type=positive_int, default=defaults.negatives)
     p.add_argument("--max-length", type=positive_int, default=defaults.max_length)
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                                    max_items=args.max_items, pseudo_items=args.pseudo_items,
                                    pseudo_kind=args.pseudo_kind, passage=args.passage, keep_layers=keep,
                                    seed=args.seed, max_grad_norm=args.max_grad_norm,
+                                   plateau_retries=args.plateau_retries,
                                    **dropout_switches(args.train_dropout, "reranker training"),
                                    lora=lora_from_args(args, RerankLoraSettings,
                                                        new_head_pooler=args.new_head_pooler))

@@ -295,6 +295,25 @@ class AdapterHost:
             set_peft_model_state_dict(self.module, state, adapter_name=name or self.active_adapter)
             self._drop_exports()
 
+    def redraw_lora(self, name: str | None = None, seed: int = 0) -> None:
+        """Draw adapter ``name``'s LoRA weights afresh with peft's own initialisation (A at random under ``seed``, B
+        at zero: the adapter adds nothing again); the other weights it trains (a head in ``modules_to_save``) stay
+        as they are. The global random state is left as it was."""
+        import torch
+        from peft.tuners.lora import LoraLayer
+
+        name = name or self.active_adapter
+        with self.lock:
+            self._check_unmerged()
+            if name not in self._adapters:
+                raise KeyError(f"no adapter named {name!r}; adapters: {sorted(self._adapters) or 'none'}")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for module in self.module.modules():
+                    if isinstance(module, LoraLayer) and name in module.lora_A:
+                        module.reset_lora_parameters(name, True)
+            self._drop_exports()
+
     @contextlib.contextmanager
     def adapter_states_tried(self, name: str | None = None):
         """Inside, ``set_adapter_state`` may load other weights (each drops the exports: they fold in the weights of

@@ -13,7 +13,7 @@ import random
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -34,6 +34,7 @@ class TrainResult:
     train_queries: int
     val_queries: int
     settings: dict
+    abandoned: list[list[dict]] = field(default_factory=list)  # histories of trainings begun again (a plateau)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,30 +50,28 @@ def check_numbers(settings, positive_ints: tuple[str, ...] = (), positive: tuple
     [0, 1]."""
     name = type(settings).__name__
     for fields, least, what in ((positive_ints, 1, "a positive integer"), (non_negative_ints, 0, "an integer >= 0")):
-        for field in fields:
-            v = getattr(settings, field)
+        for key in fields:
+            v = getattr(settings, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
-                raise ValueError(f"{name}.{field} must be {what}, got {v!r}")
-    for field in positive:
-        v = getattr(settings, field)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-            raise ValueError(f"{name}.{field} must be a positive number, got {v!r}")
-    for field in positive_or_none:
-        v = getattr(settings, field)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
-            raise ValueError(f"{name}.{field} must be a positive number or None, got {v!r}")
-    for field in non_negative:
-        v = getattr(settings, field)
+                raise ValueError(f"{name}.{key} must be {what}, got {v!r}")
+    for key in (*positive, *positive_or_none):
+        v = getattr(settings, key)
+        optional = key in positive_or_none
+        if (v is not None or not optional) and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                                or not 0 < v < float("inf")):
+            raise ValueError(f"{name}.{key} must be a positive number{' or None' if optional else ''}, got {v!r}")
+    for key in non_negative:
+        v = getattr(settings, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
-            raise ValueError(f"{name}.{field} must be a finite number >= 0, got {v!r}")
-    for field in fractions:
-        v = getattr(settings, field)
+            raise ValueError(f"{name}.{key} must be a finite number >= 0, got {v!r}")
+    for key in fractions:
+        v = getattr(settings, key)
         if not isinstance(v, (int, float)) or not 0 < v < 1:
-            raise ValueError(f"{name}.{field} must be between 0 and 1 (exclusive), got {v!r}")
-    for field in unit:
-        v = getattr(settings, field)
+            raise ValueError(f"{name}.{key} must be between 0 and 1 (exclusive), got {v!r}")
+    for key in unit:
+        v = getattr(settings, key)
         if not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise ValueError(f"{name}.{field} must be between 0 and 1, got {v!r}")
+            raise ValueError(f"{name}.{key} must be between 0 and 1, got {v!r}")
 
 
 def split_queries(qids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -115,6 +115,10 @@ class PipelineSettings:
     rerank_max_grad_norm: float | None = _setting(None, "clip the global norm of the reranker's gradients to this "
                                                         "before each step (transformers' Trainer default: 1.0; "
                                                         "default: no clipping)", type=float)
+    rerank_plateau_retries: int = _setting(RerankTrainSettings.plateau_retries,
+                                           "times a reranker training whose last epoch ended on the listwise plateau "
+                                           "(it did not learn) trains again from a fresh adapter, another init and "
+                                           "order (0: never)")
     rerank_dropout: str = _setting("none", "dropout while the reranker trains: none (2.2x faster steps on a CPU), all "
                                            "(the backbone's, the attention probabilities', LoRA's) or no-attention (all "
                                            "but the attention probabilities': a fused attention kernel)", choices=DROPOUTS)
@@ -148,7 +152,7 @@ class PipelineSettings:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         check_numbers(self, positive_ints=("rerank_keep_layers",),
-                      non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip"), unit=("rerank_distill",),
+                      non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip", "rerank_plateau_retries"), unit=("rerank_distill",),
                       non_negative=("rerank_residual",), positive=("rerank_lr",),
                       positive_or_none=("rerank_budget_ms", "rerank_max_grad_norm"))
         if self.rerank_residual_base not in RESIDUAL_BASES:
@@ -213,6 +217,7 @@ class PipelineSettings:
                                    negatives=self.rerank_group_negatives, residual=self.rerank_residual,
                                    passage=self.rerank_passage, keep_layers=keep, lr=self.rerank_lr,
                                    max_grad_norm=self.rerank_max_grad_norm,
+                                   plateau_retries=self.rerank_plateau_retries,
                                    **dropout_switches(self.rerank_dropout, "reranker training"), **extra)
 
     def to_dict(self) -> dict:
