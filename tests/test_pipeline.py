@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks.__main__ import main as bench_main
 from encoders.train import default_settings
-from rerankers.train import RerankTrainSettings, default_keep_layers, split_examples, training_examples
+from rerankers.train import RerankTrainSettings, default_keep_layers, on_plateau, split_examples, training_examples
 from retrieval.pipeline.folder import DamagedPipeline, PipelineMismatch, load_pipeline, save_pipeline
 from retrieval.pipeline import PipelineSettings, build_pipeline
 from retrieval.data import load_dataset
@@ -89,6 +89,13 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
     judged = split_examples(training_examples("supervised", adi.corpus, adi.queries, adi.qrels), RerankTrainSettings())[0]
     assert rerank_train["train_queries"] == len(judged) + 8  # the pseudo-queries trained beside the judged ones
     assert len(info["stages"]["rerank"]["fusion"]["depths"]) == 2
+    # trainings that ended on the listwise plateau were begun again, at most twice; the kept one ended there only
+    # when the retries ran out
+    plateau = RerankTrainSettings(negatives=1)
+    abandoned = rerank_train["abandoned"]
+    assert rerank_train["settings"]["plateau_retries"] == 2 and len(abandoned) <= 2
+    assert all(on_plateau(h, plateau) for h in abandoned)
+    assert len(abandoned) == 2 or not on_plateau(rerank_train["history"], plateau)
     ranking = b.pipeline.search(adi.queries, keep_stages=True)
     assert {"bm25", "dense", "rerank", "rerank/alone"} <= set(ranking.stages)
     assert [t.name for t in ranking.trace] == ["bm25", "dense", "rerank"]
