@@ -113,8 +113,8 @@ class PipelineSettings:
     rerank_lr: float = _setting(RerankTrainSettings.lr, "learning rate of the reranker's LoRA weights (its new "
                                                         f"scoring head's stays {RerankTrainSettings.head_lr:g})")
     rerank_max_grad_norm: float | None = _setting(None, "clip the global norm of the reranker's gradients to this "
-                                                        "before each step (transformers' Trainer default: 1.0; "
-                                                        "default: no clipping)", type=float)
+                                                        "before each step (transformers' Trainer default: 1.0, "
+                                                        "studied here and not kept; default: no clipping)", type=float)
     rerank_plateau_retries: int = _setting(RerankTrainSettings.plateau_retries,
                                            "times a reranker training whose last epoch ended on the listwise plateau "
                                            "(it did not learn) trains again from a fresh adapter, another init and "
@@ -152,8 +152,8 @@ class PipelineSettings:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         check_numbers(self, positive_ints=("rerank_keep_layers",),
-                      non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip", "rerank_plateau_retries"), unit=("rerank_distill",),
-                      non_negative=("rerank_residual",), positive=("rerank_lr",),
+                      non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip", "rerank_plateau_retries"),
+                      unit=("rerank_distill",), non_negative=("rerank_residual",), positive=("rerank_lr",),
                       positive_or_none=("rerank_budget_ms", "rerank_max_grad_norm"))
         if self.rerank_residual_base not in RESIDUAL_BASES:
             raise ValueError(f"rerank_residual_base must be one of {RESIDUAL_BASES}, got {self.rerank_residual_base!r}")
