@@ -307,7 +307,8 @@ class AdapterHost:
             self._check_unmerged()
             if name not in self._adapters:
                 raise KeyError(f"no adapter named {name!r}; adapters: {sorted(self._adapters) or 'none'}")
-            with torch.random.fork_rng(devices=[]):
+            cuda = sorted({p.device.index or 0 for p in self.module.parameters() if p.device.type == "cuda"})
+            with torch.random.fork_rng(devices=cuda):  # a GPU's generator draws there: kept and restored too
                 torch.manual_seed(seed)
                 for module in self.module.modules():
                     if isinstance(module, LoraLayer) and name in module.lora_A:
