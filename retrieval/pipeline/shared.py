@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,11 @@ class SharedModels:
         """The base models in memory and the adapters loaded into each: ``kind:base``, numbered ``kind:base #2`` where
         one base is in memory more than once (other lengths, or rerankers with and without a pooler of their own)."""
         out: dict[str, list[str]] = {}
+        held: Counter[str] = Counter()
         for key, model in self._models.items():
-            label, n = f"{key[0]}:{key[1]}", 1
-            while (label if n == 1 else f"{label} #{n}") in out:
-                n += 1
-            out[label if n == 1 else f"{label} #{n}"] = sorted(model.adapter_names)
+            label = f"{key[0]}:{key[1]}"
+            held[label] += 1
+            out[label if held[label] == 1 else f"{label} #{held[label]}"] = sorted(model.adapter_names)
         return out
 
     def _shared(self, key: tuple, make):
