@@ -124,7 +124,10 @@ def pipeline_card(config: dict) -> str:
             detail.append(f"the incoming score, the adapted and the untouched base model fused, weights "
                           f"{s['fusion'].get('weights')}")
         elif s.get("fusion"):
-            detail.append(f"fused with the incoming score, weights {s['fusion'].get('weights')}")
+            weights = s["fusion"].get("weights") or []
+            detail.append(f"fused with the incoming score, weights {weights}"
+                          + ("; the reranker is not run (weight 0: its scores would change nothing)"
+                             if s.get("type") == "rerank" and weights and not weights[-1] else ""))
         if s.get("mode"):
             detail.append(f"mode {s['mode']}")
         rows.append(f"| {s.get('name')} | {s.get('type')} | {s.get('k')} | {'; '.join(detail)} |")

@@ -23,6 +23,8 @@ from retrieval.pipeline import PipelineSettings, build_pipeline
 from retrieval.data import load_dataset
 from retrieval.lora.base import PACKAGED_ID
 from retrieval.evaluation import evaluate
+from retrieval.stage import Pipeline
+from retrieval.stages.fusion import Fusion
 from retrieval.types import Ranking
 from retrieval.util import DamagedArtefact, sealed
 
@@ -97,7 +99,8 @@ def test_pipeline_trains_three_stages_and_chooses_on_held_out_queries(built, adi
     assert all(on_plateau(h, plateau) for h in abandoned)
     assert len(abandoned) == 2 or not on_plateau(rerank_train["history"], plateau)
     ranking = b.pipeline.search(adi.queries, keep_stages=True)
-    assert {"bm25", "dense", "rerank", "rerank/alone"} <= set(ranking.stages)
+    runs = b.pipeline.stages[-1].runs_reranker  # a fit may give this tiny reranker weight 0: then it is not run
+    assert {"bm25", "dense", "rerank", *(["rerank/alone"] if runs else [])} == set(ranking.stages)
     assert [t.name for t in ranking.trace] == ["bm25", "dense", "rerank"]
     assert all(len(d) <= 20 for d in ranking.scores.values())  # rerank keeps the dense stage's 20 (keep_rest)
 
@@ -141,6 +144,22 @@ def test_saved_pipeline_loads_with_identical_rankings_in_a_fresh_process(built, 
         assert [(d, s) for d, s in ranked] == expected.ranked(q)  # same documents, order and scores (JSON floats round-trip)
     with pytest.raises(FileExistsError):
         save_pipeline(b.pipeline, folder, b.corpus)
+
+
+def test_a_reranker_fitted_to_weight_0_is_saved_so_and_not_run(built, adi, tmp_path):
+    b, _ = built
+    rerank = b.pipeline.stages[-1]
+    fitted = rerank.fusion
+    rerank.fusion = Fusion("weighted", (1.0, 0.0))  # what a fit chooses where the reranker adds nothing
+    try:
+        folder = save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, b.info)
+    finally:
+        rerank.fusion = fitted
+    pipe, _, _ = load_pipeline(folder)
+    assert not pipe.stages[-1].runs_reranker
+    assert "the reranker is not run (weight 0" in (folder / "README.md").read_text()
+    out, first_two = pipe.search(adi.queries), Pipeline(pipe.stages[:-1]).search(adi.queries)
+    assert all([d for d, _ in out.ranked(q)] == [d for d, _ in first_two.ranked(q)] for q in adi.queries)
 
 
 def test_a_copied_pipeline_folder_opens_and_its_models_open_in_plain_sentence_transformers(built, adi, tmp_path):
@@ -518,10 +537,18 @@ def test_gate_study_runs_on_a_trained_pipeline(built, adi):
 
 
 def test_cutoff_tuning_respects_the_budget(built, adi):
-    from benchmarks.cutoffs import tune
-
     b, _ = built
     pipe = b.pipeline
+    fitted, pipe.stages[2].fusion = pipe.stages[2].fusion, Fusion("weighted", (0.5, 0.5))  # a reranker that runs
+    try:
+        _tune_within_budgets(b, pipe, adi)
+    finally:
+        pipe.stages[2].fusion = fitted
+
+
+def _tune_within_budgets(b, pipe, adi):
+    from benchmarks.cutoffs import tune
+
     before = (pipe.stages[0].k, pipe.stages[2].k)
     qids = b.info["held_out"]
     q, qrels = adi.queries.subset(qids), {x: adi.qrels[x] for x in qids}

@@ -210,9 +210,16 @@ def test_rerank_stage_reorders_and_keeps_parts(adi, adi_lucene):
     rest = Rerank(oracle, adi.corpus, k=5, keep_rest=True).search(adi.queries, first)
     q = next(iter(adi.queries))
     assert len(rest.scores[q]) == len(first.scores[q]) and [d for d, _ in rest.ranked(q)][5:] == [d for d, _ in first.ranked(q)][5:]
-    # weight 0 on the reranker: the first stage's order comes back
-    keep = Rerank(oracle, adi.corpus, k=10, fusion=Fusion("weighted", (1.0, 0.0))).search(adi.queries, first)
-    assert [d for d, _ in keep.ranked(q)] == [d for d, _ in first.ranked(q)][:10]
+    # weight 0 on the reranker: the first stage's order comes back, and the reranker is not run for it
+    for fusion in (Fusion("weighted", (1.0, 0.0)), Fusion("rrf", (1.0, 0.0))):
+        counting = _Slow(0.0, oracle)
+        zero = Rerank(counting, adi.corpus, k=10, fusion=fusion, keep_rest=True)
+        keep = zero.search(adi.queries, first)
+        assert [d for d, _ in keep.ranked(q)] == [d for d, _ in first.ranked(q)]
+        assert counting.calls == [] and "alone" not in keep.stages and not zero.runs_reranker
+        top = Ranking({q: dict(first.ranked(q)[:10]) for q in adi.queries})
+        assert keep.top_k(10).scores == fusion([top, zero.scores(adi.queries, first)]).scores  # the scored result, exactly
+    assert Rerank(oracle, adi.corpus, fusion=Fusion("weighted", (0.99, 0.01))).runs_reranker
     # through a pipeline, the parts come back per stage
     ranking = (adi_lucene >> stage).search(adi.queries, keep_stages=True)
     assert set(ranking.stages) == {adi_lucene.name, "rerank", "rerank/alone"}
@@ -223,13 +230,13 @@ def test_rerank_stage_reorders_and_keeps_parts(adi, adi_lucene):
 class _Slow:
     """A reranker that takes ``ms`` milliseconds a pair (one call per query, as one query at a time gives)."""
 
-    def __init__(self, ms: float):
-        self.ms, self.calls = ms, []
+    def __init__(self, ms: float, scorer=None):
+        self.ms, self.calls, self.scorer = ms, [], scorer
 
     def score(self, queries, docs):
         self.calls.append(len(docs))
         time.sleep(self.ms * len(docs) / 1000.0)
-        return np.zeros(len(docs))
+        return self.scorer.score(queries, docs) if self.scorer else np.zeros(len(docs))
 
 
 def test_depths_within_a_latency_budget_are_measured_shallowest_first(adi, adi_bm25s):

@@ -216,6 +216,10 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
         log(f"choosing the rerank depth and weight on the same {len(held)} held-out training queries")
         candidates = dense.search(fit_q, first)
         rerank.k, rerank.fusion, depth_rows = fit_rerank(rerank, fit_q, candidates, fit_qrels, depths)
+        if not rerank.runs_reranker:
+            log("note: on the held-out training queries the reranker's best fusion weight is 0 (fused, it added "
+                "nothing there): the pipeline does not run it and answers at its first two stages' cost; for a "
+                "reranker that adds, train again with another --seed")
     info["stages"]["rerank"] = {"train": rerank_train, "depth": rerank.k,
                                 "fusion": {**rerank.fusion.to_dict(), "fitted_on": fitted_on,
                                            "depths": [{k: v for k, v in r.items() if k != "grid"} for r in depth_rows]}}

@@ -4,7 +4,9 @@ The reranker's score can be used alone or fused with the score each candidate ca
 weighted sum of normalised scores, or RRF). ``fit_rerank`` chooses the depth and the fusion weight on
 *training* queries, ``depths_within`` the depths a latency budget allows. The stage's output holds the top ``k``
 reranked candidates (and, with ``keep_rest``, the remaining candidates below them in their incoming order); its
-``stages["alone"]`` keeps the reranker's own ranking, before fusion, so both can be measured from one pass.
+``stages["alone"]`` keeps the reranker's own ranking, before fusion, so both can be measured from one pass. A
+reranker fused with weight 0 is not run at all (``runs_reranker``): the ranking is the same, and there is no
+``stages["alone"]``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ class Rerank(StageBase):
                            f"give Rerank the corpus the first stages index") from None
         return doc.contents if isinstance(doc, Document) else str(doc)
 
+    @property
+    def runs_reranker(self) -> bool:
+        """False when the fusion gives the reranker weight 0 (a fit may choose that where it adds nothing): its
+        scores would change no ranking, so ``search`` does not compute them and costs the stage next to nothing."""
+        return self.fusion is None or self.fusion.weights[-1] > 0
+
     def scores(self, queries: Queries, candidates: Ranking, k: int | None = None) -> Ranking:
         """The reranker's own scores for each query's top ``k`` candidates (no fusion)."""
         k = k or self.k
@@ -68,11 +76,14 @@ class Rerank(StageBase):
             raise ValueError(f"{self.name}: a reranker needs candidates from an earlier stage, "
                              f"e.g. BM25(...) >> Rerank(...)")
         ranked = {q: candidates.ranked(q) for q in queries}  # sorted once per query
-        alone = self._score({q: [d for d, _ in r[:k]] for q, r in ranked.items()}, queries)
-        if self.fusion is not None:
-            reranked = self.fusion([Ranking({q: dict(r[:k]) for q, r in ranked.items()}), alone])
+        top = Ranking({q: dict(r[:k]) for q, r in ranked.items()})
+        stages: dict[str, Ranking] = {}
+        if not self.runs_reranker:  # fused with weight 0 its scores would change nothing: the same result, unscored
+            fusion = self.fusion
+            reranked = Fusion(fusion.method, fusion.weights[:-1], fusion.rrf_k, fusion.norm)([top])
         else:
-            reranked = alone
+            alone = stages["alone"] = self._score({q: list(s) for q, s in top.scores.items()}, queries)
+            reranked = self.fusion([top, alone]) if self.fusion is not None else alone
         out = reranked.scores
         if self.keep_rest:
             out = {q: dict(s) for q, s in out.items()}
@@ -80,7 +91,7 @@ class Rerank(StageBase):
                 floor = min(out[q].values(), default=0.0)
                 for i, (d, _) in enumerate(r[k:], start=1):
                     out[q][d] = floor - i  # below every reranked document, in the incoming order
-        return Ranking(out, stages={"alone": alone})
+        return Ranking(out, stages=stages)
 
 
 def fit_rerank(stage: Rerank, queries: Queries, candidates: Ranking, qrels: Qrels,
