@@ -153,6 +153,10 @@ def _parser() -> argparse.ArgumentParser:
                          "opening) or focused (the query's sentences) (default: what it was saved with)")
     rs.add_argument("--depths", type=positive_int, nargs="+", default=list(rerank_study.DEPTHS),
                     help="rerank depths the fusion chooses from (default: 10 20 30)")
+    rs.add_argument("--share", type=float, nargs="+", default=[1.0],
+                    help="shares of queries the reranker runs on, one row each with every --max-length and --passage: "
+                         "those whose first two stages' leader leads least, the margin fitted in each fold "
+                         "(PipelineSettings.rerank_share; default: 1, every query)")
     rs.add_argument("--average", action="store_true",
                     help="add a row scoring with every --pipeline's reranker together (z-scores averaged); the "
                          "pipelines must share their held-out queries and first two stages (one seed)")

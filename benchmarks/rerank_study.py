@@ -32,6 +32,7 @@ from retrieval.data import load_dataset
 from retrieval.evaluation import paired_ttest
 from retrieval.pipeline.folder import load_pipeline
 from retrieval.stages.fusion import zscore
+from retrieval.stages.rerank import lead, margin_for
 from retrieval.types import Qrels, Queries, Ranking
 from retrieval.util import read_json, write_json
 
@@ -71,14 +72,32 @@ def choose(by_depth: dict[int, list[Pairs]], qrels: Qrels, rows: Sequence[int]) 
     return best
 
 
-def out_of_fold(by_depth: dict[int, list[Pairs]], qrels: Qrels, k: int, seed: int) -> dict[str, float]:
-    """Each query's fused nDCG@10 with depth and weight chosen on the other folds."""
+def skipping(data: Sequence[Pairs], weight: float, margin: float | None) -> list[float]:
+    """Each query's reranker weight under a skip margin (``Rerank.skip_margin``): ``weight`` where the reranker runs,
+    0 (the incoming order) where the incoming leader leads by ``margin`` or more."""
+    return [weight if margin is None or lead(p.z_in) < margin else 0.0 for p in data]
+
+
+def choose_margin(data: Sequence[Pairs], share: float) -> float | None:
+    """The skip margin fitted on these queries, as ``fit_skip`` fits it in a build."""
+    return margin_for([lead(p.z_in) for p in data], share)
+
+
+def out_of_fold(by_depth: dict[int, list[Pairs]], qrels: Qrels, k: int, seed: int,
+                share: float = 1.0) -> tuple[dict[str, float], int]:
+    """Each query's fused nDCG@10 with depth, weight (and, for a ``share`` < 1, the skip margin) chosen on the other
+    folds; and how many queries the reranker ran for."""
     n = len(next(iter(by_depth.values())))
     scores: dict[str, float] = {}
+    reranked = 0
     for train, held in folds(n, k, seed):
         depth, weight, _ = choose(by_depth, qrels, train)
-        scores.update(per_query([by_depth[depth][i] for i in held], [weight] * len(held), qrels))
-    return scores
+        margin = choose_margin([by_depth[depth][i] for i in train], share)
+        data = [by_depth[depth][i] for i in held]
+        weights = skipping(data, weight, margin)
+        reranked += sum(w > 0 for w in weights)
+        scores.update(per_query(data, weights, qrels))
+    return scores, reranked
 
 
 def candidates_of(pipe, queries: Queries, qrels: Qrels) -> tuple[Queries, Qrels, Ranking]:
@@ -103,33 +122,39 @@ def averaged(scored: Sequence[dict[int, list[Pairs]]]) -> dict[int, list[Pairs]]
 
 
 def measure(score, held: tuple[Queries, Qrels, Ranking], depths: Sequence[int], k: int, seed: int,
-            report: tuple[Queries, Qrels, Ranking] | None = None) -> dict:
+            report: tuple[Queries, Qrels, Ranking] | None = None, share: float = 1.0) -> dict:
     """One row: the first two stages, the reranker alone at each depth, fused in sample and out of fold; with
     ``report``, the in-sample choice applied to those queries. Splits come from ``candidates_of``; ``score(split,
-    depths)`` scores one (``score_split`` of a pipeline, or ``averaged`` over several)."""
+    depths)`` scores one (``score_split`` of a pipeline, or ``averaged`` over several). With ``share`` < 1 the
+    reranker runs only for that share of queries, those whose incoming leader leads least (the margin fitted after
+    depth and weight, as a build fits it: ``PipelineSettings.rerank_share``)."""
     qrels = held[1]
     by_depth = score(held, depths)
     deepest = by_depth[max(depths)]
     first_two = per_query(deepest, [0.0] * len(deepest), qrels)  # weight 0: the incoming order
     alone = {d: mean_fused(by_depth[d], 1.0, qrels) for d in depths}
-    depth, weight, in_sample = choose(by_depth, qrels, range(len(deepest)))
-    oof = out_of_fold(by_depth, qrels, k, seed)
+    depth, weight, _ = choose(by_depth, qrels, range(len(deepest)))
+    margin = choose_margin(by_depth[depth], share)
+    in_sample = float(np.mean(list(per_query(by_depth[depth], skipping(by_depth[depth], weight, margin), qrels).values())))
+    oof, reranked = out_of_fold(by_depth, qrels, k, seed, share)
     qids = [p.qid for p in deepest]
     _, p = paired_ttest([oof[q] for q in qids], [first_two[q] for q in qids])
     row = {"queries": len(qids), "first_two": float(np.mean([first_two[q] for q in qids])), "alone": alone,
-           "depth": depth, "weight": weight, "fused_in_sample": in_sample,
+           "depth": depth, "weight": weight, "fused_in_sample": in_sample, "share": share, "margin": margin,
+           "reranked_out_of_fold": reranked,
            "fused_out_of_fold": float(np.mean([oof[q] for q in qids])), "oof_vs_first_two_p": p,
            "per_query": {"first_two": first_two, "out_of_fold": oof}}
     if report is not None:
         r_qrels = report[1]
         r_depth = score(report, [depth])[depth]
         r_first = per_query(r_depth, [0.0] * len(r_depth), r_qrels)
-        r_fused = per_query(r_depth, [weight] * len(r_depth), r_qrels)
+        r_weights = skipping(r_depth, weight, margin)
+        r_fused = per_query(r_depth, r_weights, r_qrels)
         r_qids = [p.qid for p in r_depth]
         _, rp = paired_ttest([r_fused[q] for q in r_qids], [r_first[q] for q in r_qids])
         row["report"] = {"queries": len(r_qids), "first_two": float(np.mean(list(r_first.values()))),
                          "fused": float(np.mean(list(r_fused.values()))), "vs_first_two_p": rp,
-                         "alone": mean_fused(r_depth, 1.0, r_qrels),
+                         "alone": mean_fused(r_depth, 1.0, r_qrels), "reranked": sum(w > 0 for w in r_weights),
                          "per_query": {"first_two": r_first, "fused": r_fused}}
     return row
 
@@ -175,12 +200,21 @@ def _reads(row: dict) -> str:
     return f"{row['reads']} (saved {row['trained_at']}){part}"
 
 
+def _reranks(row: dict) -> str:
+    """Which queries a row's reranker ran for (out of fold): every one, or a share and how many."""
+    share = row.get("share", 1.0)
+    return "all" if share >= 1 else f"{share:g}: {row['reranked_out_of_fold']} of {row['queries']}"
+
+
 def _fmt_vs(v: dict | None) -> str:
     return "-" if not v else f"{v['delta']:+.4f} (p {v['p_value']:.3f})"
 
 
 def main(args) -> int:
     """``python -m benchmarks rerank-study --pipeline DIR [--pipeline DIR2] --dataset DIR [--max-length 192 256]``."""
+    for share in args.share:
+        if not 0 < share <= 1:
+            raise ValueError(f"--share {share:g}: a share of queries to rerank is in (0, 1] (1: every query)")
     dataset = load_dataset(args.dataset, args.split)
     report_ds = load_dataset(args.dataset, args.report_split) if args.report_split else None
     r_qids = [q for q in report_ds.queries if q in report_ds.qrels] if report_ds is not None else []
@@ -201,12 +235,12 @@ def main(args) -> int:
                   if report_ds is not None else None)
         ce = pipe.stages[2].reranker
         saved, saved_passage = int(ce.max_length), ce.passage
-        for length, passage in tqdm([(n, p) for n in lengths for p in passages], desc=f"rerank study {path}",
-                                    unit="row"):
+        for length, passage, share in tqdm([(n, p, s) for n in lengths for p in passages for s in args.share],
+                                           desc=f"rerank study {path}", unit="row"):
             reads = set_length(ce, length)
             ce.passage = passage or saved_passage
             row = measure(lambda split, depths: score_split(pipe, split, depths), held_split, args.depths, args.folds,
-                          args.seed, report)
+                          args.seed, report, share)
             row.update(pipeline=str(path), reads=reads, trained_at=saved, held_out=held, passage=ce.passage,
                        trained_passage=saved_passage)
             rows.append(row)
@@ -222,9 +256,9 @@ def main(args) -> int:
     write_json(args.output / "rerank_study.json", {"split": args.split, "report_split": args.report_split,
                                                    "depths": list(args.depths), "folds": args.folds, "seed": args.seed,
                                                    "rows": rows})
-    head = ["pipeline", "reads tokens", "queries", "first two", "alone (" + "/".join(map(str, args.depths)) + ")",
+    head = ["pipeline", "reads tokens", "reranks", "queries", "first two", "alone (" + "/".join(map(str, args.depths)) + ")",
             "in sample (depth, w)", "out of fold", "vs first two (p)", "vs row 1"]
-    table = [[r["pipeline"], _reads(r), r["queries"], r["first_two"],
+    table = [[r["pipeline"], _reads(r), _reranks(r), r["queries"], r["first_two"],
               " / ".join(f"{r['alone'][d]:.4f}" for d in args.depths),
               f"{r['fused_in_sample']:.4f} ({r['depth']}, {r['weight']:.2f})", r["fused_out_of_fold"],
               f"{r['fused_out_of_fold'] - r['first_two']:+.4f} ({r['oof_vs_first_two_p']:.3f})",
@@ -233,9 +267,9 @@ def main(args) -> int:
             f" queries), {args.folds}-fold out of fold (seed {args.seed})", "", md_table(head, table)]
     if report_ds is not None:
         text += ["", f"reported on {args.report_split!r} with each row's in-sample choice (never chosen on):", "",
-                 md_table(["pipeline", "reads tokens", "queries", "first two", "alone", "fused", "vs first two (p)",
-                           "vs row 1"],
-                          [[r["pipeline"], r["reads"], r["report"]["queries"], r["report"]["first_two"],
+                 md_table(["pipeline", "reads tokens", "reranked", "queries", "first two", "alone", "fused",
+                           "vs first two (p)", "vs row 1"],
+                          [[r["pipeline"], r["reads"], r["report"]["reranked"], r["report"]["queries"], r["report"]["first_two"],
                             r["report"]["alone"], r["report"]["fused"],
                             f"{r['report']['fused'] - r['report']['first_two']:+.4f} ({r['report']['vs_first_two_p']:.3f})",
                             _fmt_vs(r["report_vs_first_row"])] for r in rows])]

@@ -25,6 +25,7 @@ from retrieval.lora.base import PACKAGED_ID
 from retrieval.evaluation import evaluate
 from retrieval.stage import Pipeline
 from retrieval.stages.fusion import Fusion
+from retrieval.stages.rerank import fit_skip
 from retrieval.types import Ranking
 from retrieval.util import DamagedArtefact, sealed
 
@@ -160,6 +161,28 @@ def test_a_reranker_fitted_to_weight_0_is_saved_so_and_not_run(built, adi, tmp_p
     assert "the reranker is not run (weight 0" in (folder / "README.md").read_text()
     out, first_two = pipe.search(adi.queries), Pipeline(pipe.stages[:-1]).search(adi.queries)
     assert all([d for d, _ in out.ranked(q)] == [d for d, _ in first_two.ranked(q)] for q in adi.queries)
+
+
+def test_a_skip_margin_is_saved_sealed_and_shown(built, adi, tmp_path):
+    b, _ = built
+    rerank = b.pipeline.stages[-1]
+    fitted = rerank.fusion
+    rerank.fusion = Fusion("weighted", (0.5, 0.5))  # a reranker that runs
+    try:
+        held = adi.queries.subset(b.info["held_out"])
+        record = fit_skip(rerank, held, Pipeline(b.pipeline.stages[:-1]).search(held), 0.5)
+        expected = b.pipeline.search(adi.queries)
+        folder = save_pipeline(b.pipeline, tmp_path / "pipe", b.corpus, b.info)
+    finally:
+        rerank.fusion, rerank.skip_margin = fitted, None
+    assert record["margin"] is not None and 0 < record["reranked"] < len(held)
+    pipe, _, _ = load_pipeline(folder)
+    assert pipe.stages[-1].skip_margin == record["margin"]
+    _rankings_equal(pipe.search(adi.queries), expected)
+    assert f"less than {record['margin']:.3f} standard deviations" in (folder / "README.md").read_text()
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="rerank_share must be in"):
+            PipelineSettings(rerank_share=bad)
 
 
 def test_a_copied_pipeline_folder_opens_and_its_models_open_in_plain_sentence_transformers(built, adi, tmp_path):
@@ -617,6 +640,35 @@ def test_rerank_study_reproduces_the_builds_choice_and_scores_out_of_fold(built,
     for bad in (8, 10_000, True):
         with pytest.raises(ValueError, match="max-length"):
             set_length(rerank.reranker, bad)
+
+
+def test_rerank_study_share_reranks_the_queries_the_first_stages_are_least_sure_of(datasets_root, tmp_path):
+    """``rerank-study --share``: out of fold, the reranker runs for that share of queries (the margin fitted on the
+    other folds) and the rest keep the first two stages' figure. Made-up candidates: where the first stages' leader
+    is far ahead it is the relevant document, elsewhere the relevant one is further down and the reranker knows it."""
+    from benchmarks.gate import Pairs
+    from benchmarks.rerank_study import measure
+    from retrieval.stages.fusion import zscore
+
+    rng = np.random.default_rng(0)
+    data, qrels = [], {}
+    for i in range(40):
+        sure = i % 2 == 0
+        incoming = np.sort(rng.normal(size=10))[::-1] + (np.r_[6.0, np.zeros(9)] if sure else 0.0)
+        relevant = 0 if sure else int(rng.integers(1, 10))
+        docs = [f"d{j}" for j in range(10)]
+        qrels[f"q{i}"] = {docs[relevant]: 1}
+        data.append(Pairs(f"q{i}", docs, zscore(incoming), zscore(np.eye(10)[relevant] + 0.01 * rng.normal(size=10)),
+                          np.eye(10)[relevant], {}))
+    score = lambda split, depths: {d: data for d in depths}  # noqa: E731
+    every, half = (measure(score, (None, qrels, None), [10], 4, 0, share=share) for share in (1.0, 0.5))
+    assert every["reranked_out_of_fold"] == 40 and every["margin"] is None and every["share"] == 1.0
+    assert 15 <= half["reranked_out_of_fold"] <= 25 and half["margin"] is not None
+    assert half["fused_out_of_fold"] == pytest.approx(every["fused_out_of_fold"])  # the reranker mattered where it ran
+    assert every["fused_out_of_fold"] > every["first_two"] + 0.2
+    with pytest.raises(ValueError, match="--share 1.5"):
+        bench_main(["rerank-study", "--pipeline", str(tmp_path), "--dataset", str(datasets_root / "adi"),
+                    "--share", "1.5", "--output", str(tmp_path / "out"), "--debug"])
 
 
 def test_rerank_study_averages_rerankers_of_one_seed_and_refuses_others(built, datasets_root, tmp_path):

@@ -13,7 +13,7 @@ from rerankers.cross_encoder import CrossEncoderReranker, RerankerMismatch, Rera
 from rerankers.train import RerankTrainSettings, split_examples, train_reranker, training_examples
 from retrieval.evaluation import evaluate
 from retrieval.stages.fusion import Fusion
-from retrieval.stages.rerank import Rerank, depths_within, fit_rerank
+from retrieval.stages.rerank import Rerank, depths_within, fit_rerank, fit_skip, lead, margin_for
 from retrieval.types import Queries, Ranking
 
 Q = ["what is information retrieval", "indexing of documents", "a query"]
@@ -225,6 +225,34 @@ def test_rerank_stage_reorders_and_keeps_parts(adi, adi_lucene):
     assert set(ranking.stages) == {adi_lucene.name, "rerank", "rerank/alone"}
     depth, fusion, rows = fit_rerank(stage, adi.queries, first, adi.qrels, depths=(5, 10))
     assert depth in (5, 10) and len(rows) == 2 and fusion.weights[1] > 0.5
+
+
+def test_a_skip_margin_reranks_only_the_queries_the_first_stage_is_unsure_of(adi, adi_lucene):
+    oracle = _Oracle(adi)
+    first = adi_lucene.search(adi.queries, k=30)
+    fusion = Fusion("weighted", (0.5, 0.5))
+    every = Rerank(oracle, adi.corpus, k=10, fusion=fusion, keep_rest=True).search(adi.queries, first)
+    leads = {q: lead([s for _, s in first.ranked(q)[:10]]) for q in adi.queries}
+    counting = _Slow(0.0, oracle)
+    stage = Rerank(counting, adi.corpus, k=10, fusion=fusion, keep_rest=True)
+    record = fit_skip(stage, adi.queries, first, 0.5)
+    unsure = {q for q, v in leads.items() if v < record["margin"]}
+    assert record["reranked"] == len(unsure) and abs(len(unsure) - len(leads) / 2) <= 1 and 0 < stage.skip_margin
+    out = stage.search(adi.queries, first)
+    assert sum(counting.calls) == sum(min(10, len(first.scores[q])) for q in unsure) and set(out.stages["alone"].scores) == unsure
+    for q in adi.queries:  # the unsure ones as every query's reranking, the others in their incoming order
+        assert [d for d, _ in out.ranked(q)] == [d for d, _ in (every if q in unsure else first).ranked(q)]
+    assert out.scores[next(iter(unsure))] == every.scores[next(iter(unsure))]
+    # the rule's parts
+    assert lead([3.0, 1.0, 1.0, 1.0]) == pytest.approx(2 / np.std([3.0, 1.0, 1.0, 1.0])) and lead([1.0]) == float("inf")
+    assert margin_for([0.1, 0.2, 0.3, 0.4], 1.0) is None and margin_for([0.1, 0.2, 0.3, 0.4], 0.5) == 0.3
+    assert margin_for([0.1, float("inf")], 0.5) is None  # the rest cannot be reordered anyway
+    for bad in (0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="share of queries"):
+            margin_for([0.1], bad)
+    for bad in (0, -1.0, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="skip_margin must be a positive number"):
+            Rerank(oracle, adi.corpus, skip_margin=bad)
 
 
 class _Slow:

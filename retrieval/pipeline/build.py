@@ -45,7 +45,7 @@ from ..shards import Executor
 from ..stage import Pipeline
 from ..stages.dense import Dense
 from ..stages.fusion import Fusion, fit_weight
-from ..stages.rerank import Rerank, depths_within, fit_rerank
+from ..stages.rerank import Rerank, depths_within, fit_rerank, fit_skip
 from ..types import Corpus, Qrels, Queries
 from .cache import base_index, bm25_stage, dense_adapter, first_stage_facts, reranker, with_inference
 from .settings import PipelineSettings
@@ -204,10 +204,13 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
     rerank = Rerank(ce, corpus, k=max(settings.rerank_depths), keep_rest=True)
     stages.append(rerank)
 
-    # the reranker's fusion weight and depth
+    # the reranker's fusion weight and depth (and, for a share of queries, the margin that skips the rest)
+    skip = None
     if settings.corpus_only:
         rerank.k, rerank.fusion = settings.corpus_rerank_depth, Fusion("weighted", (0.5, 0.5))
         depth_rows, budget = [], None
+        if settings.rerank_share < 1:
+            log(f"note: rerank_share={settings.rerank_share:g} does not apply without labels: every query is reranked")
         if settings.rerank_budget_ms is not None:
             log(f"note: the latency budget does not apply without labels: the rerank depth is fixed in advance "
                 f"(corpus_rerank_depth={settings.corpus_rerank_depth})")
@@ -220,9 +223,16 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
             log("note: on the held-out training queries the reranker's best fusion weight is 0 (fused, it added "
                 "nothing there): the pipeline does not run it and answers at its first two stages' cost; for a "
                 "reranker that adds, train again with another --seed")
+        elif settings.rerank_share < 1:
+            skip = fit_skip(rerank, fit_q, candidates, settings.rerank_share)
+            log(f"the reranker runs where the first two stages' best candidate leads by less than {skip['margin']} "
+                f"standard deviations: {skip['reranked']} of {len(fit_q)} held-out queries" if skip["margin"] is not None
+                else f"rerank_share={settings.rerank_share:g} leaves every held-out query to the reranker")
     info["stages"]["rerank"] = {"train": rerank_train, "depth": rerank.k,
                                 "fusion": {**rerank.fusion.to_dict(), "fitted_on": fitted_on,
                                            "depths": [{k: v for k, v in r.items() if k != "grid"} for r in depth_rows]}}
+    if skip:
+        info["stages"]["rerank"]["skip"] = skip
     if budget:
         info["stages"]["rerank"]["budget"] = budget
     return _built(stages, corpus, info, t_start, held, settings, cache_dir, threads, executor, log)

@@ -77,6 +77,10 @@ class PipelineSettings:
                                                     "pipeline (median, one query at a time, measured on this machine "
                                                     "while building); rerank depths over it are not chosen (default: "
                                                     "no budget)", type=float)
+    rerank_share: float = _setting(1.0, "share of queries the reranker runs on: those the first two stages are least "
+                                        "sure of (their best candidate's smallest lead over the second, in z-scores); "
+                                        "the margin is fitted on held-out training queries (1: every query)",
+                                   type=float)
     rerank_max_items: int | None = _setting(None, "cap on reranker training pairs (default: all; corpus-only 800)",
                                             type=int)
     rerank_pseudo_items: int = _setting(0, "pseudo-queries from the corpus added to the reranker's judged training "
@@ -155,6 +159,9 @@ class PipelineSettings:
                       non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip", "rerank_plateau_retries"),
                       unit=("rerank_distill",), non_negative=("rerank_residual",), positive=("rerank_lr",),
                       positive_or_none=("rerank_budget_ms", "rerank_max_grad_norm"))
+        if isinstance(self.rerank_share, bool) or not isinstance(self.rerank_share, (int, float)) \
+                or not 0 < self.rerank_share <= 1:
+            raise ValueError(f"rerank_share must be in (0, 1] (the share of queries reranked), got {self.rerank_share!r}")
         if self.rerank_residual_base not in RESIDUAL_BASES:
             raise ValueError(f"rerank_residual_base must be one of {RESIDUAL_BASES}, got {self.rerank_residual_base!r}")
         if self.rerank_residual_base != "first-stages" and not self.rerank_residual:

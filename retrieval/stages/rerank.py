@@ -6,7 +6,8 @@ weighted sum of normalised scores, or RRF). ``fit_rerank`` chooses the depth and
 reranked candidates (and, with ``keep_rest``, the remaining candidates below them in their incoming order); its
 ``stages["alone"]`` keeps the reranker's own ranking, before fusion, so both can be measured from one pass. A
 reranker fused with weight 0 is not run at all (``runs_reranker``): the ranking is the same, and there is no
-``stages["alone"]``.
+``stages["alone"]``. With a ``skip_margin`` (``margin_for`` fits one for a share of queries) it runs only for the
+queries whose incoming leader is not far ahead; ``stages["alone"]`` then holds those queries only.
 """
 
 from __future__ import annotations
@@ -19,17 +20,39 @@ from ..evaluation import evaluate
 from ..latency import measure_latency
 from ..stage import Pipeline, StageBase, as_queries, check_candidates, check_k
 from ..types import Document, Qrels, Queries, Ranking
-from .fusion import Fusion, fit_weight
+from .fusion import Fusion, fit_weight, zscore
 
 
 DEPTHS = (10, 20, 30)  # the rerank depths a fit chooses from by default (PipelineSettings.rerank_depths too)
 
 
+def lead(scores: Sequence[float]) -> float:
+    """How far the best of a query's candidates leads the second, in standard deviations of their scores (the gap
+    of their z-scores, the fusion's own normalisation); infinite with fewer than two (nothing to reorder)."""
+    if len(scores) < 2:
+        return float("inf")
+    top = np.sort(zscore(np.asarray(scores, dtype=np.float64)))
+    return float(top[-1] - top[-2])
+
+
+def margin_for(leads: Sequence[float], share: float) -> float | None:
+    """The skip margin that leaves ``share`` of queries with these ``lead``s to the reranker (those the stages before
+    it are least sure of: the smallest leads); None where that is every query."""
+    if not 0 < share <= 1:
+        raise ValueError(f"the share of queries to rerank must be in (0, 1], got {share!r}")
+    ordered = sorted(leads)
+    m = int(np.ceil(share * len(ordered)))
+    return None if m >= len(ordered) or not np.isfinite(ordered[m]) else float(ordered[m])
+
+
 class Rerank(StageBase):
-    """Rerank the top ``k`` candidates with ``reranker`` (anything with ``score(queries, docs) -> array``)."""
+    """Rerank the top ``k`` candidates with ``reranker`` (anything with ``score(queries, docs) -> array``).
+
+    With ``skip_margin``, a query whose best candidate leads the second by at least that many standard deviations
+    (``lead``) keeps its incoming order unscored: the reranker runs where the stages before it are unsure."""
 
     def __init__(self, reranker, corpus: Mapping[str, Document | str], k: int = 20, fusion: Fusion | None = None,
-                 keep_rest: bool = False, name: str = "rerank"):
+                 keep_rest: bool = False, name: str = "rerank", skip_margin: float | None = None):
         if not hasattr(reranker, "score"):
             raise TypeError(f"{name}: the reranker needs a score(queries, docs) method, got {type(reranker).__name__}")
         self.reranker, self.corpus = reranker, corpus
@@ -37,9 +60,19 @@ class Rerank(StageBase):
         self.fusion = fusion
         self.keep_rest = keep_rest
         self.name = name
+        if skip_margin is not None and not (isinstance(skip_margin, (int, float)) and not isinstance(skip_margin, bool)
+                                            and np.isfinite(skip_margin) and skip_margin > 0):
+            raise ValueError(f"{name}: skip_margin must be a positive number of standard deviations or None, "
+                             f"got {skip_margin!r}")
+        self.skip_margin = None if skip_margin is None else float(skip_margin)
 
     def __repr__(self) -> str:
-        return f"Rerank(k={self.k}, fusion={self.fusion}, keep_rest={self.keep_rest})"
+        skip = f", skip_margin={self.skip_margin}" if self.skip_margin is not None else ""
+        return f"Rerank(k={self.k}, fusion={self.fusion}, keep_rest={self.keep_rest}{skip})"
+
+    def reranks(self, top: Sequence[tuple[str, float]]) -> bool:
+        """Whether the reranker runs for a query whose incoming top candidates are ``top`` (best first)."""
+        return self.runs_reranker and (self.skip_margin is None or lead([s for _, s in top]) < self.skip_margin)
 
     def _text(self, doc_id: str) -> str:
         try:
@@ -76,15 +109,19 @@ class Rerank(StageBase):
             raise ValueError(f"{self.name}: a reranker needs candidates from an earlier stage, "
                              f"e.g. BM25(...) >> Rerank(...)")
         ranked = {q: candidates.ranked(q) for q in queries}  # sorted once per query
-        top = Ranking({q: dict(r[:k]) for q, r in ranked.items()})
+        run = [q for q, r in ranked.items() if self.reranks(r[:k])]
         stages: dict[str, Ranking] = {}
-        if not self.runs_reranker:  # fused with weight 0 its scores would change nothing: the same result, unscored
+        out: dict[str, dict[str, float]] = {}
+        if run:
+            top = Ranking({q: dict(ranked[q][:k]) for q in run})
+            alone = stages["alone"] = self._score({q: list(top.scores[q]) for q in run}, queries)
+            out.update((self.fusion([top, alone]) if self.fusion is not None else alone).scores)
+        if len(run) < len(ranked):  # the rest keep their incoming order: fused alone (weight 0: the same as scored)
+            top = Ranking({q: dict(r[:k]) for q, r in ranked.items() if q not in out})
             fusion = self.fusion
-            reranked = Fusion(fusion.method, fusion.weights[:-1], fusion.rrf_k, fusion.norm)([top])
-        else:
-            alone = stages["alone"] = self._score({q: list(s) for q, s in top.scores.items()}, queries)
-            reranked = self.fusion([top, alone]) if self.fusion is not None else alone
-        out = reranked.scores
+            out.update((Fusion(fusion.method, fusion.weights[:-1], fusion.rrf_k, fusion.norm)([top])
+                        if fusion is not None else top).scores)
+        out = {q: out[q] for q in ranked}
         if self.keep_rest:
             out = {q: dict(s) for q, s in out.items()}
             for q, r in ranked.items():
@@ -118,6 +155,16 @@ def fit_rerank(stage: Rerank, queries: Queries, candidates: Ranking, qrels: Qrel
             best = (depth, score, fusion)
     assert best is not None
     return best[0], best[2], rows
+
+
+def fit_skip(stage: Rerank, queries: Queries, candidates: Ranking, share: float) -> dict:
+    """Set ``stage.skip_margin`` so that its reranker runs for ``share`` of ``queries`` (held-out *training* queries,
+    after ``fit_rerank``: at the stage's depth), those whose incoming leader leads least. Returns the record: share,
+    margin (None: every query) and how many of these queries it reranks."""
+    queries = as_queries(queries)
+    stage.skip_margin = margin_for([lead([s for _, s in candidates.ranked(q)[:stage.k]]) for q in queries], share)
+    reranked = sum(stage.reranks(candidates.ranked(q)[:stage.k]) for q in queries)
+    return {"share": float(share), "margin": stage.skip_margin, "reranked": int(reranked)}
 
 
 def depths_within(budget_ms: float, depths: Sequence[int], first: Sequence[StageBase], stage: Rerank,

@@ -21,7 +21,7 @@ class RerankKind(StageKind):
     def save(self, stage: Rerank, folder: Path, corpus: Corpus) -> dict:
         stage.reranker.save(folder / "reranker")
         return {"fusion": stage.fusion.to_dict() if stage.fusion is not None else None, "keep_rest": stage.keep_rest,
-                "reranker": stage.reranker.fingerprint()}
+                "skip_margin": stage.skip_margin, "reranker": stage.reranker.fingerprint()}
 
     def load(self, entry: dict, folder: Path, context: LoadContext) -> Rerank:
         name = entry["name"]
@@ -32,7 +32,7 @@ class RerankKind(StageKind):
             raise PipelineMismatch(f"{name}: the reranker in {folder / 'reranker'} is {reranker.fingerprint()}, "
                                    f"the pipeline was built with {entry['reranker']}")
         return Rerank(reranker, context.corpus, k=entry["k"], fusion=Fusion.from_dict(entry.get("fusion")),
-                      keep_rest=entry.get("keep_rest", False), name=name)
+                      keep_rest=entry.get("keep_rest", False), name=name, skip_margin=entry.get("skip_margin"))
 
     def attach_documents(self, stage: Rerank, documents: dict[str, Document]) -> None:
         stage.corpus = documents  # added documents are reranked by their text
