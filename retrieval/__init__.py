@@ -15,6 +15,7 @@ _LAZY = {
     "document_index": "retrieval.stages.dense",
     "Rerank": "retrieval.stages.rerank",
     "fit_rerank": "retrieval.stages.rerank",
+    "fit_skip": "retrieval.stages.rerank",
     "Fusion": "retrieval.stages.fusion",
     "FaissIndex": "retrieval.index.faiss",
     "load_dataset": "retrieval.data",
