@@ -74,8 +74,8 @@ def choose(by_depth: dict[int, list[Pairs]], qrels: Qrels, rows: Sequence[int]) 
 
 def skipping(data: Sequence[Pairs], weight: float, margin: float | None) -> list[float]:
     """Each query's reranker weight under a skip margin (``Rerank.skip_margin``): ``weight`` where the reranker runs,
-    0 (the incoming order) where the incoming leader leads by ``margin`` or more."""
-    return [weight if margin is None or lead(p.z_in) < margin else 0.0 for p in data]
+    0 (the incoming order) where the incoming leader leads by more than ``margin``."""
+    return [weight if margin is None or lead(p.z_in) <= margin else 0.0 for p in data]
 
 
 def choose_margin(data: Sequence[Pairs], share: float) -> float | None:

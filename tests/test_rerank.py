@@ -236,7 +236,7 @@ def test_a_skip_margin_reranks_only_the_queries_the_first_stage_is_unsure_of(adi
     counting = _Slow(0.0, oracle)
     stage = Rerank(counting, adi.corpus, k=10, fusion=fusion, keep_rest=True)
     record = fit_skip(stage, adi.queries, first, 0.5)
-    unsure = {q for q, v in leads.items() if v < record["margin"]}
+    unsure = {q for q, v in leads.items() if v <= record["margin"]}
     assert record["reranked"] == len(unsure) and abs(len(unsure) - len(leads) / 2) <= 1 and 0 < stage.skip_margin
     out = stage.search(adi.queries, first)
     assert sum(counting.calls) == sum(min(10, len(first.scores[q])) for q in unsure) and set(out.stages["alone"].scores) == unsure
@@ -245,13 +245,14 @@ def test_a_skip_margin_reranks_only_the_queries_the_first_stage_is_unsure_of(adi
     assert out.scores[next(iter(unsure))] == every.scores[next(iter(unsure))]
     # the rule's parts
     assert lead([3.0, 1.0, 1.0, 1.0]) == pytest.approx(2 / np.std([3.0, 1.0, 1.0, 1.0])) and lead([1.0]) == float("inf")
-    assert margin_for([0.1, 0.2, 0.3, 0.4], 1.0) is None and margin_for([0.1, 0.2, 0.3, 0.4], 0.5) == 0.3
-    assert margin_for([0.1, float("inf")], 0.5) is None  # the rest cannot be reordered anyway
+    assert margin_for([0.1, 0.2, 0.3, 0.4], 1.0) is None and margin_for([0.4, 0.2, 0.3, 0.1], 0.5) == 0.2
+    assert margin_for([0.0, 0.0, 0.0, 0.4], 0.5) == 0.0  # ties at the top: a margin of 0 reranks them
+    assert margin_for([0.1, float("inf")], 0.5) == 0.1 and margin_for([float("inf")] * 2, 0.5) is None
     for bad in (0, 1.5, -0.2):
         with pytest.raises(ValueError, match="share of queries"):
             margin_for([0.1], bad)
-    for bad in (0, -1.0, float("nan"), True, "1"):
-        with pytest.raises(ValueError, match="skip_margin must be a positive number"):
+    for bad in (-1.0, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="skip_margin must be a number of standard deviations"):
             Rerank(oracle, adi.corpus, skip_margin=bad)
 
 

@@ -41,14 +41,14 @@ def margin_for(leads: Sequence[float], share: float) -> float | None:
     if not 0 < share <= 1:
         raise ValueError(f"the share of queries to rerank must be in (0, 1], got {share!r}")
     ordered = sorted(leads)
-    m = int(np.ceil(share * len(ordered)))
-    return None if m >= len(ordered) or not np.isfinite(ordered[m]) else float(ordered[m])
+    m = int(np.ceil(share * len(ordered)))  # the m least sure are reranked: their leads are at most the margin
+    return None if m >= len(ordered) or not np.isfinite(ordered[m - 1]) else float(ordered[m - 1])
 
 
 class Rerank(StageBase):
     """Rerank the top ``k`` candidates with ``reranker`` (anything with ``score(queries, docs) -> array``).
 
-    With ``skip_margin``, a query whose best candidate leads the second by at least that many standard deviations
+    With ``skip_margin``, a query whose best candidate leads the second by more than that many standard deviations
     (``lead``) keeps its incoming order unscored: the reranker runs where the stages before it are unsure."""
 
     def __init__(self, reranker, corpus: Mapping[str, Document | str], k: int = 20, fusion: Fusion | None = None,
@@ -61,8 +61,8 @@ class Rerank(StageBase):
         self.keep_rest = keep_rest
         self.name = name
         if skip_margin is not None and not (isinstance(skip_margin, (int, float)) and not isinstance(skip_margin, bool)
-                                            and np.isfinite(skip_margin) and skip_margin > 0):
-            raise ValueError(f"{name}: skip_margin must be a positive number of standard deviations or None, "
+                                            and np.isfinite(skip_margin) and skip_margin >= 0):
+            raise ValueError(f"{name}: skip_margin must be a number of standard deviations >= 0 or None, "
                              f"got {skip_margin!r}")
         self.skip_margin = None if skip_margin is None else float(skip_margin)
 
@@ -72,7 +72,7 @@ class Rerank(StageBase):
 
     def reranks(self, top: Sequence[tuple[str, float]]) -> bool:
         """Whether the reranker runs for a query whose incoming top candidates are ``top`` (best first)."""
-        return self.runs_reranker and (self.skip_margin is None or lead([s for _, s in top]) < self.skip_margin)
+        return self.runs_reranker and (self.skip_margin is None or lead([s for _, s in top]) <= self.skip_margin)
 
     def _text(self, doc_id: str) -> str:
         try:
