@@ -129,7 +129,7 @@ def pipeline_card(config: dict) -> str:
                           + ("; the reranker is not run (weight 0: its scores would change nothing)"
                              if s.get("type") == "rerank" and weights and not weights[-1] else ""))
         if s.get("skip_margin") is not None:
-            detail.append(f"run only where the best candidate leads the second by less than {s['skip_margin']:.3f} "
+            detail.append(f"run only where the best candidate leads the second by at most {s['skip_margin']:.3f} "
                           f"standard deviations")
         if s.get("mode"):
             detail.append(f"mode {s['mode']}")

@@ -179,7 +179,7 @@ def test_a_skip_margin_is_saved_sealed_and_shown(built, adi, tmp_path):
     pipe, _, _ = load_pipeline(folder)
     assert pipe.stages[-1].skip_margin == record["margin"]
     _rankings_equal(pipe.search(adi.queries), expected)
-    assert f"less than {record['margin']:.3f} standard deviations" in (folder / "README.md").read_text()
+    assert f"at most {record['margin']:.3f} standard deviations" in (folder / "README.md").read_text()
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="rerank_share must be in"):
             PipelineSettings(rerank_share=bad)

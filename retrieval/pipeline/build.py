@@ -225,7 +225,7 @@ def build_pipeline(corpus: Corpus, queries: Queries | None = None, qrels: Qrels 
                 "reranker that adds, train again with another --seed")
         elif settings.rerank_share < 1:
             skip = fit_skip(rerank, fit_q, candidates, settings.rerank_share)
-            log(f"the reranker runs where the first two stages' best candidate leads by less than {skip['margin']} "
+            log(f"the reranker runs where the first two stages' best candidate leads by at most {skip['margin']} "
                 f"standard deviations: {skip['reranked']} of {len(fit_q)} held-out queries" if skip["margin"] is not None
                 else f"rerank_share={settings.rerank_share:g} leaves every held-out query to the reranker")
     info["stages"]["rerank"] = {"train": rerank_train, "depth": rerank.k,
