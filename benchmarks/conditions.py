@@ -157,7 +157,9 @@ def _epoch_curve(ds: Dataset, stage: Rerank, first, train_info: dict) -> list[di
                 continue
             reranker.set_adapter_state(load_file(str(path)))
             fused = stage.search(ds.queries, candidates)  # its stages["alone"] is the reranker before fusion
-            alone = fused.stages.get("alone") or stage.scores(ds.queries, candidates)  # not run at weight 0
+            alone = fused.stages.get("alone")  # absent at weight 0, some queries only with a skip margin
+            if alone is None or len(alone) < len(ds.queries):
+                alone = stage.scores(ds.queries, candidates)
             rows.append({"epoch": h["epoch"], "val_nDCG@10": h["val_nDCG@10"],
                          "nDCG@10 alone": evaluate(alone, ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"],
                          "nDCG@10 fused": evaluate(fused, ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"],

@@ -32,7 +32,7 @@ from retrieval.data import load_dataset
 from retrieval.evaluation import paired_ttest
 from retrieval.pipeline.folder import load_pipeline
 from retrieval.stages.fusion import zscore
-from retrieval.stages.rerank import lead, margin_for
+from retrieval.stages.rerank import check_share, lead, margin_for, unsure
 from retrieval.types import Qrels, Queries, Ranking
 from retrieval.util import read_json, write_json
 
@@ -75,7 +75,7 @@ def choose(by_depth: dict[int, list[Pairs]], qrels: Qrels, rows: Sequence[int]) 
 def skipping(data: Sequence[Pairs], weight: float, margin: float | None) -> list[float]:
     """Each query's reranker weight under a skip margin (``Rerank.skip_margin``): ``weight`` where the reranker runs,
     0 (the incoming order) where the incoming leader leads by more than ``margin``."""
-    return [weight if margin is None or lead(p.z_in) <= margin else 0.0 for p in data]
+    return [weight if unsure(lead(p.z_in), margin) else 0.0 for p in data]
 
 
 def choose_margin(data: Sequence[Pairs], share: float) -> float | None:
@@ -213,8 +213,7 @@ def _fmt_vs(v: dict | None) -> str:
 def main(args) -> int:
     """``python -m benchmarks rerank-study --pipeline DIR [--pipeline DIR2] --dataset DIR [--max-length 192 256]``."""
     for share in args.share:
-        if not 0 < share <= 1:
-            raise ValueError(f"--share {share:g}: a share of queries to rerank is in (0, 1] (1: every query)")
+        check_share(share, f"--share {share:g}: a share of queries to rerank")
     dataset = load_dataset(args.dataset, args.split)
     report_ds = load_dataset(args.dataset, args.report_split) if args.report_split else None
     r_qids = [q for q in report_ds.queries if q in report_ds.qrels] if report_ds is not None else []

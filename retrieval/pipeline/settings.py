@@ -19,7 +19,7 @@ from ..lora.examples import PSEUDO_KINDS, check_pseudo_kind
 from ..lora.openvino import INFERENCES
 from ..lora.training import DROPOUTS, check_numbers, dropout_switches
 from ..stages.bm25 import BACKENDS, DEFAULT_BACKEND
-from ..stages.rerank import DEPTHS
+from ..stages.rerank import DEPTHS, check_share
 
 NEGATIVE_SOURCES = ("bm25", "dense")
 DENSE_SKIP = 10  # the dense stage's top ranks left out of the reranker's negatives by default (README routes)
@@ -159,9 +159,7 @@ class PipelineSettings:
                       non_negative_ints=("rerank_pseudo_items", "rerank_dense_skip", "rerank_plateau_retries"),
                       unit=("rerank_distill",), non_negative=("rerank_residual",), positive=("rerank_lr",),
                       positive_or_none=("rerank_budget_ms", "rerank_max_grad_norm"))
-        if isinstance(self.rerank_share, bool) or not isinstance(self.rerank_share, (int, float)) \
-                or not 0 < self.rerank_share <= 1:
-            raise ValueError(f"rerank_share must be in (0, 1] (the share of queries reranked), got {self.rerank_share!r}")
+        check_share(self.rerank_share, "rerank_share")
         if self.rerank_residual_base not in RESIDUAL_BASES:
             raise ValueError(f"rerank_residual_base must be one of {RESIDUAL_BASES}, got {self.rerank_residual_base!r}")
         if self.rerank_residual_base != "first-stages" and not self.rerank_residual:

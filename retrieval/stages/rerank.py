@@ -35,11 +35,22 @@ def lead(scores: Sequence[float]) -> float:
     return float(top[-1] - top[-2])
 
 
+def check_share(share, what: str = "the share of queries to rerank") -> float:
+    """A share of queries to rerank: a number in (0, 1] (1: every query); refused otherwise, naming ``what``."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise ValueError(f"{what} must be in (0, 1] (1: every query), got {share!r}")
+    return float(share)
+
+
+def unsure(value: float, margin: float | None) -> bool:
+    """Whether a query whose incoming leader leads by ``value`` (``lead``) is reranked under a skip ``margin``."""
+    return margin is None or value <= margin
+
+
 def margin_for(leads: Sequence[float], share: float) -> float | None:
     """The skip margin that leaves ``share`` of queries with these ``lead``s to the reranker (those the stages before
     it are least sure of: the smallest leads); None where that is every query."""
-    if not 0 < share <= 1:
-        raise ValueError(f"the share of queries to rerank must be in (0, 1], got {share!r}")
+    check_share(share)
     ordered = sorted(leads)
     m = int(np.ceil(share * len(ordered)))  # the m least sure are reranked: their leads are at most the margin
     return None if m >= len(ordered) or not np.isfinite(ordered[m - 1]) else float(ordered[m - 1])
@@ -72,7 +83,7 @@ class Rerank(StageBase):
 
     def reranks(self, top: Sequence[tuple[str, float]]) -> bool:
         """Whether the reranker runs for a query whose incoming top candidates are ``top`` (best first)."""
-        return self.runs_reranker and (self.skip_margin is None or lead([s for _, s in top]) <= self.skip_margin)
+        return self.runs_reranker and (self.skip_margin is None or unsure(lead([s for _, s in top]), self.skip_margin))
 
     def _text(self, doc_id: str) -> str:
         try:
@@ -161,9 +172,9 @@ def fit_skip(stage: Rerank, queries: Queries, candidates: Ranking, share: float)
     """Set ``stage.skip_margin`` so that its reranker runs for ``share`` of ``queries`` (held-out *training* queries,
     after ``fit_rerank``: at the stage's depth), those whose incoming leader leads least. Returns the record: share,
     margin (None: every query) and how many of these queries it reranks."""
-    queries = as_queries(queries)
-    stage.skip_margin = margin_for([lead([s for _, s in candidates.ranked(q)[:stage.k]]) for q in queries], share)
-    reranked = sum(stage.reranks(candidates.ranked(q)[:stage.k]) for q in queries)
+    leads = [lead([s for _, s in candidates.ranked(q)[:stage.k]]) for q in as_queries(queries)]
+    stage.skip_margin = margin_for(leads, share)
+    reranked = sum(unsure(v, stage.skip_margin) for v in leads) if stage.runs_reranker else 0
     return {"share": float(share), "margin": stage.skip_margin, "reranked": int(reranked)}
 
 
