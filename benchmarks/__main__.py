@@ -25,6 +25,7 @@ from .conditions import DESCRIPTIONS
 from .regression import load_config
 from .options import DEFAULT_BASELINE, RunOptions
 from .runner import run
+from .without_amx import deny_amx
 
 
 def _held_out_study_flags(p: argparse.ArgumentParser, folds: str) -> None:
@@ -36,6 +37,12 @@ def _held_out_study_flags(p: argparse.ArgumentParser, folds: str) -> None:
     p.add_argument("--folds", type=positive_int, default=5, help=f"{folds} (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds (default: 0)")
     p.add_argument("--threads", type=positive_int, default=None, help="BM25 search threads (default: all cores)")
+
+
+def _without_amx_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--without-amx", action="store_true",
+                   help="run as on a CPU without AMX: the kernel's grant of AMX is refused to this process, so torch "
+                        "and OpenVINO use their AVX512 kernels (Linux on x86_64; benchmarks/without_amx.py)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--train-steps", type=positive_int, default=4, help="timed training steps per method (default: 4)")
     d.add_argument("--repeats", type=positive_int, default=3)
     d.add_argument("--output", type=Path, default=Path("results/speed-dense"))
+    _without_amx_flag(d)
 
     c = sub.add_parser("speed-rerank", help="reranker pairs/s vs plain transformers, merged vs unmerged, time by depth")
     c.add_argument("--datasets-root", type=Path, default=Path("../shared/datasets"))
@@ -103,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--train-steps", type=positive_int, default=3, help="timed training steps per precision and dropout (default: 3)")
     c.add_argument("--repeats", type=positive_int, default=3)
     c.add_argument("--output", type=Path, default=Path("results/speed-rerank"))
+    _without_amx_flag(c)
 
     i = sub.add_parser("speed-inference", help="a saved pipeline's nDCG@10 and latency as saved (OpenVINO exports) vs "
                                                "on torch, float32 the reference")
@@ -112,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--latency-queries", type=count, default=100, help="queries timed one at a time per variant (default: 100)")
     i.add_argument("--threads", type=positive_int, default=None, help="BM25 search threads (default: all cores)")
     i.add_argument("--output", type=Path, default=Path("results/speed-inference"))
+    _without_amx_flag(i)
 
     c = sub.add_parser("corpus-designs", help="label-free fusions of the corpus-only pipeline's parts (BM25, base model, "
                                               "pseudo-query adapter) side by side, scored on a split's judgements")
@@ -250,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return 0
+    if getattr(args, "without_amx", False):
+        deny_amx()
     commands = {"corpus-designs": corpus_designs.main, "tune-cutoffs": cutoffs.main, "gate-study": gate.main,
                 "dense-study": dense_study.main,
                 "rerank-study": rerank_study.main, "rerank-pool": rerank_study.pool_main,

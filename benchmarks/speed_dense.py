@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from encoders.bi_encoder import BiEncoder
+from retrieval.cpu import cpu_facts
 from retrieval.data import load_corpus
 from retrieval.index.faiss import FaissIndex
 from retrieval.lora.settings import LoraSettings
@@ -111,7 +112,8 @@ def encode_part(args) -> dict:
              "cosine_to_plain_min": float((vectors[k] * reference).sum(axis=1).min())} for k, v in times.items()]
     rate = {r["variant"]: r["docs_per_s"] for r in rows}
     plain_rate = rate["plain SentenceTransformer.encode"]
-    return {"docs": len(docs), "max_length": enc.max_length, "threads": torch.get_num_threads(), "rows": rows,
+    return {"docs": len(docs), "max_length": enc.max_length, "threads": torch.get_num_threads(), "cpu": cpu_facts(),
+            "rows": rows,
             "ratios": {
                 "BiEncoder / plain ST (throughput)": rate["BiEncoder.encode_documents (base)"] / plain_rate,
                 "merged / base (throughput)": rate["BiEncoder, merged adapter"] / rate["BiEncoder.encode_documents (base)"],
@@ -232,7 +234,7 @@ def main(args) -> int:
     if "encode" in args.parts:
         e = result["encode"] = encode_part(args)
         lines += [f"Encode throughput: {e['docs']} SciFact abstracts, max length {e['max_length']}, "
-                  f"{e['threads']} threads, median of {args.repeats} alternating runs", "",
+                  f"{e['threads']} threads, median of {args.repeats} alternating runs; CPU: {e['cpu']}", "",
                   "| variant | docs/s | cosine to plain (mean) | (min) |", "| --- | ---: | ---: | ---: |",
                   *[f"| {r['variant']} | {r['docs_per_s']:.1f} | {r['cosine_to_plain_mean']:.4f} | "
                     f"{r['cosine_to_plain_min']:.4f} |" for r in e["rows"]], "",

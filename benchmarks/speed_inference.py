@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from retrieval.cpu import cpu_facts
 from retrieval.data import load_dataset
 from retrieval.evaluation import evaluate
 from retrieval.latency import measure_latency, measure_latency_alternating
@@ -89,10 +90,10 @@ def main(args) -> int:
                        *[f"{r['stage_p50_ms'].get(n, 0):.1f}" for n in names], f"{r['reference p50 / p50']:.2f}"]
                       for r in rows])
     text = (f"{args.pipeline} on {args.dataset.name} {args.split} ({len(ds.queries)} queries; latency: "
-            f"{args.latency_queries} one at a time, same queries for every variant)\n\n{table}")
+            f"{args.latency_queries} one at a time, same queries for every variant; CPU: {cpu_facts()})\n\n{table}")
     print(text)
     args.output.mkdir(parents=True, exist_ok=True)
     write_json(args.output / "speed_inference.json", {"pipeline": str(args.pipeline), "dataset": str(args.dataset),
-                                                      "split": args.split, "rows": rows})
+                                                      "split": args.split, "cpu": cpu_facts(), "rows": rows})
     (args.output / "speed_inference.md").write_text(text + "\n", encoding="utf-8")
     return 0

@@ -20,8 +20,9 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings, cpu_bf16_facts
+from rerankers.cross_encoder import CrossEncoderReranker, RerankLoraSettings
 from rerankers.train import RerankTrainSettings
+from retrieval.cpu import cpu_facts
 from retrieval.data import load_dataset
 from retrieval.lora.training import dropout_switches, dropouts_off
 from retrieval.stages.bm25 import BM25
@@ -192,7 +193,7 @@ def train_step_part(args, ds, bm25, batch: int = 8, group: int = 1 + RerankTrain
     auto = CrossEncoderReranker(max_length=args.max_length).precision
     return {"pairs_per_step": len(docs), "queries_per_step": batch, "max_length": args.max_length,
             "steps": args.train_steps,
-            "threads": torch.get_num_threads(), "cpu": cpu_bf16_facts(), "auto": auto, "rows": rows,
+            "threads": torch.get_num_threads(), "cpu": cpu_facts(), "auto": auto, "rows": rows,
             "ratio": {"bfloat16 / float32 (step time, dropout all)": by["bfloat16", "all"] / by["float32", "all"],
                       "auto / fastest precision (step time, dropout all)":
                           by[auto, "all"] / min(by["float32", "all"], by["bfloat16", "all"]),

@@ -17,7 +17,6 @@ import contextlib
 import copy
 import hashlib
 import os
-import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +24,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from retrieval.cpu import fast_bf16
 from retrieval.lora.base import PACKAGED_ID, default_device, resolve_model
 from retrieval.lora.host import (CONFIG_NAME, AdapterHost, AdapterMismatch, QualityRefused, read_model_config,
                                  write_model_config)
@@ -78,42 +78,9 @@ class RerankerMismatch(AdapterMismatch):
     """An adapter or head that does not fit this reranker's base model."""
 
 
-def _cpu_flags() -> dict[str, bool | None]:
-    """What torch's CPU checks say about bf16: native instructions (AVX512-BF16, AMX tiles) and oneDNN's own
-    check, which also says yes on plain AVX512, where it *emulates* bf16 (None: this torch cannot tell)."""
-    import torch
-
-    def ask(fn):
-        try:
-            return bool(fn())
-        except Exception:  # pragma: no cover - depends on the torch build
-            return None
-
-    cpu = getattr(torch, "cpu", None)
-    return {"avx512_bf16": ask(getattr(cpu, "_is_avx512_bf16_supported", None)),
-            "amx": ask(getattr(cpu, "_is_amx_tile_supported", None)),
-            "onednn_bf16": ask(lambda: torch.ops.mkldnn._is_mkldnn_bf16_supported())}
-
-
-def cpu_supports_bf16() -> bool:
-    """True where the CPU computes bf16 natively: on x86, AVX512-BF16 or AMX. oneDNN also runs bf16 on plain AVX512
-    by emulating it, which makes a training step slower than float32 there; its word is taken only off x86 (ARM's
-    bf16 instructions) or where torch cannot name the x86 instructions."""
-    flags = _cpu_flags()
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    if not x86 or (flags["avx512_bf16"] is None and flags["amx"] is None):
-        return bool(flags["onednn_bf16"])
-    return bool(flags["avx512_bf16"] or flags["amx"])
-
-
-def cpu_bf16_facts() -> str:
-    """One line for reports: the CPU's bf16 instructions as torch sees them."""
-    return ", ".join(f"{k}={'?' if v is None else v}" for k, v in _cpu_flags().items())
-
-
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto``: bfloat16 autocast where the hardware has native bf16 (recent CUDA GPUs, CPUs with
-    AVX512-BF16/AMX), float32 elsewhere."""
+    """``auto``: bfloat16 autocast where the hardware computes bf16 fast (recent CUDA GPUs, CPUs with AMX granted to
+    this process: ``retrieval.cpu``), float32 elsewhere."""
     import torch
 
     if precision not in PRECISIONS:
@@ -123,7 +90,7 @@ def resolve_precision(precision: str, device: str) -> str:
     if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     if device == "cpu":
-        return "bfloat16" if cpu_supports_bf16() else "float32"
+        return "bfloat16" if fast_bf16() else "float32"
     return "float32"
 
 

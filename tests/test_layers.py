@@ -19,7 +19,7 @@ PACKAGES = ("retrieval", "encoders", "rerankers", "benchmarks")
 # (layer, name, path prefixes relative to the repository): a module may import from its own layer or below.
 LAYERS = [
     (0, "core", ("retrieval/version.py", "retrieval/types.py", "retrieval/stage.py", "retrieval/util.py",
-                 "retrieval/latency.py",
+                 "retrieval/latency.py", "retrieval/cpu.py",
                  "retrieval/shards.py",
                  "retrieval/java.py", "retrieval/data.py", "retrieval/evaluation.py", "retrieval/cli.py", "retrieval/card.py",
                  "retrieval/terrier.py",

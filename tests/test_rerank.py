@@ -596,27 +596,6 @@ def test_saved_reranker_opens_with_plain_sentence_transformers_cross_encoder(bac
     np.testing.assert_allclose(again.score(queries, docs), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("flags, native", [
-    ({"avx512_bf16": False, "amx": False, "onednn_bf16": True}, False),  # plain AVX512: oneDNN would emulate bf16
-    ({"avx512_bf16": True, "amx": False, "onednn_bf16": True}, True),
-    ({"avx512_bf16": False, "amx": True, "onednn_bf16": True}, True),
-    ({"avx512_bf16": None, "amx": None, "onednn_bf16": True}, True),     # a torch that cannot name the instructions
-    ({"avx512_bf16": None, "amx": None, "onednn_bf16": False}, False),
-])
-def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(monkeypatch, flags, native):
-    from rerankers import cross_encoder
-
-    monkeypatch.setattr(cross_encoder, "_cpu_flags", lambda: flags)
-    monkeypatch.setattr(cross_encoder.platform, "machine", lambda: "x86_64")
-    assert cross_encoder.cpu_supports_bf16() is native
-    assert cross_encoder.resolve_precision("auto", "cpu") == ("bfloat16" if native else "float32")
-    assert cross_encoder.resolve_precision("float32", "cpu") == "float32"
-    assert f"amx={'?' if flags['amx'] is None else flags['amx']}" in cross_encoder.cpu_bf16_facts()
-    # off x86 (ARM's bf16 instructions) oneDNN's own check decides
-    monkeypatch.setattr(cross_encoder.platform, "machine", lambda: "aarch64")
-    assert cross_encoder.cpu_supports_bf16() is bool(flags["onednn_bf16"])
-
-
 @pytest.mark.parametrize("kind", ["title", "sentence"])
 def test_pseudo_items_join_supervised_training_with_title_free_negatives(backbone, adi, adi_lucene, kind):
     """pseudo_items adds the corpus's pseudo-queries to the judged items. Titles (title -> passage without it): their

@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..cpu import fast_bf16, x86
 from ..util import CacheWarning, DamagedArtefact, atomic_dir, default_cache_dir, library_version, read_json, sealed
 from ..util import check_seal, file_checksums, verify_files, write_json
 
@@ -71,9 +72,10 @@ def _openvino():
 
 @functools.lru_cache(maxsize=1)
 def native_bf16() -> bool:
-    """Whether OpenVINO computes bf16 natively on this CPU (AVX512-BF16, AMX): then what an int8 export leaves
-    unquantized runs in bf16, else in fp32."""
-    return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    """Whether OpenVINO computes bf16 fast on this CPU: it reports BF16 and, on x86, AMX is granted to this process
+    (``retrieval.cpu``; OpenVINO also reports BF16 for AVX512-BF16 alone, where its bf16 is slower than fp32). Then
+    what an int8 export leaves unquantized runs in bf16, else in fp32."""
+    return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") and (not x86() or fast_bf16())
 
 
 def resolve_int8_scope(scope: str) -> str:
@@ -115,6 +117,8 @@ class OpenVinoModel:
         settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads or default_threads())}
         if self.precision in ("fp32", "bf16"):
             settings["INFERENCE_PRECISION_HINT"] = "f32" if self.precision == "fp32" else "bf16"
+        elif x86() and not native_bf16():  # OpenVINO's default would run what int8 leaves in slow bf16 (AVX512-BF16)
+            settings["INFERENCE_PRECISION_HINT"] = "f32"
         core = ov.Core()
         try:  # the read model is kept: the throughput compilation comes from it, so no file is read after this
             self._model = core.read_model(str(self.folder / MODEL_NAME))
