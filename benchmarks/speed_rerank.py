@@ -7,8 +7,8 @@
    pairs), each with the Spearman correlation of its scores to the plain float32 forward's.
 2. How rerank time grows with depth: the ``Rerank`` stage over BM25 candidates at k = 10, 20, 50, 100.
 3. A training step (listwise, 8 queries x (1 + the default negatives) passages, LoRA) in float32 vs bf16 autocast,
-   and which of the two ``precision="auto"`` takes on this CPU: bf16 pays only where the CPU computes it natively
-   (AVX512-BF16, AMX); and in float32 with dropout as ``PipelineSettings.rerank_dropout`` sets it: all, no-attention (the attention
+   and which of the two ``precision="auto"`` takes on this CPU: bf16 pays only where the CPU computes it fast
+   (AMX granted to the process: ``retrieval.cpu``); and in float32 with dropout as ``PipelineSettings.rerank_dropout`` sets it: all, no-attention (the attention
    probabilities' off: PyTorch's fused attention kernel runs) and none (the default).
 """
 

@@ -222,8 +222,8 @@ class BiEncoder(AdapterHost):
         the torch model's (cosine); a side whose mean cosine is under ``min_cosine`` stays on torch and
         ``QualityRefused`` says so once the other sides are done. Returns the report (kept in ``export_report``
         and saved with the encoder). ``int8_scope``: which matrix products an int8 export quantizes
-        (``retrieval.lora.openvino``: ``auto`` keeps the output projections out of int8 only where the CPU has native
-        bf16)."""
+        (``retrieval.lora.openvino``: ``auto`` keeps the output projections out of int8 only where bf16 is fast
+        here)."""
         import torch
 
         if precision not in ("fp32", "bf16", "int8"):

@@ -379,8 +379,8 @@ class CrossEncoderReranker(AdapterHost):
         candidates from the corpus): every other pair calibrates the int8 export, the others check it against
         the torch model (Spearman correlation of the scores); below ``min_spearman`` the export is refused
         (``QualityRefused``) and the reranker stays on torch. ``int8_scope``: which matrix products an int8 export
-        quantizes (``retrieval.lora.openvino``: ``auto`` keeps the output projections out of int8 only where the CPU
-        has native bf16). Returns the report (kept and saved)."""
+        quantizes (``retrieval.lora.openvino``: ``auto`` keeps the output projections out of int8 only where bf16
+        is fast here). Returns the report (kept and saved)."""
         import torch
         from scipy.stats import spearmanr
 
