@@ -164,6 +164,7 @@ class CrossEncoderReranker(AdapterHost):
 
         self.device = device or default_device()
         self.precision = resolve_precision(precision, self.device)
+        self.precision_asked = precision  # "auto" is resolved again where a saved reranker is loaded
         path = resolve_model(model)
         config = AutoConfig.from_pretrained(path)
         self.new_head = not _is_cross_encoder(config)
@@ -449,6 +450,7 @@ class CrossEncoderReranker(AdapterHost):
             **({"passage": self.passage} if self.passage != "first" else {}),  # what it reads of longer documents
             **({"keep_layers": self.keep_layers} if self.keep_layers is not None else {}),  # of the base model's
             "precision": self.precision,
+            **({"precision_asked": "auto"} if self.precision_asked == "auto" else {}),
             "adapters": self.adapters,
             "active": self.active_adapter,
             "merged": self.is_merged,
@@ -504,7 +506,8 @@ class CrossEncoderReranker(AdapterHost):
                                    require_checksums)
         if config.get("kind") != "cross-encoder":
             raise ValueError(f"{path}: {CONFIG_NAME} describes a {config.get('kind')!r}, not a cross-encoder")
-        precision = precision or config.get("precision", "auto")
+        # "auto" resolves on this machine: bf16 where it is fast here, not where the reranker was saved
+        precision = precision or config.get("precision_asked") or config.get("precision", "auto")
         if config.get("merged"):
             ce = cls(path / "model", max_length=config["max_length"], device=device, batch_size=batch_size,
                      precision=precision, passage=config.get("passage", "first"), keep_layers=config.get("keep_layers"))

@@ -875,3 +875,20 @@ def test_clipped_training_steps_with_the_gradients_norm_bounded_and_counts_them(
     for bad in (0, -1.0, float("inf"), True):
         with pytest.raises(ValueError, match="max_grad_norm must be a positive number or None"):
             RerankTrainSettings(max_grad_norm=bad)
+
+
+def test_a_saved_auto_precision_resolves_again_where_the_reranker_is_loaded(backbone, tmp_path, monkeypatch):
+    """A reranker saved on a machine where bf16 is fast (AMX) runs in float32 where it is loaded without AMX, if its
+    precision was "auto"; an explicit precision travels as it is."""
+    from rerankers import cross_encoder
+
+    monkeypatch.setattr(cross_encoder, "fast_bf16", lambda: True)
+    auto = CrossEncoderReranker(backbone, device="cpu", precision="auto").add_lora(RerankLoraSettings(r=2))
+    asked = CrossEncoderReranker(backbone, device="cpu", precision="bfloat16").add_lora(RerankLoraSettings(r=2))
+    assert auto.precision == asked.precision == "bfloat16"
+    auto.save(tmp_path / "auto")
+    asked.save(tmp_path / "asked")
+    monkeypatch.setattr(cross_encoder, "fast_bf16", lambda: False)
+    assert CrossEncoderReranker.load(tmp_path / "auto", device="cpu").precision == "float32"
+    assert CrossEncoderReranker.load(tmp_path / "asked", device="cpu").precision == "bfloat16"
+    assert CrossEncoderReranker.load(tmp_path / "auto", device="cpu", precision="bfloat16").precision == "bfloat16"
