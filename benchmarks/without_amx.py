@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import struct
-import sys
 
-from retrieval.cpu import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA, amx_granted
+from retrieval.cpu import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA, amx_granted, linux_x86_64
 
 ARCH_GET_XCOMP_PERM = 0x1022
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
@@ -41,9 +40,7 @@ def _filter() -> bytes:
 def deny_amx() -> None:
     """Refuse AMX to this process from now on. Raises where that cannot be done (not Linux on x86_64), or comes too
     late (AMX already granted: call this before the first torch or OpenVINO computation)."""
-    import platform
-
-    if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
+    if not linux_x86_64():
         raise RuntimeError("--without-amx works on Linux on x86_64 only")
     libc = ctypes.CDLL(None, use_errno=True)
     granted = ctypes.c_uint64(0)

@@ -5,8 +5,8 @@ On x86 only AMX makes bf16 fast, and only where the kernel grants AMX to the pro
 request it (``arch_prctl(ARCH_REQ_XCOMP_PERM)``, what oneDNN does before its first AMX kernel), and a kernel before
 5.16, a virtual machine or a seccomp policy can refuse. AVX512-BF16 alone is not enough: on an AMX CPU with AMX
 refused (this project's ``--without-amx``: the same cores through their AVX512-BF16 kernels) a bf16 matrix product
-ran at 0.55x float32's rate in torch, a reranker training step took 1.32x float32's time, and OpenVINO's bf16 export
-of the bi-encoder encoded at 0.61x its fp32 export's rate (README, "CPU speed"). Where the CPU lacks bf16
+ran at 0.55x float32's rate in torch, a reranker training step took 1.20x float32's time (``speed-rerank``), and
+OpenVINO's bf16 export of the bi-encoder encoded at 0.61x its fp32 export's rate (README: "Without AMX"). Where the CPU lacks bf16
 instructions altogether oneDNN emulates it, slower still. Off x86 (ARM's bf16 instructions) oneDNN's own check
 decides, and so where torch cannot name the x86 instructions.
 """
@@ -25,6 +25,11 @@ SYS_ARCH_PRCTL = 158  # x86_64
 
 def x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def linux_x86_64() -> bool:
+    """Where a process must ask the kernel for AMX (and where ``--without-amx`` can refuse it)."""
+    return sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")
 
 
 def cpu_flags() -> dict[str, bool | None]:
@@ -49,7 +54,7 @@ def cpu_flags() -> dict[str, bool | None]:
 def amx_granted() -> bool:
     """Whether the kernel lets this process use AMX tiles (asked as oneDNN asks; asking again is harmless). Outside
     Linux on x86_64 there is nothing to ask: True. False on a CPU without AMX."""
-    if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
+    if not linux_x86_64():
         return True
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -58,10 +63,10 @@ def amx_granted() -> bool:
         return False
 
 
-def fast_bf16(flags: dict[str, bool | None] | None = None) -> bool:
+def fast_bf16() -> bool:
     """True where the CPU computes bf16 faster than float32: on x86, AMX granted to this process (the module
     docstring); elsewhere, or where torch cannot name the x86 instructions, oneDNN's own check."""
-    flags = cpu_flags() if flags is None else flags
+    flags = cpu_flags()
     if not x86() or (flags["avx512_bf16"] is None and flags["amx"] is None):
         return bool(flags["onednn_bf16"])
     return bool(flags["amx"]) and amx_granted()

@@ -9,7 +9,7 @@ import pytest
 from retrieval import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
-LINUX_X86_64 = sys.platform.startswith("linux") and cpu.platform.machine().lower() in ("x86_64", "amd64")
+LINUX_X86_64 = cpu.linux_x86_64()
 AMX_LISTED = LINUX_X86_64 and " amx_tile" in Path("/proc/cpuinfo").read_text()
 
 
