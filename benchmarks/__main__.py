@@ -41,8 +41,9 @@ def _held_out_study_flags(p: argparse.ArgumentParser, folds: str) -> None:
 
 def _without_amx_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--without-amx", action="store_true",
-                   help="run as on a CPU without AMX: the kernel's grant of AMX is refused to this process, so torch "
-                        "and OpenVINO use their AVX512 kernels (Linux on x86_64; benchmarks/without_amx.py)")
+                   help="run as on a CPU without AMX: the kernel's grant of AMX is refused to this process (and those it "
+                        "starts), so torch and OpenVINO use their AVX512 kernels (Linux on x86_64; "
+                        "benchmarks/without_amx.py)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
                         "each epoch's weights run on torch, the pipeline keeps its own inference)")
     add_pipeline_args(r, exclude=("corpus_only",))  # which conditions are corpus-only is in their names
     add_ray_args(r)
+    _without_amx_flag(r)
 
     s = sub.add_parser("speed-bm25", help="BM25 engines (bm25s, Lucene, rank-bm25) vs plain Pyserini: SciFact dev one "
                                           "query at a time, and >= 100k passages in batches")
@@ -227,6 +229,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "without_amx", False):
+        deny_amx()
     if args.command == "run":
         config = load_config(args.config, args.datasets_root) if args.config else {}
         datasets = args.dataset or config.get("datasets")
@@ -260,8 +264,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return 0
-    if getattr(args, "without_amx", False):
-        deny_amx()
     commands = {"corpus-designs": corpus_designs.main, "tune-cutoffs": cutoffs.main, "gate-study": gate.main,
                 "dense-study": dense_study.main,
                 "rerank-study": rerank_study.main, "rerank-pool": rerank_study.pool_main,

@@ -65,6 +65,6 @@ def test_amx_is_granted_where_the_cpu_has_it_and_refusing_it_late_is_an_error():
 def test_the_speed_benchmarks_take_without_amx():
     from benchmarks.__main__ import _parser
 
-    for command in ("speed-dense", "speed-rerank"):
+    for command in ("speed-dense", "speed-rerank", "run"):
         assert _parser().parse_args([command, "--without-amx"]).without_amx
     assert not _parser().parse_args(["speed-dense"]).without_amx
