@@ -108,6 +108,26 @@ def test_merged_matches_and_round_trips(tiny_model_dir, tmp_path, side):
     assert np.allclose(back.encode_documents(TEXTS), d, atol=1e-5)
 
 
+def test_adapters_hash_and_save_without_asking_the_hub(tiny_model_dir, tmp_path, monkeypatch):
+    """A saved adapter names its base by Hub id (the packaged MiniLM's); peft's default would then ask the Hub on
+    every hash and save whether the vocabulary was resized."""
+    import peft.utils.other
+
+    asked = []
+    monkeypatch.setattr(peft.utils.other, "file_exists", lambda *a, **k: asked.append(a) or False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # peft skips the look-up offline
+    enc = BiEncoder(tiny_model_dir, device="cpu").add_lora(LoraSettings(r=4, side="both"))
+    enc.module.peft_config["default"].base_model_name_or_path = "sentence-transformers/all-MiniLM-L6-v2"
+    enc.adapter_hash("default")
+    state = enc.adapter_state()
+    enc.save(tmp_path / "saved")
+    assert asked == [], f"peft asked the Hugging Face Hub: {asked}"
+    assert state and all("lora_" in k for k in state), "the adapter's weights only, no base embeddings"
+    back = BiEncoder(tiny_model_dir, device="cpu")
+    back.load_adapter(tmp_path / "saved")
+    assert np.array_equal(back.encode_queries(TEXTS), enc.encode_queries(TEXTS))
+
+
 def test_bad_settings_and_foreign_adapter(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="side must be one of"):
         LoraSettings(side="documents")

@@ -31,6 +31,16 @@ from .settings import LoraSettings
 CONFIG_NAME = "retrieval_config.json"  # what a saved model folder holds beside peft's own files
 
 
+def adapter_weights(module, name: str) -> dict:
+    """peft's state dict of adapter ``name`` (what it saves). peft's default asks the Hugging Face Hub whether the base
+    model's vocabulary was resized (``save_embedding_layers="auto"``, when the adapter's base is named by a Hub id, as
+    a saved adapter's is): a network call on every hash and save, a warning where there is no network and a wait
+    where it hangs. This library never resizes a vocabulary, so the base's embeddings are never saved with it."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(module, adapter_name=name, save_embedding_layers=False)
+
+
 def write_model_config(folder: Path, config: dict, extra_json: dict[str, object] | None = None) -> None:
     """Write a saved model's ``retrieval_config.json`` last: ``config`` with the checksum of every other file in
     ``folder`` (peft's, or a merged model's, the ``extra_json`` files and the card written here first), sealed.
@@ -165,10 +175,8 @@ class AdapterHost:
         return self._base_fp
 
     def adapter_hash(self, name: str) -> str:
-        from peft import get_peft_model_state_dict
-
         h = hashlib.sha256()
-        for key, tensor in sorted(get_peft_model_state_dict(self.module, adapter_name=name).items()):
+        for key, tensor in sorted(adapter_weights(self.module, name).items()):
             h.update(key.encode())
             h.update(_tensor_bytes(tensor))
         return h.hexdigest()[:16]
@@ -283,9 +291,7 @@ class AdapterHost:
 
     def adapter_state(self, name: str | None = None) -> dict:
         """A copy of the adapter's weights (peft state dict; for the cross-encoder the head too)."""
-        from peft import get_peft_model_state_dict
-
-        weights = get_peft_model_state_dict(self.module, adapter_name=name or self.active_adapter)
+        weights = adapter_weights(self.module, name or self.active_adapter)
         return {k: v.detach().clone() for k, v in weights.items()}
 
     def set_adapter_state(self, state: dict, name: str | None = None) -> None:
@@ -337,7 +343,8 @@ class AdapterHost:
         all-MiniLM-L6-v2's), never the folder it was read from on this machine, so a copied folder still says
         which model it adapts."""
         if self.is_peft and self._adapters:
-            self.module.save_pretrained(str(folder), selected_adapters=list(self._adapters))
+            self.module.save_pretrained(str(folder), selected_adapters=list(self._adapters),
+                                        save_embedding_layers=False)  # no Hub look-up (``adapter_weights``)
             for name in self._adapters:
                 path = Path(folder) / ("" if name == "default" else name) / "adapter_config.json"
                 config = read_json(path, "adapter config")
