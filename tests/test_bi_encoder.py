@@ -1,6 +1,7 @@
 """BiEncoder with a tiny random BERT: encoding, LoRA lifecycle, save/load, merge."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def test_merged_matches_and_round_trips(tiny_model_dir, tmp_path, side):
     assert np.allclose(back.encode_documents(TEXTS), d, atol=1e-5)
 
 
-def test_adapters_hash_and_save_without_asking_the_hub(tiny_model_dir, tmp_path, monkeypatch):
+def test_adapters_ask_no_hub_and_raise_no_third_party_warnings(tiny_model_dir, tmp_path, monkeypatch):
     """A saved adapter names its base by Hub id (the packaged MiniLM's); peft's default would then ask the Hub on
     every hash and save whether the vocabulary was resized."""
     import peft.utils.other
@@ -124,7 +125,10 @@ def test_adapters_hash_and_save_without_asking_the_hub(tiny_model_dir, tmp_path,
     assert asked == [], f"peft asked the Hugging Face Hub: {asked}"
     assert state and all("lora_" in k for k in state), "the adapter's weights only, no base embeddings"
     back = BiEncoder(tiny_model_dir, device="cpu")
-    back.load_adapter(tmp_path / "saved")
+    with warnings.catch_warnings():  # nor does peft wrapping the model warn of transformers' deprecations
+        warnings.simplefilter("error", FutureWarning)
+        back.load_adapter(tmp_path / "saved")
+        BiEncoder(tiny_model_dir, device="cpu").add_lora()
     assert np.array_equal(back.encode_queries(TEXTS), enc.encode_queries(TEXTS))
 
 

@@ -21,6 +21,7 @@ import copy
 import hashlib
 import os
 import threading
+import warnings
 from pathlib import Path
 
 from ..card import CARD_NAME, model_card
@@ -39,6 +40,15 @@ def adapter_weights(module, name: str) -> dict:
     from peft import get_peft_model_state_dict
 
     return get_peft_model_state_dict(module, adapter_name=name, save_embedding_layers=False)
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft (0.21) asks a transformers 5 model for ``is_gradient_checkpointing`` whenever it wraps one, and transformers
+    answers with a FutureWarning of its deprecation: nothing a user of this library can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def write_model_config(folder: Path, config: dict, extra_json: dict[str, object] | None = None) -> None:
@@ -211,7 +221,9 @@ class AdapterHost:
             if self.is_peft:
                 self.module.add_adapter(name, settings.peft_config(self.module))
             else:
-                self._replace_module(get_peft_model(self.module, settings.peft_config(self.module), adapter_name=name))
+                with _quiet_peft():
+                    self._replace_module(get_peft_model(self.module, settings.peft_config(self.module),
+                                                        adapter_name=name))
             self._adapters[name] = {**facts, "lora": settings.to_dict()}
             self.set_adapter(name)
             self._drop_exports()
@@ -236,8 +248,9 @@ class AdapterHost:
                 if self.is_peft:
                     self.module.load_adapter(str(path), adapter_name=name, is_trainable=False)
                 else:
-                    self._replace_module(PeftModel.from_pretrained(self.module, str(path), adapter_name=name,
-                                                                   is_trainable=False))
+                    with _quiet_peft():
+                        self._replace_module(PeftModel.from_pretrained(self.module, str(path), adapter_name=name,
+                                                                       is_trainable=False))
             except RuntimeError as e:  # size mismatches that the checks did not see
                 raise AdapterMismatch(f"{path}: the adapter does not fit {self.base_model}: {e}") from None
             if info is None:
