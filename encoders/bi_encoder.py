@@ -298,9 +298,9 @@ class BiEncoder(AdapterHost):
                 "inference": self._save_exports(tmp),
             }
             if self.is_merged:
-                self.st.save(str(tmp / "model"))
+                _save_offline(self.st, tmp / "model", self.base_model)
                 if self._doc_model is not None:
-                    self._doc_model.save(str(tmp / "document_model"))
+                    _save_offline(self._doc_model, tmp / "document_model", self.base_model)
             else:
                 self.save_adapters(tmp)
                 # the adapter at the top is the one a plain loader applies
@@ -369,7 +369,7 @@ class BiEncoder(AdapterHost):
             if enc._doc_model is not None:
                 st = SentenceTransformer(modules=[Router.for_query_document([enc.st[0]], [enc._doc_model[0]]),
                                                   *list(enc.st)[1:]], device=enc.device)
-            st.save(str(tmp))
+            _save_offline(st, tmp, self.base_model)
         return path
 
     @classmethod
@@ -394,6 +394,18 @@ class BiEncoder(AdapterHost):
             enc.restore_adapters(path, config)
         enc._load_exports(path, config, verify)
         return enc
+
+
+def _save_offline(st, folder: Path, base_model: str) -> None:
+    """``st.save(folder)`` without the look-ups sentence-transformers' model card makes on the Hugging Face Hub (the
+    base model's info, tried under names guessed from its folder): a network call on every save, and a wait where the
+    network hangs. The card names the base model as this encoder was given it when that is a Hub id (the packaged
+    MiniLM's), not a folder of this machine."""
+    card = st.model_card_data
+    card.local_files_only = True
+    if not card.base_model and not Path(base_model).exists():
+        card.base_model = base_model
+    st.save(str(folder))
 
 
 def _embedding_module(st):

@@ -86,5 +86,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tok.save_pretrained(root / "hf")
     st = SentenceTransformer(modules=[modules.Transformer(str(root / "hf"), max_seq_length=64),
                                       modules.Pooling(32, "mean"), modules.Normalize()], device="cpu")
+    st.model_card_data.local_files_only = True  # its model card would ask the Hugging Face Hub about the base
     st.save(str(root / "st"))
     return root / "st"

@@ -111,18 +111,28 @@ def test_merged_matches_and_round_trips(tiny_model_dir, tmp_path, side):
 
 def test_adapters_ask_no_hub_and_raise_no_third_party_warnings(tiny_model_dir, tmp_path, monkeypatch):
     """A saved adapter names its base by Hub id (the packaged MiniLM's); peft's default would then ask the Hub on
-    every hash and save whether the vocabulary was resized."""
-    import peft.utils.other
+    every hash and save whether the vocabulary was resized, and sentence-transformers' model card asks it for the
+    base model's info on every save."""
+    import socket
 
-    asked = []
-    monkeypatch.setattr(peft.utils.other, "file_exists", lambda *a, **k: asked.append(a) or False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # peft skips the look-up offline
-    enc = BiEncoder(tiny_model_dir, device="cpu").add_lora(LoraSettings(r=4, side="both"))
+    real, asked = socket.getaddrinfo, []
+
+    def lookup(host, *args, **kwargs):
+        if host not in ("localhost", "127.0.0.1", "::1"):
+            asked.append(host)
+            raise socket.gaierror(socket.EAI_NONAME, "no network in this test")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # peft and the Hub client skip their look-ups offline
+    enc = BiEncoder(tiny_model_dir, device="cpu").add_lora(LoraSettings(r=4, side="query"))  # saves a Router too
     enc.module.peft_config["default"].base_model_name_or_path = "sentence-transformers/all-MiniLM-L6-v2"
     enc.adapter_hash("default")
     state = enc.adapter_state()
     enc.save(tmp_path / "saved")
-    assert asked == [], f"peft asked the Hugging Face Hub: {asked}"
+    enc.merged().save(tmp_path / "merged")
+    enc.save_sentence_transformers(tmp_path / "plain")
+    assert asked == [], f"a remote host was looked up: {asked}"
     assert state and all("lora_" in k for k in state), "the adapter's weights only, no base embeddings"
     back = BiEncoder(tiny_model_dir, device="cpu")
     with warnings.catch_warnings():  # nor does peft wrapping the model warn of transformers' deprecations
