@@ -140,6 +140,14 @@ def test_adapters_ask_no_hub_and_raise_no_third_party_warnings(tiny_model_dir, t
         back.load_adapter(tmp_path / "saved")
         BiEncoder(tiny_model_dir, device="cpu").add_lora()
     assert np.array_equal(back.encode_queries(TEXTS), enc.encode_queries(TEXTS))
+    two = BiEncoder(tiny_model_dir, device="cpu").add_lora(name="one").add_lora(name="two")
+    _perturb(two)
+    with warnings.catch_warnings():  # unloading the active adapter: peft's note of the one it activates instead
+        warnings.simplefilter("error", UserWarning)
+        two.unload_adapter("two")
+    assert two.active_adapter is None  # and the base alone computes, not the adapter peft made active
+    assert np.allclose(two.encode_queries(TEXTS), BiEncoder(tiny_model_dir, device="cpu").encode_queries(TEXTS),
+                       atol=1e-6)
 
 
 def test_bad_settings_and_foreign_adapter(tiny_model_dir, tmp_path):
@@ -355,6 +363,7 @@ def test_saved_encoder_opens_with_plain_sentence_transformer(tiny_model_dir, tmp
 def test_save_sentence_transformers_gives_the_pipeline_vectors_without_this_library(tiny_model_dir, tmp_path, side):
     """save_sentence_transformers: a whole sentence-transformers folder (a Router for a query-only adapter) whose
     encode_query / encode_document, in a child process that never imports this library, are this encoder's."""
+    torch.manual_seed(0)  # peft draws LoRA's A from the global generator: the same adapter whatever ran before
     enc = BiEncoder(tiny_model_dir, device="cpu")
     enc.add_lora(LoraSettings(r=4, side=side))
     _perturb(enc, 4)

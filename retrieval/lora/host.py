@@ -44,10 +44,13 @@ def adapter_weights(module, name: str) -> dict:
 
 @contextlib.contextmanager
 def _quiet_peft():
-    """peft (0.21) asks a transformers 5 model for ``is_gradient_checkpointing`` whenever it wraps one, and transformers
-    answers with a FutureWarning of its deprecation: nothing a user of this library can act on."""
+    """Warnings of peft's that a user of this library cannot act on: peft (0.21) asks a transformers 5 model for
+    ``is_gradient_checkpointing`` whenever it wraps one, and transformers answers with a FutureWarning of its
+    deprecation; deleting the active adapter, peft says which one it makes active instead (this host then records
+    none active, so the base alone computes until ``set_adapter``)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted", category=UserWarning)
         yield
 
 
@@ -287,7 +290,8 @@ class AdapterHost:
             self._check_unmerged()
             if name not in self._adapters:
                 raise KeyError(f"no adapter named {name!r}; adapters: {sorted(self._adapters) or 'none'}")
-            self.module.delete_adapter(name)
+            with _quiet_peft():
+                self.module.delete_adapter(name)
             del self._adapters[name]
             if self.active_adapter == name:
                 self.active_adapter = None
